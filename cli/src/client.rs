@@ -1,0 +1,334 @@
+//! Client commands: `shoal dataset …` and `shoal workers`. Human tables by
+//! default, `--output json` for scripts; long operations show a progress bar.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytesize::ByteSize;
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use shoal_proto::master::master_client::MasterClient;
+use shoal_proto::master::*;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::exit::Remote;
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Flags every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Master address, host:port.
+    #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700", global = true)]
+    pub master: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    pub output: Output,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetCmd {
+    /// Register a dataset from a store URI and list it (sync).
+    Create {
+        /// Dataset name: letters, digits, '.', '_' and '-'.
+        name: String,
+        /// s3://bucket/prefix, gs://, oss://, azblob://container/prefix, hdfs://nn/path,
+        /// webhdfs://nn:port/path, file:///dir (or /dir), http(s)://host/prefix.
+        uri: String,
+        /// Store option KEY=VALUE (OpenDAL names: endpoint, region, access_key_id,
+        /// secret_access_key, credentials_file, …); repeatable.
+        #[arg(long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+        /// Block size: the unit of caching (e.g. 4MiB, 8MiB).
+        #[arg(long, default_value = "8MiB")]
+        block_size: String,
+        /// Register only; do not list the store now.
+        #[arg(long)]
+        no_sync: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List datasets.
+    Ls {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show one dataset (file count, total bytes, store, policy).
+    Show {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete a dataset and its namespace (the store is not touched).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Re-list the store and apply the differences (new, changed, deleted).
+    Sync {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+pub async fn connect(addr: &str) -> Result<MasterClient<Channel>> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("invalid master address {addr:?}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let ch = ep.connect().await.with_context(|| format!("cannot reach the master at {addr}"))?;
+    Ok(MasterClient::new(ch)
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+}
+
+fn parse_options(options: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for o in options {
+        let Some((k, v)) = o.split_once('=') else {
+            return Err(anyhow::Error::new(tonic::Status::invalid_argument(format!("option {o:?} is not KEY=VALUE"))));
+        };
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn dataset_json(d: &DatasetInfo) -> serde_json::Value {
+    let spec = d.spec.clone().unwrap_or_default();
+    let mount = spec.mount.unwrap_or_default();
+    let cache = spec.cache.unwrap_or_default();
+    let options: BTreeMap<String, String> = mount.options.into_iter().collect();
+    json!({
+        "name": spec.name,
+        "id": d.id,
+        "uri": mount.uri,
+        "options": shoal_core::uri::redact(&options),
+        "block_size": cache.block_size,
+        "replicas": cache.replicas,
+        "pinned": cache.pinned,
+        "file_count": d.file_count,
+        "dir_count": d.dir_count,
+        "total_bytes": d.total_bytes,
+        "created_unix": d.created_unix,
+        "last_sync_unix": d.last_sync_unix,
+    })
+}
+
+fn print_dataset(d: &DatasetInfo, output: Output) {
+    let j = dataset_json(d);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&j).expect("json")),
+        Output::Table => {
+            println!("name:        {}", j["name"].as_str().unwrap_or(""));
+            println!("uri:         {}", j["uri"].as_str().unwrap_or(""));
+            for (k, v) in j["options"].as_object().into_iter().flatten() {
+                println!("option:      {k}={}", v.as_str().unwrap_or(""));
+            }
+            println!("files:       {}", d.file_count);
+            println!("directories: {}", d.dir_count);
+            println!("total:       {} ({} bytes)", ByteSize(d.total_bytes), d.total_bytes);
+            println!("block size:  {}", ByteSize(j["block_size"].as_u64().unwrap_or(0)));
+            println!(
+                "last sync:   {}",
+                if d.last_sync_unix == 0 { "never".to_string() } else { format!("unix {}", d.last_sync_unix) }
+            );
+        }
+    }
+}
+
+/// Stream a sync's progress to a spinner; returns the synced dataset.
+pub async fn sync_with_progress(client: &mut MasterClient<Channel>, name: &str) -> Result<SyncProgress> {
+    let mut stream = client
+        .sync_dataset(SyncDatasetRequest { name: name.to_string() })
+        .await
+        .map_err(Remote)
+        .with_context(|| format!("sync of dataset {name:?}"))?
+        .into_inner();
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut last = SyncProgress::default();
+    while let Some(p) = stream.message().await.map_err(Remote).with_context(|| format!("sync of dataset {name:?}"))? {
+        bar.set_message(format!(
+            "listed {} entries ({}) — {} new, {} changed, {} deleted",
+            p.entries_listed,
+            ByteSize(p.bytes_listed),
+            p.added,
+            p.changed,
+            p.deleted
+        ));
+        last = p;
+        if last.done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if !last.done {
+        bail!("sync of dataset {name:?} ended before it finished");
+    }
+    Ok(last)
+}
+
+fn print_sync(p: &SyncProgress, output: Output) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({"entries_listed": p.entries_listed, "added": p.added, "changed": p.changed, "deleted": p.deleted, "unchanged": p.unchanged,
+                   "dataset": p.dataset.as_ref().map(dataset_json)})
+        ),
+        Output::Table => println!(
+            "synced: {} entries listed, {} new, {} changed, {} deleted, {} unchanged",
+            p.entries_listed, p.added, p.changed, p.deleted, p.unchanged
+        ),
+    }
+}
+
+pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
+    match cmd {
+        DatasetCmd::Create { name, uri, options, block_size, no_sync, common } => {
+            let options = parse_options(&options)?;
+            // Check locally first: a bad URI never needs a round trip.
+            shoal_core::StoreSpec::parse(&uri, &options)?;
+            let block_size = shoal_core::size::parse_size(&block_size)?;
+            let mut client = connect(&common.master).await?;
+            let spec = DatasetSpec {
+                name: name.clone(),
+                mount: Some(MountSpec { uri, options: options.into_iter().collect() }),
+                cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
+            };
+            let info = client
+                .create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false })
+                .await
+                .map_err(Remote)
+                .with_context(|| format!("create dataset {name:?}"))?
+                .into_inner();
+            if no_sync {
+                print_dataset(&info, common.output);
+                return Ok(());
+            }
+            let p = sync_with_progress(&mut client, &name).await?;
+            print_dataset(p.dataset.as_ref().unwrap_or(&info), common.output);
+        }
+        DatasetCmd::Ls { common } => {
+            let mut client = connect(&common.master).await?;
+            let list = client
+                .list_datasets(ListDatasetsRequest {})
+                .await
+                .map_err(Remote)
+                .context("list datasets")?
+                .into_inner();
+            match common.output {
+                Output::Json => {
+                    let v: Vec<_> = list.datasets.iter().map(dataset_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Output::Table => table(
+                    &["NAME", "URI", "FILES", "SIZE"],
+                    list.datasets
+                        .iter()
+                        .map(|d| {
+                            let spec = d.spec.clone().unwrap_or_default();
+                            vec![
+                                spec.name,
+                                spec.mount.unwrap_or_default().uri,
+                                d.file_count.to_string(),
+                                ByteSize(d.total_bytes).to_string(),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        DatasetCmd::Show { name, common } => {
+            let mut client = connect(&common.master).await?;
+            let d = client
+                .get_dataset(GetDatasetRequest { name: name.clone() })
+                .await
+                .map_err(Remote)
+                .with_context(|| format!("dataset {name:?}"))?;
+            print_dataset(d.get_ref(), common.output);
+        }
+        DatasetCmd::Rm { name, common } => {
+            let mut client = connect(&common.master).await?;
+            client
+                .delete_dataset(DeleteDatasetRequest { name: name.clone() })
+                .await
+                .map_err(Remote)
+                .with_context(|| format!("delete dataset {name:?}"))?;
+            if common.output == Output::Json {
+                println!("{}", json!({"deleted": name}));
+            } else {
+                println!("deleted dataset {name}");
+            }
+        }
+        DatasetCmd::Sync { name, common } => {
+            let mut client = connect(&common.master).await?;
+            let p = sync_with_progress(&mut client, &name).await?;
+            print_sync(&p, common.output);
+        }
+    }
+    Ok(())
+}
+
+pub async fn workers(common: Common) -> Result<()> {
+    let mut client = connect(&common.master).await?;
+    let list = client.list_workers(ListWorkersRequest {}).await.map_err(Remote).context("list workers")?.into_inner();
+    match common.output {
+        Output::Json => {
+            let v: Vec<_> = list
+                .workers
+                .iter()
+                .map(|w| {
+                    json!({"id": w.id, "node": w.node, "address": w.address, "alive": w.alive, "blocks": w.block_count,
+                           "tiers": w.tiers.iter().map(|t| json!({"kind": t.kind, "dir": t.dir, "quota_bytes": t.quota_bytes, "used_bytes": t.used_bytes, "blocks": t.blocks})).collect::<Vec<_>>()})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table => table(
+            &["ID", "ADDRESS", "STATE", "BLOCKS", "TIERS"],
+            list.workers
+                .iter()
+                .map(|w| {
+                    let tiers: Vec<String> = w
+                        .tiers
+                        .iter()
+                        .map(|t| format!("{} {}/{}", t.kind, ByteSize(t.used_bytes), ByteSize(t.quota_bytes)))
+                        .collect();
+                    vec![
+                        w.id.clone(),
+                        w.address.clone(),
+                        if w.alive { "alive" } else { "lost" }.to_string(),
+                        w.block_count.to_string(),
+                        tiers.join(", "),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+    Ok(())
+}

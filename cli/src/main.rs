@@ -1,0 +1,66 @@
+//! `shoal`: one binary for every role (master, worker, mount, up) and the CLI.
+//! Owns argument parsing, process lifecycle (signals, shutdown) and the mapping of
+//! errors to exit codes; the work itself lives in the library crates.
+
+mod client;
+mod exit;
+mod servers;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Distributed dataset cache for AI training.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the metadata master.
+    Master(servers::MasterArgs),
+    /// Run a cache worker.
+    Worker(servers::WorkerArgs),
+    /// Manage datasets.
+    #[command(subcommand)]
+    Dataset(client::DatasetCmd),
+    /// List the workers the master knows.
+    Workers(client::Common),
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_server = matches!(cli.command, Command::Master(_) | Command::Worker(_));
+    init_tracing(if is_server { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Master(args) => servers::run_master(args).await,
+            Command::Worker(args) => servers::run_worker(args).await,
+            Command::Dataset(cmd) => client::dataset(cmd).await,
+            Command::Workers(common) => client::workers(common).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code_of(&e))
+        }
+    }
+}

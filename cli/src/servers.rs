@@ -1,0 +1,120 @@
+//! `shoal master` and `shoal worker`: configuration from flags (with `SHOAL_*`
+//! environment fallbacks), printed at start-up, and a clean stop on SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug, Clone)]
+pub struct MasterArgs {
+    /// Directory for the master's durable state (RocksDB).
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "/var/lib/shoal/master")]
+    pub data_dir: PathBuf,
+    /// Address to serve the master API on (port 0 picks a free port).
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:7700")]
+    pub listen: String,
+    /// A worker silent this long is declared lost (e.g. 15s, 500ms).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lost_worker_timeout: Duration,
+    /// How often workers heartbeat.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Master address, host:port.
+    #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700")]
+    pub master: String,
+    /// Address to serve the worker API on (port 0 picks a free port).
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:7701")]
+    pub listen: String,
+    /// A cache tier KIND:DIR:QUOTA, fastest first; repeat for more tiers
+    /// (e.g. --tier mem:/dev/shm/shoal:4GiB --tier ssd:/var/lib/shoal/cache:100GiB).
+    #[arg(long = "tier", required = true)]
+    pub tiers: Vec<shoal_worker::TierSpec>,
+    /// Stable worker id [default: NODE-PORT].
+    #[arg(long, env = "SHOAL_WORKER_ID")]
+    pub id: Option<String>,
+    /// Node (host) name used for locality [default: the host name].
+    #[arg(long, env = "SHOAL_NODE")]
+    pub node: Option<String>,
+    /// Address clients use to reach this worker [default: the listen address].
+    #[arg(long)]
+    pub advertise: Option<String>,
+}
+
+/// `500ms`, `15s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 15s, 2m)"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
+    })
+}
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+pub async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
+    let l = TcpListener::bind(addr).await.with_context(|| format!("{what}: cannot listen on {addr}"))?;
+    // Tests and scripts read this line to learn the port.
+    println!("shoal {what} listening on {}", l.local_addr()?);
+    Ok(l)
+}
+
+pub async fn run_master(args: MasterArgs) -> Result<()> {
+    tracing::info!(?args, "starting master");
+    let listener = bind(&args.listen, "master").await?;
+    let config = shoal_master::MasterConfig {
+        data_dir: args.data_dir.clone(),
+        lost_worker_timeout: args.lost_worker_timeout,
+        heartbeat_interval: args.heartbeat_interval,
+    };
+    shoal_master::serve(config, listener, shutdown_on_signals())
+        .await
+        .with_context(|| format!("master (data dir {})", args.data_dir.display()))
+}
+
+pub async fn run_worker(args: WorkerArgs) -> Result<()> {
+    tracing::info!(?args, "starting worker");
+    let listener = bind(&args.listen, "worker").await?;
+    let port = listener.local_addr()?.port();
+    let node = args.node.clone().unwrap_or_else(host_name);
+    let config = shoal_worker::WorkerConfig {
+        id: args.id.clone().unwrap_or_else(|| format!("{node}-{port}")),
+        node,
+        master: args.master.clone(),
+        advertise: args.advertise.clone(),
+        tiers: args.tiers.clone(),
+    };
+    shoal_worker::serve(config, listener, shutdown_on_signals()).await.context("worker")
+}

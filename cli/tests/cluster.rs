@@ -1,0 +1,476 @@
+//! End-to-end tests of the foundation: a real master and worker (the `shoal`
+//! binary), datasets from a local directory and from S3 (moto on loopback),
+//! namespace equality, block reads with checksums, coalesced misses, `kill -9`
+//! of master and worker, tier demotion, and bad input.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::UNIX_EPOCH;
+
+use common::*;
+use shoal_proto::master::master_client::MasterClient;
+use shoal_proto::master::*;
+use shoal_proto::worker::worker_client::WorkerClient;
+use shoal_proto::worker::*;
+use tonic::transport::Channel;
+
+const BLOCK: usize = 64 * 1024;
+
+async fn namespace(m: &mut MasterClient<Channel>, ds: &str) -> (DatasetInfo, BTreeMap<String, Inode>) {
+    let mut stream = m.list_namespace(ListNamespaceRequest { dataset: ds.into() }).await.unwrap().into_inner();
+    let mut all = HashMap::new();
+    let mut info = None;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        if chunk.dataset.is_some() {
+            info = chunk.dataset;
+        }
+        for i in chunk.entries {
+            all.insert(i.ino, i);
+        }
+    }
+    let path_of = |mut ino: u64| {
+        let mut parts = Vec::new();
+        while ino != 1 {
+            let i = &all[&ino];
+            parts.push(i.name.clone());
+            ino = i.parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    };
+    let by_path = all.values().filter(|i| i.ino != 1).map(|i| (path_of(i.ino), i.clone())).collect();
+    (info.expect("dataset info in the first chunk"), by_path)
+}
+
+fn block_ref(info: &DatasetInfo, path: &str, inode: &Inode, index: u32) -> BlockRef {
+    BlockRef {
+        dataset: info.spec.as_ref().unwrap().name.clone(),
+        dataset_id: info.id,
+        file_id: inode.file_id,
+        index,
+        path: path.into(),
+        block_size: info.spec.as_ref().unwrap().cache.as_ref().unwrap().block_size,
+        file_size: inode.size,
+    }
+}
+
+async fn read_block(w: &mut WorkerClient<Channel>, r: BlockRef) -> Vec<u8> {
+    let mut s = w.read_block(ReadBlockRequest { block: Some(r), offset: 0, length: 0 }).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = s.message().await.unwrap() {
+        out.extend_from_slice(&c.data);
+    }
+    out
+}
+
+async fn read_file(w: &mut WorkerClient<Channel>, info: &DatasetInfo, path: &str, inode: &Inode) -> Vec<u8> {
+    let bs = info.spec.as_ref().unwrap().cache.as_ref().unwrap().block_size;
+    let mut out = Vec::new();
+    for index in 0..inode.size.div_ceil(bs) {
+        out.extend(read_block(w, block_ref(info, path, inode, index as u32)).await);
+    }
+    out
+}
+
+async fn stats(w: &mut WorkerClient<Channel>) -> StatsResponse {
+    w.stats(StatsRequest {}).await.unwrap().into_inner()
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    master: Proc,
+    worker: Proc,
+}
+
+fn cluster(mem: &str, ssd: &str, worker_env: &[(&str, &str)]) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), mem, ssd),
+        worker_env,
+        &root.join("worker.log"),
+    );
+    Cluster { _dir: dir, root, master, worker }
+}
+
+async fn wait_worker_alive(m: &mut MasterClient<Channel>) {
+    wait_for("worker to register", || {
+        let mut m = m.clone();
+        async move {
+            m.list_workers(ListWorkersRequest {})
+                .await
+                .map(|r| r.into_inner().workers.iter().any(|w| w.alive))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+}
+
+/// The master's namespace equals `tree`, and every file read block by block
+/// through the worker has the source's sha256; a second read is served from the
+/// cache without touching the store.
+async fn check_dataset(
+    c: &Cluster,
+    name: &str,
+    tree: &BTreeMap<String, Option<Vec<u8>>>,
+    local_root: Option<&std::path::Path>,
+) {
+    let mut m = master_client(&c.master.addr).await;
+    let mut w = worker_client(&c.worker.addr).await;
+    let (info, ns) = namespace(&mut m, name).await;
+    let got: Vec<(&str, bool, u64)> =
+        ns.iter().map(|(p, i)| (p.as_str(), i.kind == FileKind::Directory as i32, i.size)).collect();
+    let want: Vec<(&str, bool, u64)> =
+        tree.iter().map(|(p, c)| (p.as_str(), c.is_none(), c.as_ref().map(|d| d.len() as u64).unwrap_or(0))).collect();
+    assert_eq!(got, want, "namespace differs from the source tree");
+    let files = tree.values().filter(|c| c.is_some()).count() as u64;
+    assert_eq!(info.file_count, files);
+    assert_eq!(info.total_bytes, tree.values().flatten().map(|d| d.len() as u64).sum::<u64>());
+    if let Some(root) = local_root {
+        for (p, i) in &ns {
+            let meta = std::fs::metadata(root.join(p.trim_start_matches('/'))).unwrap();
+            let mtime = meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap();
+            assert_eq!((i.mtime_sec, i.mtime_nsec), (mtime.as_secs() as i64, mtime.subsec_nanos()), "mtime of {p}");
+        }
+    }
+    // Resolve and lookup agree with the listing.
+    for (p, i) in ns.iter().take(5) {
+        let r =
+            m.resolve_path(ResolvePathRequest { dataset: name.into(), path: p.clone() }).await.unwrap().into_inner();
+        assert_eq!(r.ino, i.ino);
+        let l = m
+            .lookup(LookupRequest { dataset: name.into(), parent: i.parent, name: i.name.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(l, *i);
+    }
+
+    for (p, content) in tree {
+        if let Some(data) = content {
+            let got = read_file(&mut w, &info, p, &ns[p]).await;
+            assert_eq!(sha256(&got), sha256(data), "content of {p}");
+        }
+    }
+    let before = stats(&mut w).await;
+    assert!(before.store_reads > 0);
+    for (p, content) in tree {
+        if let Some(data) = content {
+            let got = read_file(&mut w, &info, p, &ns[p]).await;
+            assert_eq!(sha256(&got), sha256(data), "second read of {p}");
+        }
+    }
+    let after = stats(&mut w).await;
+    assert_eq!(after.store_reads, before.store_reads, "second read must not touch the store");
+    assert!(after.hits > before.hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_dataset_lists_and_reads_back_exactly() {
+    let c = cluster("64MiB", "256MiB", &[]);
+    let src = c.root.join("src");
+    let tree = tree_spec(BLOCK, false);
+    write_tree(&src, &tree);
+    let (code, out, err) = cli(&[
+        "dataset",
+        "create",
+        "local",
+        src.to_str().unwrap(),
+        "--block-size",
+        "64KiB",
+        "--master",
+        &c.master.addr,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("files:       7"), "{out}");
+    check_dataset(&c, "local", &tree, Some(&src)).await;
+
+    // `show --output json` carries the totals.
+    let (code, out, _) = cli(&["dataset", "show", "local", "-o", "json", "--master", &c.master.addr]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["file_count"], 7);
+    assert_eq!(v["block_size"], BLOCK as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_dataset_lists_and_reads_back_exactly() {
+    let c = cluster("64MiB", "256MiB", &[]);
+    let s3 = S3Server::start(&c.root.join("moto.log"));
+    s3.create_bucket("bkt");
+    let tree = tree_spec(BLOCK, true);
+    for (p, content) in &tree {
+        if let Some(data) = content {
+            s3.put("bkt", &format!("train{p}"), data);
+        }
+    }
+    // A neighbour prefix that must not leak into the dataset.
+    s3.put("bkt", "train2/other", b"x");
+    let endpoint = format!("endpoint={}", s3.endpoint);
+    let (code, out, err) = cli(&[
+        "dataset",
+        "create",
+        "s3ds",
+        "s3://bkt/train",
+        "--option",
+        &endpoint,
+        "--option",
+        "access_key_id=test",
+        "--option",
+        "secret_access_key=test",
+        "--block-size",
+        "64KiB",
+        "--master",
+        &c.master.addr,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("secret") || out.contains("***"), "secrets must not be printed: {out}");
+    check_dataset(&c, "s3ds", &tree, None).await;
+
+    // Re-sync applies exactly the differences.
+    s3.put("bkt", "train/new file", b"new");
+    s3.put("bkt", "train/zero", b"no longer empty");
+    s3.delete("bkt", "train/a/b/c/deep.bin");
+    let (code, out, err) = cli(&["dataset", "sync", "s3ds", "-o", "json", "--master", &c.master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["added"].as_u64(), v["changed"].as_u64()), (Some(1), Some(1)), "{v}");
+    // deep.bin and its now-empty parents a/b/c, a/b, a are gone.
+    assert_eq!(v["deleted"].as_u64(), Some(4), "{v}");
+    let mut m = master_client(&c.master.addr).await;
+    let (_, ns) = namespace(&mut m, "s3ds").await;
+    assert_eq!(ns["/zero"].size, 15);
+    assert!(!ns.contains_key("/a/b/c/deep.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_store_read() {
+    // The worker pauses before each store read, so the requests surely overlap.
+    let c = cluster("64MiB", "256MiB", &[("SHOAL_FAILPOINT", "worker::before_store_read:sleep-700")]);
+    let src = c.root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = content(42, 3 * BLOCK);
+    std::fs::write(src.join("f"), &data).unwrap();
+    let (code, _, err) =
+        cli(&["dataset", "create", "co", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &c.master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let mut m = master_client(&c.master.addr).await;
+    let (info, ns) = namespace(&mut m, "co").await;
+    let w = worker_client(&c.worker.addr).await;
+    let reads = (0..8).map(|_| {
+        let mut w = w.clone();
+        let r = block_ref(&info, "/f", &ns["/f"], 1);
+        tokio::spawn(async move { read_block(&mut w, r).await })
+    });
+    for r in futures::future::join_all(reads).await {
+        assert_eq!(r.unwrap(), data[BLOCK..2 * BLOCK]);
+    }
+    let s = stats(&mut w.clone()).await;
+    assert_eq!(s.store_reads, 1, "eight concurrent misses of one block must share one store read");
+    assert_eq!(s.misses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_kill9_keeps_datasets_and_rebuilds_locations() {
+    let mut c = cluster("64MiB", "256MiB", &[]);
+    let src = c.root.join("src");
+    let tree = tree_spec(BLOCK, false);
+    write_tree(&src, &tree);
+    let (code, _, err) =
+        cli(&["dataset", "create", "dur", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &c.master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let mut m = master_client(&c.master.addr).await;
+    wait_worker_alive(&mut m).await;
+    let (info, ns) = namespace(&mut m, "dur").await;
+    let mut w = worker_client(&c.worker.addr).await;
+    let path = "/multi/three-and-a-half";
+    read_file(&mut w, &info, path, &ns[path]).await;
+    let ino = ns[path].ino;
+    let locs = |m: &mut MasterClient<Channel>| {
+        let mut m = m.clone();
+        async move {
+            m.get_block_locations(BlockLocationsRequest { dataset: "dur".into(), ino })
+                .await
+                .map(|r| r.into_inner().blocks.len())
+                .unwrap_or(0)
+        }
+    };
+    wait_for("block locations reported", || {
+        let f = locs(&mut m);
+        async move { f.await == 4 }
+    })
+    .await;
+
+    let addr = c.master.addr.clone();
+    c.master.kill9();
+    c.master = start_master(&c.root.join("master"), &addr, &c.root.join("master2.log"));
+    let mut m = master_client(&addr).await;
+    let (info2, ns2) = namespace(&mut m, "dur").await;
+    assert_eq!(info2, info, "dataset record survives kill -9");
+    assert_eq!(ns2, ns, "namespace survives kill -9");
+    wait_worker_alive(&mut m).await;
+    wait_for("4 block locations to come back", || {
+        let f = locs(&mut m);
+        async move { f.await == 4 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_kill9_mid_write_leaves_no_partial_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let tier_flags = tiers(&root.join("w"), "64MiB", "256MiB");
+    let slow = [("SHOAL_FAILPOINT", "tier::before_rename:sleep-60000")];
+    let mut worker = start_worker(&master.addr, "127.0.0.1:0", &tier_flags, &slow, &root.join("worker.log"));
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = content(7, 4 * BLOCK);
+    std::fs::write(src.join("f"), &data).unwrap();
+    let (code, _, err) =
+        cli(&["dataset", "create", "k", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let mut m = master_client(&master.addr).await;
+    let (info, ns) = namespace(&mut m, "k").await;
+    let w = worker_client(&worker.addr).await;
+    for index in 0..4 {
+        let mut w = w.clone();
+        let r = block_ref(&info, "/f", &ns["/f"], index);
+        tokio::spawn(async move { w.cache_block(CacheBlockRequest { block: Some(r) }).await });
+    }
+    // Kill it while block files sit written under their temporary names.
+    let tmp = root.join("w/mem/tmp");
+    wait_for_sync("a block write in flight", || std::fs::read_dir(&tmp).map(|d| d.count() > 0).unwrap_or(false));
+    worker.kill9();
+    assert!(std::fs::read_dir(&tmp).unwrap().count() > 0);
+
+    let worker = start_worker(&master.addr, "127.0.0.1:0", &tier_flags, &[], &root.join("worker2.log"));
+    let worker_addr = worker.addr.clone();
+    // The tiers are opened (and partial files dropped) before the worker registers.
+    let mut mc = master_client(&master.addr).await;
+    wait_for("the restarted worker to register", || {
+        let mut m = mc.clone();
+        let want = worker_addr.clone();
+        async move {
+            m.list_workers(ListWorkersRequest {})
+                .await
+                .map(|r| r.into_inner().workers.iter().any(|w| w.alive && w.address == want))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let _ = &mut mc;
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "partial files are dropped at start");
+    let mut w = worker_client(&worker.addr).await;
+    let s = stats(&mut w).await;
+    assert_eq!(s.tiers.iter().map(|t| t.blocks).sum::<u64>(), 0, "no block was complete");
+    // Everything it serves now is correct.
+    let got = read_file(&mut w, &info, "/f", &ns["/f"]).await;
+    assert_eq!(sha256(&got), sha256(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mem_tier_overflows_into_ssd_within_quota() {
+    let c = cluster("256KiB", "64MiB", &[]);
+    let src = c.root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = content(9, 32 * BLOCK);
+    std::fs::write(src.join("big"), &data).unwrap();
+    let (code, _, err) =
+        cli(&["dataset", "create", "t", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &c.master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let mut m = master_client(&c.master.addr).await;
+    let (info, ns) = namespace(&mut m, "t").await;
+    let mut w = worker_client(&c.worker.addr).await;
+    for index in 0..32u32 {
+        let got = read_block(&mut w, block_ref(&info, "/big", &ns["/big"], index)).await;
+        assert_eq!(got, data[index as usize * BLOCK..(index as usize + 1) * BLOCK]);
+        let s = stats(&mut w).await;
+        assert!(s.tiers[0].used_bytes <= 256 * 1024, "MEM tier over quota: {}", s.tiers[0].used_bytes);
+    }
+    let s = stats(&mut w).await;
+    assert!(s.tiers[1].blocks > 0, "blocks went to the SSD tier: {s:?}");
+    assert_eq!(s.tiers[0].blocks + s.tiers[1].blocks, 32, "nothing was lost: {s:?}");
+    let got = read_file(&mut w, &info, "/big", &ns["/big"]).await;
+    assert_eq!(sha256(&got), sha256(&data));
+    assert_eq!(stats(&mut w).await.store_reads, 32, "the re-read came from the tiers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let c = cluster("64MiB", "256MiB", &[]);
+    let src = c.root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let m = c.master.addr.as_str();
+    let s = src.to_str().unwrap();
+    assert_eq!(cli(&["dataset", "create", "good", s, "--master", m]).0, 0);
+    let long = "a".repeat(256);
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["dataset", "create", "x", "ftp://h/p"], 2, "unknown scheme"),
+        (vec!["dataset", "create", "x", "s3:///p", "--option", "region=r"], 2, "missing bucket"),
+        (
+            vec![
+                "dataset",
+                "create",
+                "x",
+                "s3://b/p",
+                "--option",
+                "endpoint=http://127.0.0.1:9",
+                "--option",
+                "access_key_id=a",
+                "--option",
+                "secret_access_key=b",
+            ],
+            5,
+            "127.0.0.1:9",
+        ),
+        (vec!["dataset", "create", "good", s], 4, "already exists"),
+        (vec!["dataset", "create", "a/b", s], 2, "'/'"),
+        (vec!["dataset", "create", "..", s], 2, "'..'"),
+        (vec!["dataset", "create", &long, s], 2, "253"),
+        (vec!["dataset", "create", "x", "/no/such/dir/anywhere"], 3, "/no/such/dir"),
+        (vec!["dataset", "create", "x", s, "--block-size", "1KiB"], 2, "block size"),
+        (vec!["dataset", "show", "nope"], 3, "not found"),
+    ];
+    for (args, want, msg) in cases {
+        let mut a = args.clone();
+        a.extend(["--master", m]);
+        let (code, out, err) = cli(&a);
+        assert_eq!(code, want, "{args:?}: {out}{err}");
+        assert!(err.contains(msg), "{args:?}: error should mention {msg:?}: {err}");
+    }
+    // NUL cannot travel in argv; send it over gRPC.
+    let mut mc = master_client(m).await;
+    let spec = DatasetSpec {
+        name: "a\0b".into(),
+        mount: Some(MountSpec { uri: s.into(), options: Default::default() }),
+        cache: None,
+    };
+    let e = mc.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // Garbage block references are refused by the worker.
+    let mut w = worker_client(&c.worker.addr).await;
+    let evil = BlockRef {
+        dataset: "good".into(),
+        dataset_id: 1,
+        file_id: 1,
+        index: 0,
+        path: "/../../etc/passwd".into(),
+        block_size: 1 << 20,
+        file_size: 10,
+    };
+    let e = w.read_block(ReadBlockRequest { block: Some(evil), offset: 0, length: 0 }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    let (_, out, _) = cli(&["dataset", "ls", "-o", "json", "--master", m]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<_> = v.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["good"], "failed commands must not change state");
+}

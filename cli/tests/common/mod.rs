@@ -1,0 +1,290 @@
+//! Test harness shared by the end-to-end tests: starts the real `shoal` binary as
+//! master and worker processes, an S3-compatible server (moto) on loopback, and
+//! generates source trees. Every wait is on a condition with a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use shoal_proto::master::master_client::MasterClient;
+use shoal_proto::worker::worker_client::WorkerClient;
+use tonic::transport::Channel;
+
+pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Poll `cond` until it holds or the deadline passes.
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn wait_for_sync(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Start `shoal ARGS…`; waits for its "listening on ADDR" line.
+    pub fn start(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Proc {
+        let mut cmd = Command::new(SHOAL);
+        cmd.args(args).stdout(Stdio::piped()).stderr(std::fs::File::create(log).unwrap());
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn shoal");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("shoal {args:?} did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+            }
+        };
+        Proc { child, addr, log: log.to_path_buf() }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn start_master(data_dir: &Path, listen: &str, log: &Path) -> Proc {
+    Proc::start(
+        &[
+            "master",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--heartbeat-interval",
+            "200ms",
+            "--lost-worker-timeout",
+            "3s",
+        ],
+        &[],
+        log,
+    )
+}
+
+pub fn start_worker(master: &str, listen: &str, tiers: &[String], envs: &[(&str, &str)], log: &Path) -> Proc {
+    let mut args = vec!["worker", "--master", master, "--listen", listen, "--id", "w1"];
+    for t in tiers {
+        args.push("--tier");
+        args.push(t);
+    }
+    Proc::start(&args, envs, log)
+}
+
+/// Run a CLI command; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(SHOAL).args(args).output().expect("run shoal");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub async fn master_client(addr: &str) -> MasterClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    MasterClient::new(ch)
+}
+
+pub async fn worker_client(addr: &str) -> WorkerClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    WorkerClient::new(ch).max_decoding_message_size(64 << 20)
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random content.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The test tree, as dataset path → content (`None` for directories).
+pub fn tree_spec(block: usize, s3_names: bool) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut t = BTreeMap::new();
+    let mut file = |p: &str, len: usize, seed: u64| {
+        t.insert(p.to_string(), Some(content(seed, len)));
+    };
+    file("/zero", 0, 1);
+    file("/one-block", block, 2);
+    file("/one-block-plus-1", block + 1, 3);
+    file("/multi/three-and-a-half", block * 3 + block / 2, 4);
+    file("/a/b/c/deep.bin", 1000, 5);
+    file("/with space/naïve café.txt", 4321, 6);
+    file("/日本/データ.bin", block - 1, 7);
+    if s3_names {
+        file("/keys/a+b=c.txt", 10, 8);
+        file("/keys/100%.txt", 11, 9);
+        file("/keys/hash#tag.txt", 12, 10);
+    } else {
+        t.insert("/empty".into(), None);
+        t.insert("/a/empty-too".into(), None);
+    }
+    // Directories implied by the files.
+    let dirs: Vec<String> = t
+        .keys()
+        .flat_map(|p| {
+            let comps: Vec<&str> = p.split('/').skip(1).collect();
+            (1..comps.len()).map(move |i| format!("/{}", comps[..i].join("/"))).collect::<Vec<_>>()
+        })
+        .collect();
+    for d in dirs {
+        t.entry(d).or_insert(None);
+    }
+    t
+}
+
+pub fn write_tree(root: &Path, tree: &BTreeMap<String, Option<Vec<u8>>>) {
+    for (p, c) in tree {
+        let full = root.join(p.trim_start_matches('/'));
+        match c {
+            Some(data) => {
+                std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+                std::fs::write(&full, data).unwrap();
+            }
+            None => std::fs::create_dir_all(&full).unwrap(),
+        }
+    }
+}
+
+/// An S3-compatible server (moto) on a loopback port, killed on drop.
+pub struct S3Server {
+    proc: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start(log: &Path) -> S3Server {
+        let port = free_port();
+        let proc = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("moto_server must be installed (pip install 'moto[server]'; .ci/run does it)");
+        let addr = format!("127.0.0.1:{port}");
+        wait_for_sync("moto_server to listen", || TcpStream::connect(&addr).is_ok());
+        S3Server { proc, endpoint: format!("http://{addr}") }
+    }
+
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> u16 {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).unwrap();
+        // moto checks no signature, but refuses anonymous overwrites and deletes.
+        let auth =
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let code = self.http("PUT", &format!("/{bucket}"), b"");
+        assert_eq!(code, 200, "create bucket {bucket}");
+    }
+
+    /// Upload an object (replacing any old one); the key is percent-encoded on the wire.
+    pub fn put(&self, bucket: &str, key: &str, data: &[u8]) {
+        let enc: String = key
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let code = self.http("PUT", &format!("/{bucket}/{enc}"), data);
+        assert_eq!(code, 200, "put {key}");
+    }
+
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let enc: String = key
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let code = self.http("DELETE", &format!("/{bucket}/{enc}"), b"");
+        assert_eq!(code, 204, "delete {key}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+/// Tier flags for a worker under `dir`.
+pub fn tiers(dir: &Path, mem: &str, ssd: &str) -> Vec<String> {
+    vec![format!("mem:{}:{mem}", dir.join("mem").display()), format!("ssd:{}:{ssd}", dir.join("ssd").display())]
+}

@@ -1,0 +1,53 @@
+//! Typed errors of the core layer. Each variant names what was wrong; callers map
+//! them once at their boundary (gRPC status, errno, exit code).
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CoreError {
+    #[error("invalid URI {uri:?}: {reason}")]
+    InvalidUri { uri: String, reason: String },
+    #[error("unknown scheme {scheme:?} in {uri:?} (supported: s3, gs, oss, azblob, hdfs, webhdfs, file, http, https)")]
+    UnknownScheme { uri: String, scheme: String },
+    #[error("missing option {option:?} for {scheme} store {uri:?}: {hint}")]
+    MissingOption { uri: String, scheme: &'static str, option: &'static str, hint: &'static str },
+    #[error("invalid option {key:?}: {reason}")]
+    InvalidOption { key: String, reason: String },
+    #[error("invalid dataset name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("invalid size {input:?}: {reason}")]
+    InvalidSize { input: String, reason: String },
+    #[error("store {uri}: {op} {path:?} failed: {source}")]
+    Store {
+        uri: String,
+        op: &'static str,
+        path: String,
+        #[source]
+        source: Box<opendal::Error>,
+    },
+    #[error("store {uri}: {path:?} changed while being read (expected {expected} bytes, got {got})")]
+    ShortRead { uri: String, path: String, expected: u64, got: u64 },
+}
+
+impl CoreError {
+    /// The store said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CoreError::Store { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
+    }
+
+    /// The request itself was wrong (as opposed to the store failing).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            CoreError::InvalidUri { .. }
+                | CoreError::UnknownScheme { .. }
+                | CoreError::MissingOption { .. }
+                | CoreError::InvalidOption { .. }
+                | CoreError::InvalidName { .. }
+                | CoreError::InvalidPath { .. }
+                | CoreError::InvalidSize { .. }
+        )
+    }
+}

@@ -1,0 +1,20 @@
+//! shoal-core: the vocabulary every shoal component shares.
+//!
+//! - [`ids`]: dataset names and the block identity (`BlockId`) with its arithmetic;
+//! - [`uri`]: parsing a dataset's store URI and options into an OpenDAL service config;
+//! - [`store`]: the under-store (`UnderStore`), OpenDAL with retry and timeout layers;
+//! - [`size`]: human byte sizes (`8MiB`) for flags.
+//!
+//! This crate imports nothing else of shoal and owns no process state.
+
+pub mod error;
+pub mod ids;
+pub mod mapped;
+pub mod size;
+pub mod store;
+pub mod uri;
+
+pub use error::CoreError;
+pub use ids::{validate_dataset_name, BlockId, DEFAULT_BLOCK_SIZE};
+pub use store::{StoreEntry, UnderStore};
+pub use uri::StoreSpec;

@@ -1,0 +1,73 @@
+//! The master's error type and its one mapping to gRPC status codes.
+
+use shoal_core::CoreError;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+#[derive(Debug, Error)]
+pub enum MasterError {
+    #[error("dataset {0:?} not found")]
+    DatasetNotFound(String),
+    #[error("dataset {0:?} already exists")]
+    DatasetExists(String),
+    #[error("{what} not found in dataset {dataset:?}")]
+    EntryNotFound { dataset: String, what: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("worker {0:?} is not registered")]
+    UnknownWorker(String),
+    #[error("a sync of dataset {0:?} is already running")]
+    SyncRunning(String),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("metadata store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt metadata record {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+impl From<MasterError> for Status {
+    fn from(e: MasterError) -> Status {
+        let code = match &e {
+            MasterError::DatasetNotFound(_) | MasterError::EntryNotFound { .. } => Code::NotFound,
+            MasterError::DatasetExists(_) => Code::AlreadyExists,
+            MasterError::InvalidArgument(_) => Code::InvalidArgument,
+            MasterError::UnknownWorker(_) => Code::FailedPrecondition,
+            MasterError::SyncRunning(_) => Code::Aborted,
+            MasterError::Core(c) if c.is_invalid_input() => Code::InvalidArgument,
+            MasterError::Core(c) if c.is_not_found() => Code::NotFound,
+            MasterError::Core(_) => Code::Unavailable,
+            MasterError::Db(_) => Code::Internal,
+            MasterError::Corrupt { .. } => Code::DataLoss,
+        };
+        // `{:#}`-style chain: the message names what failed and why.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            let s_msg = s.to_string();
+            if !msg.contains(&s_msg) {
+                msg.push_str(": ");
+                msg.push_str(&s_msg);
+            }
+            src = s.source();
+        }
+        Status::new(code, msg)
+    }
+}
+
+pub type Result<T, E = MasterError> = std::result::Result<T, E>;
+
+/// Errors of starting and running the server (not of single requests).
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot create data directory {0:?}: {1}")]
+    Io(std::path::PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Master(#[from] MasterError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}

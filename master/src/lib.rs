@@ -1,0 +1,73 @@
+//! shoal-master: the metadata master. Owns datasets and their namespaces (durable,
+//! in RocksDB), worker membership and the block location map (soft state, rebuilt
+//! from worker reports), and serves them over gRPC. It never touches block data.
+
+pub mod error;
+pub mod membership;
+pub mod meta;
+pub mod namespace;
+pub mod service;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::master::master_server::MasterServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use error::{MasterError, ServeError};
+pub use service::MasterService;
+
+/// Settings of one master process.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// RocksDB lives in `<data_dir>/meta`.
+    pub data_dir: PathBuf,
+    /// A worker silent this long is declared lost.
+    pub lost_worker_timeout: Duration,
+    /// How often workers are asked to heartbeat.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/shoal/master"),
+            lost_worker_timeout: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Open the state and serve the master API on `listener` until `shutdown`.
+pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Io(config.data_dir.clone(), e))?;
+    let meta = meta::MetaStore::open(&config.data_dir.join("meta"))?;
+    let members = Arc::new(membership::Membership::new(config.lost_worker_timeout));
+    let service = MasterService::new(meta, members.clone(), config.heartbeat_interval.as_millis() as u64);
+
+    let reaper_stop = shutdown.clone();
+    let reaper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = reaper_stop.cancelled() => break,
+                _ = tick.tick() => { members.reap(); }
+            }
+        }
+    });
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "master serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            MasterServer::new(service)
+                .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await;
+    reaper.abort();
+    result.map_err(ServeError::Transport)
+}

@@ -1,0 +1,205 @@
+//! Worker membership and the block location map: soft state, rebuilt from worker
+//! reports (a full report on register, deltas on heartbeat) after a master restart.
+//! A worker silent for longer than the lost-worker timeout is declared lost and its
+//! blocks leave the map.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shoal_core::BlockId;
+use shoal_proto::master::{BlockKey, BlockLocation, TierInfo, WorkerInfo};
+use tracing::{info, warn};
+
+struct WorkerState {
+    info: WorkerInfo,
+    last_seen: Instant,
+    alive: bool,
+    blocks: HashSet<BlockId>,
+}
+
+#[derive(Default)]
+struct Inner {
+    workers: HashMap<String, WorkerState>,
+    locations: BTreeMap<BlockId, BTreeSet<Arc<str>>>,
+}
+
+/// Live workers and which blocks each holds.
+pub struct Membership {
+    inner: RwLock<Inner>,
+    lost_after: Duration,
+}
+
+fn key(k: &BlockKey) -> BlockId {
+    BlockId::new(k.file_id, k.index)
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Inner {
+    fn drop_blocks(&mut self, id: &str) {
+        let Some(w) = self.workers.get_mut(id) else { return };
+        for b in w.blocks.drain() {
+            if let Some(set) = self.locations.get_mut(&b) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.locations.remove(&b);
+                }
+            }
+        }
+    }
+
+    fn add_block(&mut self, id: &Arc<str>, b: BlockId) {
+        if let Some(w) = self.workers.get_mut(&**id) {
+            if w.blocks.insert(b) {
+                self.locations.entry(b).or_default().insert(id.clone());
+            }
+        }
+    }
+
+    fn remove_block(&mut self, id: &str, b: BlockId) {
+        if let Some(w) = self.workers.get_mut(id) {
+            if w.blocks.remove(&b) {
+                if let Some(set) = self.locations.get_mut(&b) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.locations.remove(&b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Membership {
+    pub fn new(lost_after: Duration) -> Self {
+        Self { inner: RwLock::new(Inner::default()), lost_after }
+    }
+
+    /// A worker (re-)joins with its full block report.
+    pub fn register(&self, mut worker: WorkerInfo, blocks: &[BlockKey]) {
+        let mut inner = self.inner.write().expect("membership lock");
+        let id: Arc<str> = worker.id.clone().into();
+        inner.drop_blocks(&id);
+        worker.alive = true;
+        worker.last_heartbeat_unix_ms = unix_ms();
+        info!(worker = %id, address = %worker.address, blocks = blocks.len(), "worker registered");
+        inner.workers.insert(
+            id.to_string(),
+            WorkerState { info: worker, last_seen: Instant::now(), alive: true, blocks: HashSet::new() },
+        );
+        for b in blocks {
+            inner.add_block(&id, key(b));
+        }
+    }
+
+    /// Apply a heartbeat. Returns false if the worker is unknown or was declared
+    /// lost: it must register again with a full report.
+    pub fn heartbeat(&self, id: &str, added: &[BlockKey], removed: &[BlockKey], tiers: Vec<TierInfo>) -> bool {
+        let mut inner = self.inner.write().expect("membership lock");
+        match inner.workers.get_mut(id) {
+            Some(w) if w.alive => {
+                w.last_seen = Instant::now();
+                w.info.last_heartbeat_unix_ms = unix_ms();
+                if !tiers.is_empty() {
+                    w.info.tiers = tiers;
+                }
+            }
+            _ => return false,
+        }
+        let id: Arc<str> = id.into();
+        for b in removed {
+            inner.remove_block(&id, key(b));
+        }
+        for b in added {
+            inner.add_block(&id, key(b));
+        }
+        true
+    }
+
+    /// Declare workers silent for too long lost; returns their ids.
+    pub fn reap(&self) -> Vec<String> {
+        let mut inner = self.inner.write().expect("membership lock");
+        let lost: Vec<String> = inner
+            .workers
+            .iter()
+            .filter(|(_, w)| w.alive && w.last_seen.elapsed() > self.lost_after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &lost {
+            warn!(worker = %id, "worker lost: no heartbeat within {:?}", self.lost_after);
+            inner.drop_blocks(id);
+            if let Some(w) = inner.workers.get_mut(id) {
+                w.alive = false;
+            }
+        }
+        lost
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let inner = self.inner.read().expect("membership lock");
+        let mut out: Vec<WorkerInfo> = inner
+            .workers
+            .values()
+            .map(|w| WorkerInfo { alive: w.alive, block_count: w.blocks.len() as u64, ..w.info.clone() })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    pub fn live_workers(&self) -> Vec<WorkerInfo> {
+        self.workers().into_iter().filter(|w| w.alive).collect()
+    }
+
+    /// Cached blocks of one file content and the workers holding each.
+    pub fn file_locations(&self, file_id: u64) -> Vec<BlockLocation> {
+        let inner = self.inner.read().expect("membership lock");
+        inner
+            .locations
+            .range(BlockId::new(file_id, 0)..=BlockId::new(file_id, u32::MAX))
+            .map(|(b, ws)| BlockLocation { index: b.index, worker_ids: ws.iter().map(|w| w.to_string()).collect() })
+            .collect()
+    }
+
+    /// Number of distinct blocks cached anywhere.
+    pub fn block_count(&self) -> usize {
+        self.inner.read().expect("membership lock").locations.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(id: &str) -> WorkerInfo {
+        WorkerInfo { id: id.into(), address: format!("{id}:1"), ..Default::default() }
+    }
+    fn k(f: u64, i: u32) -> BlockKey {
+        BlockKey { file_id: f, index: i }
+    }
+
+    #[test]
+    fn reports_deltas_and_loss() {
+        let m = Membership::new(Duration::from_millis(0));
+        m.register(w("a"), &[k(1, 0), k(1, 1)]);
+        m.register(w("b"), &[k(1, 1)]);
+        assert!(m.heartbeat("a", &[k(2, 0)], &[k(1, 0)], vec![]));
+        let locs = m.file_locations(1);
+        assert_eq!(locs.len(), 1);
+        assert_eq!(locs[0].index, 1);
+        assert_eq!(locs[0].worker_ids, ["a", "b"]);
+        assert_eq!(m.file_locations(2)[0].worker_ids, ["a"]);
+        // Re-register replaces the whole report.
+        m.register(w("a"), &[k(3, 0)]);
+        assert!(m.file_locations(2).is_empty());
+        std::thread::sleep(Duration::from_millis(2));
+        let mut lost = m.reap();
+        lost.sort();
+        assert_eq!(lost, ["a", "b"]);
+        assert_eq!(m.block_count(), 0);
+        assert!(!m.heartbeat("a", &[], &[], vec![]), "a lost worker must re-register");
+        assert!(!m.heartbeat("zz", &[], &[], vec![]));
+    }
+}

@@ -1,0 +1,281 @@
+//! Metadata sync: lists a dataset's under-store as a stream and applies only the
+//! differences to the namespace in RocksDB (new, changed by etag/mtime/size,
+//! deleted), in batched writes, with progress reports.
+//!
+//! Inode numbers are stable per path across syncs; a changed object gets a new
+//! `file_id`, so blocks cached for its old content can never be served for it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use rocksdb::WriteBatch;
+use shoal_core::{StoreEntry, UnderStore};
+use shoal_proto::master::{DatasetInfo, FileKind, Inode, SyncProgress};
+use tracing::warn;
+
+use crate::error::Result;
+use crate::meta::{MetaStore, ROOT_INO};
+
+const BATCH_ENTRIES: usize = 4096;
+const PROGRESS_EVERY: u64 = 1000;
+/// POSIX NAME_MAX: longer names cannot be shown through a mount.
+const NAME_MAX: usize = 255;
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn split_time(t: Option<SystemTime>) -> (i64, u32) {
+    match t.map(|t| t.duration_since(UNIX_EPOCH)) {
+        Some(Ok(d)) => (d.as_secs() as i64, d.subsec_nanos()),
+        _ => (0, 0),
+    }
+}
+
+fn is_dir(i: &Inode) -> bool {
+    i.kind == FileKind::Directory as i32
+}
+
+/// The root directory inode of a new dataset.
+pub fn root_inode(mtime: i64) -> Inode {
+    Inode { ino: ROOT_INO, parent: ROOT_INO, kind: FileKind::Directory as i32, mtime_sec: mtime, ..Default::default() }
+}
+
+struct Syncer<'a> {
+    meta: &'a MetaStore,
+    ds: u32,
+    batch: WriteBatch,
+    pending: usize,
+    dirs: HashMap<String, Inode>,
+    seen: HashSet<u64>,
+    progress: SyncProgress,
+    files: u64,
+    dir_count: u64,
+    bytes: u64,
+    skipped: u64,
+    now: i64,
+}
+
+impl Syncer<'_> {
+    fn flush(&mut self) -> Result<()> {
+        if self.pending > 0 {
+            self.meta.write(std::mem::take(&mut self.batch))?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, inode: &Inode, new_dentry: bool) -> Result<()> {
+        self.meta.put_inode(&mut self.batch, self.ds, inode);
+        if new_dentry {
+            self.meta.put_dentry(&mut self.batch, self.ds, inode.parent, &inode.name, inode.ino);
+        }
+        self.pending += 1;
+        if self.pending >= BATCH_ENTRIES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The ino of directory `path`, creating it (and its parents) if needed. A
+    /// listed directory brings its mtime; an implied one (an object-store prefix)
+    /// gets the sync time when it is new.
+    fn ensure_dir(&mut self, path: &str, listed: Option<&StoreEntry>) -> Result<u64> {
+        if path == "/" || path.is_empty() {
+            return Ok(ROOT_INO);
+        }
+        let want_mtime = listed.and_then(|e| e.mtime).map(|t| split_time(Some(t)));
+        if let Some(inode) = self.dirs.get_mut(path) {
+            let ino = inode.ino;
+            if let Some((sec, nsec)) = want_mtime.filter(|m| *m != (inode.mtime_sec, inode.mtime_nsec)) {
+                inode.mtime_sec = sec;
+                inode.mtime_nsec = nsec;
+                let updated = inode.clone();
+                self.put(&updated, false)?;
+            }
+            return Ok(ino);
+        }
+        let (parent_path, name) = path.rsplit_once('/').expect("dataset paths start with '/'");
+        let parent = self.ensure_dir(parent_path, None)?;
+        let inode = match self.meta.lookup(self.ds, parent, name)? {
+            Some(existing) if is_dir(&existing) => match want_mtime {
+                Some((sec, nsec)) if (sec, nsec) != (existing.mtime_sec, existing.mtime_nsec) => {
+                    let updated = Inode { mtime_sec: sec, mtime_nsec: nsec, ..existing };
+                    self.put(&updated, false)?;
+                    self.progress.changed += 1;
+                    updated
+                }
+                _ => {
+                    self.progress.unchanged += 1;
+                    existing
+                }
+            },
+            Some(existing) => {
+                let (sec, nsec) = want_mtime.unwrap_or((self.now, 0));
+                let updated = Inode {
+                    kind: FileKind::Directory as i32,
+                    size: 0,
+                    file_id: 0,
+                    etag: String::new(),
+                    mtime_sec: sec,
+                    mtime_nsec: nsec,
+                    ..existing
+                };
+                self.put(&updated, false)?;
+                self.progress.changed += 1;
+                updated
+            }
+            None => {
+                let (sec, nsec) = want_mtime.unwrap_or((self.now, 0));
+                let ino = self.meta.alloc_file_id(&mut self.batch);
+                let inode = Inode {
+                    ino,
+                    parent,
+                    name: name.to_string(),
+                    kind: FileKind::Directory as i32,
+                    mtime_sec: sec,
+                    mtime_nsec: nsec,
+                    ..Default::default()
+                };
+                self.put(&inode, true)?;
+                self.progress.added += 1;
+                inode
+            }
+        };
+        let ino = inode.ino;
+        self.dir_count += 1;
+        self.seen.insert(ino);
+        self.dirs.insert(path.to_string(), inode);
+        Ok(ino)
+    }
+
+    fn upsert_file(&mut self, path: &str, entry: &StoreEntry) -> Result<()> {
+        let (parent_path, name) = path.rsplit_once('/').expect("dataset paths start with '/'");
+        let parent = self.ensure_dir(parent_path, None)?;
+        let (mtime_sec, mtime_nsec) = split_time(entry.mtime);
+        let etag = entry.etag.clone().unwrap_or_default();
+        let existing = self.meta.lookup(self.ds, parent, name)?;
+        let ino = match existing {
+            Some(old)
+                if !is_dir(&old)
+                    && old.size == entry.size
+                    && old.etag == etag
+                    && old.mtime_sec == mtime_sec
+                    && old.mtime_nsec == mtime_nsec =>
+            {
+                self.progress.unchanged += 1;
+                old.ino
+            }
+            other => {
+                let is_new = other.is_none();
+                let ino = match &other {
+                    Some(old) => old.ino,
+                    None => self.meta.alloc_file_id(&mut self.batch),
+                };
+                let file_id = self.meta.alloc_file_id(&mut self.batch);
+                let inode = Inode {
+                    ino,
+                    parent,
+                    name: name.to_string(),
+                    kind: FileKind::File as i32,
+                    size: entry.size,
+                    mtime_sec,
+                    mtime_nsec,
+                    etag,
+                    file_id,
+                };
+                self.put(&inode, is_new)?;
+                if is_new {
+                    self.progress.added += 1;
+                } else {
+                    self.progress.changed += 1;
+                }
+                ino
+            }
+        };
+        self.files += 1;
+        self.bytes += entry.size;
+        self.seen.insert(ino);
+        Ok(())
+    }
+}
+
+fn usable_path(path: &str) -> bool {
+    path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != ".." && c.len() <= NAME_MAX && !c.contains('\0'))
+}
+
+/// List `store` and bring the namespace of `info` in line with it. Calls
+/// `report` with progress now and then; returns the updated dataset record.
+pub async fn sync(
+    meta: &MetaStore,
+    mut info: DatasetInfo,
+    store: &UnderStore,
+    mut report: impl FnMut(&SyncProgress),
+) -> Result<DatasetInfo> {
+    let mut s = Syncer {
+        meta,
+        ds: info.id,
+        batch: WriteBatch::default(),
+        pending: 0,
+        dirs: HashMap::new(),
+        seen: HashSet::from([ROOT_INO]),
+        progress: SyncProgress::default(),
+        files: 0,
+        dir_count: 0,
+        bytes: 0,
+        skipped: 0,
+        now: now_unix(),
+    };
+    let mut listing = Box::pin(store.list());
+    while let Some(entry) = listing.next().await {
+        let entry = entry?;
+        s.progress.entries_listed += 1;
+        s.progress.bytes_listed += entry.size;
+        if !usable_path(&entry.path) {
+            warn!(path = %entry.path.escape_debug(), "skipping an object whose path cannot be a POSIX path");
+            s.skipped += 1;
+            continue;
+        }
+        if entry.is_dir {
+            s.ensure_dir(&entry.path, Some(&entry))?;
+        } else {
+            s.upsert_file(&entry.path, &entry)?;
+        }
+        if s.progress.entries_listed.is_multiple_of(PROGRESS_EVERY) {
+            report(&s.progress);
+        }
+    }
+    s.flush()?;
+
+    // Whatever was not seen in this listing is gone from the store.
+    let mut gone = Vec::new();
+    meta.scan_inodes(info.id, |inode| {
+        if !s.seen.contains(&inode.ino) {
+            gone.push(inode);
+        }
+        Ok(())
+    })?;
+    for inode in &gone {
+        meta.delete_entry(&mut s.batch, info.id, inode);
+        s.pending += 1;
+        s.progress.deleted += 1;
+        if s.pending >= BATCH_ENTRIES {
+            s.flush()?;
+        }
+    }
+    info.file_count = s.files;
+    info.dir_count = s.dir_count;
+    info.total_bytes = s.bytes;
+    info.last_sync_unix = s.now;
+    meta.put_dataset(&mut s.batch, &info);
+    s.pending += 1;
+    s.flush()?;
+    if s.skipped > 0 {
+        warn!(dataset = info.id, skipped = s.skipped, "objects skipped during sync");
+    }
+    s.progress.done = true;
+    s.progress.dataset = Some(info.clone());
+    report(&s.progress);
+    Ok(info)
+}

@@ -1,0 +1,352 @@
+//! The master's gRPC service: validates requests, drives the metadata store,
+//! namespace sync and membership, and maps errors to status codes once (in
+//! `error.rs`). Every handler runs in a `tracing` span naming its dataset.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use rocksdb::WriteBatch;
+use shoal_core::ids::validate_block_size;
+use shoal_core::{validate_dataset_name, StoreSpec, UnderStore, DEFAULT_BLOCK_SIZE};
+use shoal_proto::master::master_server::Master;
+use shoal_proto::master::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument, warn};
+
+use crate::error::{MasterError, Result};
+use crate::membership::Membership;
+use crate::meta::{MetaStore, ROOT_INO};
+use crate::namespace;
+
+const READDIR_DEFAULT_LIMIT: usize = 4096;
+const READDIR_MAX_LIMIT: usize = 65536;
+const NAMESPACE_CHUNK: usize = 8192;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Shared state behind the gRPC handlers.
+pub struct State {
+    pub(crate) meta: Arc<MetaStore>,
+    pub(crate) members: Arc<Membership>,
+    heartbeat_interval_ms: u64,
+    /// Serialises dataset creation and deletion.
+    create_lock: tokio::sync::Mutex<()>,
+    syncing: Mutex<std::collections::HashSet<String>>,
+    stores: Mutex<HashMap<u32, UnderStore>>,
+}
+
+fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
+    let mount = info.spec.as_ref().and_then(|s| s.mount.as_ref()).cloned().unwrap_or_default();
+    let options: BTreeMap<_, _> = mount.options.into_iter().collect();
+    Ok(StoreSpec::parse(&mount.uri, &options)?)
+}
+
+impl State {
+    fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat_interval_ms: u64) -> Self {
+        Self {
+            meta,
+            members,
+            heartbeat_interval_ms,
+            create_lock: tokio::sync::Mutex::new(()),
+            syncing: Mutex::new(Default::default()),
+            stores: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dataset(&self, name: &str) -> Result<DatasetInfo> {
+        self.meta.get_dataset(name)?.ok_or_else(|| MasterError::DatasetNotFound(name.to_string()))
+    }
+
+    fn store(&self, info: &DatasetInfo) -> Result<UnderStore> {
+        let mut stores = self.stores.lock().expect("stores lock");
+        if let Some(s) = stores.get(&info.id) {
+            return Ok(s.clone());
+        }
+        let store = UnderStore::open(&spec_of(info)?)?;
+        stores.insert(info.id, store.clone());
+        Ok(store)
+    }
+
+    fn inode(&self, info: &DatasetInfo, ino: u64) -> Result<Inode> {
+        self.meta.get_inode(info.id, ino)?.ok_or_else(|| MasterError::EntryNotFound {
+            dataset: info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            what: format!("inode {ino}"),
+        })
+    }
+
+    /// Run a sync of `info`, refusing a second concurrent one for the same dataset.
+    async fn run_sync(&self, info: DatasetInfo, report: impl FnMut(&SyncProgress)) -> Result<DatasetInfo> {
+        let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        if !self.syncing.lock().expect("sync lock").insert(name.clone()) {
+            return Err(MasterError::SyncRunning(name));
+        }
+        let result = async {
+            let store = self.store(&info)?;
+            namespace::sync(&self.meta, info, &store, report).await
+        }
+        .await;
+        self.syncing.lock().expect("sync lock").remove(&name);
+        if let Ok(info) = &result {
+            info!(dataset = %name, files = info.file_count, bytes = info.total_bytes, "sync finished");
+        }
+        result
+    }
+
+    async fn create(&self, req: CreateDatasetRequest) -> Result<DatasetInfo> {
+        let mut spec = req.spec.ok_or_else(|| MasterError::InvalidArgument("missing dataset spec".into()))?;
+        validate_dataset_name(&spec.name)?;
+        let mount = spec.mount.as_ref().ok_or_else(|| MasterError::InvalidArgument("missing mount URI".into()))?;
+        let options: BTreeMap<_, _> = mount.options.clone().into_iter().collect();
+        let store_spec = StoreSpec::parse(&mount.uri, &options)?;
+        let cache = spec.cache.get_or_insert_with(Default::default);
+        if cache.block_size == 0 {
+            cache.block_size = DEFAULT_BLOCK_SIZE;
+        }
+        validate_block_size(cache.block_size)?;
+        cache.replicas = cache.replicas.max(1);
+
+        let _guard = self.create_lock.lock().await;
+        if self.meta.get_dataset(&spec.name)?.is_some() {
+            return Err(MasterError::DatasetExists(spec.name));
+        }
+        // An unreachable or misconfigured store is refused before anything is written.
+        let store = UnderStore::open(&store_spec)?;
+        store.check().await?;
+
+        let mut batch = WriteBatch::default();
+        let id = self.meta.alloc_dataset_id(&mut batch);
+        let now = namespace::now_unix();
+        let info = DatasetInfo { id, spec: Some(spec), created_unix: now, root_inode: ROOT_INO, ..Default::default() };
+        self.meta.put_inode(&mut batch, id, &namespace::root_inode(now));
+        self.meta.put_dataset(&mut batch, &info);
+        self.meta.write(batch)?;
+        self.stores.lock().expect("stores lock").insert(id, store);
+        drop(_guard);
+        info!(dataset = %info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or(""), id, "dataset created");
+        if req.sync {
+            return self.run_sync(info, |_| {}).await;
+        }
+        Ok(info)
+    }
+}
+
+/// The master's gRPC service; cheap to clone (one shared [`State`]).
+#[derive(Clone)]
+pub struct MasterService(Arc<State>);
+
+impl std::ops::Deref for MasterService {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl MasterService {
+    pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat_interval_ms: u64) -> Self {
+        Self(Arc::new(State::new(meta, members, heartbeat_interval_ms)))
+    }
+}
+
+#[tonic::async_trait]
+impl Master for MasterService {
+    #[instrument(skip_all, fields(dataset = %req.get_ref().spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")))]
+    async fn create_dataset(&self, req: Request<CreateDatasetRequest>) -> Result<Response<DatasetInfo>, Status> {
+        Ok(Response::new(self.create(req.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
+    async fn get_dataset(&self, req: Request<GetDatasetRequest>) -> Result<Response<DatasetInfo>, Status> {
+        Ok(Response::new(self.dataset(&req.get_ref().name)?))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_datasets(
+        &self,
+        _req: Request<ListDatasetsRequest>,
+    ) -> Result<Response<ListDatasetsResponse>, Status> {
+        let datasets = self.meta.list_datasets()?;
+        Ok(Response::new(ListDatasetsResponse { datasets }))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
+    async fn delete_dataset(
+        &self,
+        req: Request<DeleteDatasetRequest>,
+    ) -> Result<Response<DeleteDatasetResponse>, Status> {
+        let name = &req.get_ref().name;
+        let _guard = self.create_lock.lock().await;
+        let info = self.dataset(name)?;
+        if self.syncing.lock().expect("sync lock").contains(name) {
+            return Err(MasterError::SyncRunning(name.clone()).into());
+        }
+        self.meta.delete_dataset(&info).map_err(Status::from)?;
+        self.stores.lock().expect("stores lock").remove(&info.id);
+        info!(dataset = %name, "dataset deleted");
+        Ok(Response::new(DeleteDatasetResponse {}))
+    }
+
+    type SyncDatasetStream = BoxStream<SyncProgress>;
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
+    async fn sync_dataset(
+        &self,
+        req: Request<SyncDatasetRequest>,
+    ) -> Result<Response<Self::SyncDatasetStream>, Status> {
+        let info = self.dataset(&req.get_ref().name)?;
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let result = this
+                .run_sync(info, move |p| {
+                    // A slow or gone client never stalls the sync.
+                    let _ = progress_tx.try_send(Ok(p.clone()));
+                })
+                .await;
+            if let Err(e) = result {
+                warn!(error = %e, "sync failed");
+                let _ = tx.send(Err(Status::from(e))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, parent = req.get_ref().parent))]
+    async fn lookup(&self, req: Request<LookupRequest>) -> Result<Response<Inode>, Status> {
+        let r = req.get_ref();
+        let info = self.dataset(&r.dataset)?;
+        let found = self.meta.lookup(info.id, r.parent, &r.name).map_err(Status::from)?;
+        let inode = found.ok_or_else(|| MasterError::EntryNotFound {
+            dataset: r.dataset.clone(),
+            what: format!("{:?} in directory {}", r.name, r.parent),
+        })?;
+        Ok(Response::new(inode))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, ino = req.get_ref().ino))]
+    async fn get_attr(&self, req: Request<GetAttrRequest>) -> Result<Response<Inode>, Status> {
+        let info = self.dataset(&req.get_ref().dataset)?;
+        Ok(Response::new(self.inode(&info, req.get_ref().ino)?))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, path = %req.get_ref().path))]
+    async fn resolve_path(&self, req: Request<ResolvePathRequest>) -> Result<Response<Inode>, Status> {
+        let r = req.get_ref();
+        let info = self.dataset(&r.dataset)?;
+        let found = self.meta.resolve(info.id, &r.path).map_err(Status::from)?;
+        let inode = found.ok_or_else(|| MasterError::EntryNotFound {
+            dataset: r.dataset.clone(),
+            what: format!("path {:?}", r.path),
+        })?;
+        Ok(Response::new(inode))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, ino = req.get_ref().ino))]
+    async fn read_dir(&self, req: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {
+        let r = req.get_ref();
+        let info = self.dataset(&r.dataset)?;
+        let limit = match r.limit as usize {
+            0 => READDIR_DEFAULT_LIMIT,
+            n => n.min(READDIR_MAX_LIMIT),
+        };
+        let (entries, more) = self.meta.read_dir(info.id, r.ino, &r.start_after, limit).map_err(Status::from)?;
+        if entries.is_empty() && r.start_after.is_empty() {
+            // Distinguish an empty directory from a missing or non-directory inode.
+            let dir = self.inode(&info, r.ino)?;
+            if dir.kind != FileKind::Directory as i32 {
+                return Err(Status::failed_precondition(format!("inode {} is not a directory", r.ino)));
+            }
+        }
+        Ok(Response::new(ReadDirResponse { entries, more }))
+    }
+
+    type ListNamespaceStream = BoxStream<NamespaceChunk>;
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]
+    async fn list_namespace(
+        &self,
+        req: Request<ListNamespaceRequest>,
+    ) -> Result<Response<Self::ListNamespaceStream>, Status> {
+        let info = self.dataset(&req.get_ref().dataset)?;
+        let (tx, rx) = mpsc::channel(4);
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(NAMESPACE_CHUNK);
+            let mut first = Some(info.clone());
+            let res = meta.scan_inodes(info.id, |inode| {
+                chunk.push(inode);
+                if chunk.len() == NAMESPACE_CHUNK {
+                    let msg = NamespaceChunk { entries: std::mem::take(&mut chunk), dataset: first.take() };
+                    // The client went away: stop scanning.
+                    tx.blocking_send(Ok(msg)).map_err(|_| MasterError::InvalidArgument("client gone".into()))?;
+                }
+                Ok(())
+            });
+            match res {
+                Ok(()) => {
+                    let _ = tx.blocking_send(Ok(NamespaceChunk { entries: chunk, dataset: first.take() }));
+                }
+                Err(MasterError::InvalidArgument(_)) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::from(e)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, ino = req.get_ref().ino))]
+    async fn get_block_locations(
+        &self,
+        req: Request<BlockLocationsRequest>,
+    ) -> Result<Response<BlockLocationsResponse>, Status> {
+        let r = req.get_ref();
+        let info = self.dataset(&r.dataset)?;
+        let inode = self.inode(&info, r.ino)?;
+        if inode.kind != FileKind::File as i32 {
+            return Err(Status::failed_precondition(format!("inode {} is not a file", r.ino)));
+        }
+        let block_size =
+            info.spec.as_ref().and_then(|s| s.cache.as_ref()).map(|c| c.block_size).unwrap_or(DEFAULT_BLOCK_SIZE);
+        let blocks = self.members.file_locations(inode.file_id);
+        Ok(Response::new(BlockLocationsResponse {
+            inode: Some(inode),
+            block_size,
+            blocks,
+            workers: self.members.live_workers(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(worker = %req.get_ref().worker.as_ref().map(|w| w.id.as_str()).unwrap_or("")))]
+    async fn register_worker(
+        &self,
+        req: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let r = req.into_inner();
+        let worker = r.worker.ok_or_else(|| Status::invalid_argument("missing worker info"))?;
+        if worker.id.is_empty() || worker.address.is_empty() {
+            return Err(Status::invalid_argument("worker id and address are required"));
+        }
+        if worker.address.parse::<std::net::SocketAddr>().is_err() && !worker.address.contains(':') {
+            return Err(Status::invalid_argument(format!("worker address {:?} is not host:port", worker.address)));
+        }
+        self.members.register(worker, &r.blocks);
+        Ok(Response::new(RegisterWorkerResponse { heartbeat_interval_ms: self.heartbeat_interval_ms }))
+    }
+
+    #[instrument(skip_all, fields(worker = %req.get_ref().worker_id))]
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let known = self.members.heartbeat(&r.worker_id, &r.added, &r.removed, r.tiers);
+        Ok(Response::new(HeartbeatResponse { reregister: !known }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_workers(&self, _req: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
+        Ok(Response::new(ListWorkersResponse { workers: self.members.workers() }))
+    }
+}

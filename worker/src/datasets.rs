@@ -1,0 +1,120 @@
+//! The under-stores of the datasets this worker reads from, opened once per dataset
+//! from the spec the master holds, and the validation of block references that
+//! arrive on the wire (a hostile path never reaches the store).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use shoal_core::{ids, StoreSpec, UnderStore};
+use shoal_proto::master::master_client::MasterClient;
+use shoal_proto::master::GetDatasetRequest;
+use shoal_proto::worker::BlockRef;
+use tonic::transport::Channel;
+
+use crate::error::WorkerError;
+
+/// A block reference that passed validation.
+#[derive(Debug, Clone)]
+pub struct CheckedRef {
+    pub id: shoal_core::BlockId,
+    pub dataset: String,
+    pub dataset_id: u32,
+    pub path: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Validate a block reference: a dataset name, a clean absolute path, an index
+/// inside the file.
+pub fn check_ref(r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
+    let bad = |m: String| WorkerError::InvalidRequest(m);
+    let r = r.ok_or_else(|| bad("missing block reference".into()))?;
+    ids::validate_dataset_name(&r.dataset).map_err(|e| bad(e.to_string()))?;
+    ids::validate_block_size(r.block_size).map_err(|e| bad(e.to_string()))?;
+    if !r.path.starts_with('/')
+        || r.path.contains('\0')
+        || r.path.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == ".." || c.len() > 255)
+    {
+        return Err(bad(format!("path {:?} is not a clean absolute dataset path", r.path)));
+    }
+    let (offset, len) = ids::block_range(r.file_size, r.block_size, r.index)
+        .ok_or_else(|| bad(format!("block {} is past the end of {:?} ({} bytes)", r.index, r.path, r.file_size)))?;
+    Ok(CheckedRef {
+        id: shoal_core::BlockId::new(r.file_id, r.index),
+        dataset: r.dataset.clone(),
+        dataset_id: r.dataset_id,
+        path: r.path.clone(),
+        offset,
+        len,
+    })
+}
+
+/// Stores by dataset, looked up from the master on first use.
+pub struct Datasets {
+    master: MasterClient<Channel>,
+    stores: Mutex<HashMap<(String, u32), UnderStore>>,
+}
+
+impl Datasets {
+    pub fn new(master: MasterClient<Channel>) -> Self {
+        Self { master, stores: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn store(&self, name: &str, id: u32) -> Result<UnderStore, WorkerError> {
+        if let Some(s) = self.stores.lock().expect("stores lock").get(&(name.to_string(), id)) {
+            return Ok(s.clone());
+        }
+        let info = self
+            .master
+            .clone()
+            .get_dataset(GetDatasetRequest { name: name.to_string() })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => WorkerError::DatasetGone(name.to_string()),
+                _ => WorkerError::Master(s.message().to_string()),
+            })?
+            .into_inner();
+        if info.id != id {
+            // The dataset was deleted and re-created: this reference is stale.
+            return Err(WorkerError::DatasetGone(format!("{name} (id {id})")));
+        }
+        let mount = info.spec.and_then(|s| s.mount).unwrap_or_default();
+        let options: BTreeMap<_, _> = mount.options.into_iter().collect();
+        let store = UnderStore::open(&StoreSpec::parse(&mount.uri, &options)?)?;
+        self.stores.lock().expect("stores lock").insert((name.to_string(), id), store.clone());
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(path: &str, index: u32, size: u64) -> BlockRef {
+        BlockRef {
+            dataset: "ds".into(),
+            dataset_id: 1,
+            file_id: 9,
+            index,
+            path: path.into(),
+            block_size: 1 << 20,
+            file_size: size,
+        }
+    }
+
+    #[test]
+    fn hostile_refs_are_refused() {
+        assert!(check_ref(Some(&r("/a/b", 0, 10))).is_ok());
+        let c = check_ref(Some(&r("/a", 1, (1 << 20) + 5))).unwrap();
+        assert_eq!((c.offset, c.len), (1 << 20, 5));
+        for p in ["a/b", "/a/../etc/passwd", "/a//b", "/a/./b", "/a\0b", ""] {
+            assert!(check_ref(Some(&r(p, 0, 10))).is_err(), "{p:?}");
+        }
+        assert!(check_ref(Some(&r("/a", 1, 10))).is_err(), "index past the end");
+        assert!(check_ref(Some(&r("/a", 0, 0))).is_err(), "empty file has no block");
+        assert!(check_ref(None).is_err());
+        let mut bad_ds = r("/a", 0, 10);
+        bad_ds.dataset = "../x".into();
+        assert!(check_ref(Some(&bad_ds)).is_err());
+    }
+}

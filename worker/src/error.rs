@@ -1,0 +1,48 @@
+//! The worker's error type and its one mapping to gRPC status codes.
+
+use shoal_core::CoreError;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("invalid block request: {0}")]
+    InvalidRequest(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("dataset {0:?} is unknown to the master")]
+    DatasetGone(String),
+    #[error("master unreachable: {0}")]
+    Master(String),
+    #[error(transparent)]
+    Store(#[from] CoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<WorkerError> for Status {
+    fn from(e: WorkerError) -> Status {
+        let code = match &e {
+            WorkerError::InvalidRequest(_) => Code::InvalidArgument,
+            WorkerError::Config(_) => Code::FailedPrecondition,
+            WorkerError::DatasetGone(_) => Code::NotFound,
+            WorkerError::Store(c) if c.is_not_found() => Code::NotFound,
+            WorkerError::Store(c) if c.is_invalid_input() => Code::InvalidArgument,
+            WorkerError::Store(_) | WorkerError::Master(_) => Code::Unavailable,
+            WorkerError::Io(..) | WorkerError::Transport(_) => Code::Internal,
+        };
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            let s_msg = s.to_string();
+            if !msg.contains(&s_msg) {
+                msg.push_str(": ");
+                msg.push_str(&s_msg);
+            }
+            src = s.source();
+        }
+        Status::new(code, msg)
+    }
+}

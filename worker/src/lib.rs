@@ -1,0 +1,167 @@
+//! shoal-worker: a cache node. Owns the tiered block store (MEM, SSD), reads blocks
+//! through from the under-store on a miss, serves them over gRPC, and keeps the
+//! master informed (register with a full block report, heartbeats with deltas).
+//! It holds no durable state but its block files.
+
+pub mod block_store;
+pub mod datasets;
+pub mod error;
+pub mod service;
+pub mod tier;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::master::master_client::MasterClient;
+use shoal_proto::master::{BlockKey, HeartbeatRequest, RegisterWorkerRequest, TierInfo, WorkerInfo};
+use shoal_proto::worker::worker_server::WorkerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+pub use block_store::BlockStore;
+pub use error::WorkerError;
+pub use service::WorkerService;
+pub use tier::{TierKind, TierSpec};
+
+/// Settings of one worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Stable id of this worker (survives restarts).
+    pub id: String,
+    /// Kubernetes node / host name, for locality.
+    pub node: String,
+    /// Master address, `host:port`.
+    pub master: String,
+    /// Address other processes reach this worker at; defaults to the listen address.
+    pub advertise: Option<String>,
+    /// Tiers, fastest first.
+    pub tiers: Vec<TierSpec>,
+}
+
+/// A lazily connected client of the master (the worker starts without it).
+pub fn master_client(addr: &str) -> Result<MasterClient<Channel>, WorkerError> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| WorkerError::Config(format!("invalid master address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true);
+    Ok(MasterClient::new(ep.connect_lazy())
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+}
+
+fn keys(ids: impl IntoIterator<Item = shoal_core::BlockId>) -> Vec<BlockKey> {
+    ids.into_iter().map(|b| BlockKey { file_id: b.file_id, index: b.index }).collect()
+}
+
+fn tier_infos(store: &BlockStore) -> Vec<TierInfo> {
+    store
+        .tier_stats()
+        .into_iter()
+        .map(|(kind, dir, quota, used, blocks, _)| TierInfo {
+            kind: kind.as_str().into(),
+            dir: dir.to_string_lossy().into_owned(),
+            quota_bytes: quota,
+            used_bytes: used,
+            blocks,
+        })
+        .collect()
+}
+
+/// Register and heartbeat until `shutdown`; re-register with a full report
+/// whenever the master asks (e.g. after it restarted).
+async fn report_loop(
+    mut master: MasterClient<Channel>,
+    me: WorkerInfo,
+    store: Arc<BlockStore>,
+    shutdown: CancellationToken,
+) {
+    let mut interval = Duration::from_secs(3);
+    let mut registered = false;
+    loop {
+        if !registered {
+            let s = store.clone();
+            let (blocks, tiers) = tokio::task::spawn_blocking(move || {
+                s.settle();
+                let _ = s.take_deltas();
+                (keys(s.all_blocks()), tier_infos(&s))
+            })
+            .await
+            .unwrap_or_default();
+            let n = blocks.len();
+            let req = RegisterWorkerRequest { worker: Some(WorkerInfo { tiers, ..me.clone() }), blocks };
+            match master.register_worker(req).await {
+                Ok(resp) => {
+                    registered = true;
+                    interval = Duration::from_millis(resp.into_inner().heartbeat_interval_ms.clamp(100, 60_000));
+                    info!(blocks = n, "registered with the master");
+                }
+                Err(e) => warn!(error = %e.message(), "cannot register with the master; retrying"),
+            }
+        } else {
+            let deltas = store.take_deltas();
+            let req = HeartbeatRequest {
+                worker_id: me.id.clone(),
+                added: keys(deltas.added.iter().copied()),
+                removed: keys(deltas.removed.iter().copied()),
+                tiers: tier_infos(&store),
+            };
+            match master.heartbeat(req).await {
+                Ok(resp) if resp.get_ref().reregister => registered = false,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e.message(), "heartbeat failed");
+                    store.restore_deltas(deltas);
+                }
+            }
+        }
+        let wait = if registered { interval } else { Duration::from_millis(500) };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if !registered {
+            continue;
+        }
+    }
+}
+
+/// Open the tiers and serve the worker API on `listener` until `shutdown`.
+pub async fn serve(
+    config: WorkerConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let tiers = config.tiers.clone();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || BlockStore::open(&tiers))
+            .await
+            .map_err(|e| WorkerError::Config(e.to_string()))??,
+    );
+    let local = listener.local_addr().map_err(|e| WorkerError::Io("listener".into(), e))?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        if local.ip().is_unspecified() {
+            format!("{}:{}", config.node, local.port())
+        } else {
+            local.to_string()
+        }
+    });
+    let master = master_client(&config.master)?;
+    let service = WorkerService::new(config.id.clone(), store.clone(), datasets::Datasets::new(master.clone()));
+    let me = WorkerInfo { id: config.id.clone(), node: config.node.clone(), address: advertise, ..Default::default() };
+    let reporter = tokio::spawn(report_loop(master, me, store, shutdown.clone()));
+    info!(addr = %local, id = %config.id, "worker serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            WorkerServer::new(service)
+                .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await;
+    reporter.abort();
+    Ok(result?)
+}

@@ -1,0 +1,246 @@
+//! The worker's gRPC service: serves blocks from the tiered store, reads them
+//! through from the under-store on a miss (concurrent misses for one block share a
+//! single store read), and hands out block file paths for short-circuit reads.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::Stream;
+use shoal_core::BlockId;
+use shoal_proto::worker::worker_server::Worker;
+use shoal_proto::worker::*;
+use tokio::sync::OnceCell;
+use tonic::{Request, Response, Status};
+use tracing::{instrument, warn};
+
+use crate::block_store::{BlockStore, Cached};
+use crate::datasets::{check_ref, CheckedRef, Datasets};
+use crate::error::WorkerError;
+use crate::tier::TierKind;
+
+/// Largest message of a block stream.
+const CHUNK: usize = 1 << 20;
+
+/// A block's bytes, and where it is cached if it could be.
+#[derive(Clone)]
+struct Fetched {
+    cached: Option<Cached>,
+    data: Bytes,
+}
+
+type Flight = Arc<OnceCell<Result<Fetched, Status>>>;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub store_reads: AtomicU64,
+    pub store_bytes: AtomicU64,
+    pub corrupt_dropped: AtomicU64,
+}
+
+pub struct State {
+    pub id: String,
+    pub store: Arc<BlockStore>,
+    datasets: Datasets,
+    inflight: Mutex<HashMap<BlockId, Flight>>,
+    pub counters: Counters,
+}
+
+/// The worker's gRPC service; cheap to clone.
+#[derive(Clone)]
+pub struct WorkerService(pub Arc<State>);
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("blocking task failed: {e}")))
+}
+
+impl WorkerService {
+    pub fn new(id: String, store: Arc<BlockStore>, datasets: Datasets) -> Self {
+        Self(Arc::new(State {
+            id,
+            store,
+            datasets,
+            inflight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }))
+    }
+
+    /// Bytes of a cached block, verified where it is trusted again (SSD tier).
+    /// `None` if it is gone or corrupt (a corrupt file is dropped).
+    async fn read_cached(&self, c: &Cached) -> Option<Bytes> {
+        let file = c.file.clone();
+        let verify = c.tier == TierKind::Ssd;
+        let res =
+            blocking(move || shoal_core::mapped::map_block(&file.path, file.len, verify.then_some(file.crc))).await;
+        match res {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Ok(Err(e)) => {
+                warn!(block = %c.file.id, error = %e, "dropping unreadable block file");
+                self.0.counters.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+                let store = self.0.store.clone();
+                let id = c.file.id;
+                let _ = blocking(move || store.remove(id)).await;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The block's bytes: from the cache, or read through from the store once
+    /// however many requests ask for it at the same time.
+    async fn fetch(&self, r: &CheckedRef) -> Result<Fetched, Status> {
+        let store = self.0.store.clone();
+        let id = r.id;
+        if let Some(c) = blocking(move || store.get(id)).await? {
+            if let Some(data) = self.read_cached(&c).await {
+                self.0.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Fetched { cached: Some(c), data });
+            }
+        }
+        let cell = self.0.inflight.lock().expect("inflight lock").entry(id).or_default().clone();
+        let result = cell.get_or_init(|| self.fill(r.clone())).await.clone();
+        let mut inflight = self.0.inflight.lock().expect("inflight lock");
+        if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&id);
+        }
+        result
+    }
+
+    async fn fill(&self, r: CheckedRef) -> Result<Fetched, Status> {
+        // Another request may have filled it between our miss and our flight.
+        let store = self.0.store.clone();
+        let id = r.id;
+        if let Some(c) = blocking(move || store.get(id)).await? {
+            if let Some(data) = self.read_cached(&c).await {
+                return Ok(Fetched { cached: Some(c), data });
+            }
+        }
+        self.0.counters.misses.fetch_add(1, Ordering::Relaxed);
+        blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
+        let under = self.0.datasets.store(&r.dataset, r.dataset_id).await?;
+        let data = under.read(&r.path, r.offset, r.len).await.map_err(WorkerError::from)?;
+        self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
+        self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let store = self.0.store.clone();
+        let d = data.clone();
+        let cached = blocking(move || store.insert(id, &d)).await?.map_err(Status::from)?;
+        if cached.is_none() {
+            warn!(block = %id, "no tier has room; serving the block uncached");
+        }
+        Ok(Fetched { cached, data })
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    type ReadBlockStream = BoxStream<ReadBlockChunk>;
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or(""), block))]
+    async fn read_block(&self, req: Request<ReadBlockRequest>) -> Result<Response<Self::ReadBlockStream>, Status> {
+        let r = req.get_ref();
+        let checked = check_ref(r.block.as_ref())?;
+        tracing::Span::current().record("block", tracing::field::display(checked.id));
+        if r.offset > checked.len {
+            return Err(Status::out_of_range(format!("offset {} is past the block's {} bytes", r.offset, checked.len)));
+        }
+        let end = match r.length {
+            0 => checked.len,
+            n => (r.offset + n).min(checked.len),
+        };
+        let fetched = self.fetch(&checked).await?;
+        let data = fetched.data.slice(r.offset as usize..end as usize);
+        let chunks: Vec<Result<ReadBlockChunk, Status>> = (0..data.len())
+            .step_by(CHUNK)
+            .map(|at| Ok(ReadBlockChunk { data: data.slice(at..(at + CHUNK).min(data.len())) }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or("")))]
+    async fn open_local(&self, req: Request<OpenLocalRequest>) -> Result<Response<OpenLocalResponse>, Status> {
+        let r = req.get_ref();
+        let checked = check_ref(r.block.as_ref())?;
+        let store = self.0.store.clone();
+        let id = checked.id;
+        let mut cached = blocking(move || store.get(id)).await?;
+        if cached.is_none() && r.fill {
+            cached = self.fetch(&checked).await?.cached;
+        }
+        Ok(Response::new(match cached {
+            Some(c) => {
+                self.0.counters.hits.fetch_add(1, Ordering::Relaxed);
+                OpenLocalResponse {
+                    found: true,
+                    path: c.file.path.to_string_lossy().into_owned(),
+                    length: c.file.len,
+                    crc32c: c.file.crc,
+                    tier: c.tier.as_str().into(),
+                }
+            }
+            None => OpenLocalResponse::default(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or("")))]
+    async fn cache_block(&self, req: Request<CacheBlockRequest>) -> Result<Response<CacheBlockResponse>, Status> {
+        let checked = check_ref(req.get_ref().block.as_ref())?;
+        let store = self.0.store.clone();
+        let id = checked.id;
+        if let Some(c) = blocking(move || store.get(id)).await? {
+            return Ok(Response::new(CacheBlockResponse {
+                already_cached: true,
+                length: c.file.len,
+                tier: c.tier.as_str().into(),
+            }));
+        }
+        let f = self.fetch(&checked).await?;
+        let c = f.cached.ok_or_else(|| Status::resource_exhausted("no cache tier has room for the block"))?;
+        Ok(Response::new(CacheBlockResponse {
+            already_cached: false,
+            length: c.file.len,
+            tier: c.tier.as_str().into(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let s = &self.0;
+        let c = &s.counters;
+        let store = s.store.clone();
+        let tiers = blocking(move || {
+            store.settle();
+            store
+                .tier_stats()
+                .into_iter()
+                .map(|(kind, dir, quota, used, blocks, hits)| TierStats {
+                    kind: kind.as_str().into(),
+                    dir: dir.to_string_lossy().into_owned(),
+                    quota_bytes: quota,
+                    used_bytes: used,
+                    blocks,
+                    hits,
+                })
+                .collect()
+        })
+        .await?;
+        let sc = s.store.counters();
+        Ok(Response::new(StatsResponse {
+            worker_id: s.id.clone(),
+            tiers,
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            store_reads: c.store_reads.load(Ordering::Relaxed),
+            store_bytes: c.store_bytes.load(Ordering::Relaxed),
+            evictions: sc.evictions.load(Ordering::Relaxed),
+            demotions: sc.demotions.load(Ordering::Relaxed),
+            corrupt_dropped: c.corrupt_dropped.load(Ordering::Relaxed),
+        }))
+    }
+}
