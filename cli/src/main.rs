@@ -4,7 +4,9 @@
 
 mod client;
 mod exit;
+mod mount;
 mod servers;
+mod up;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,12 @@ enum Command {
     Dataset(client::DatasetCmd),
     /// List the workers the master knows.
     Workers(client::Common),
+    /// Mount a dataset as a read-only directory.
+    Mount(mount::MountArgs),
+    /// Unmount a shoal mount.
+    Umount(mount::UmountArgs),
+    /// Run a master, a worker and a mount in one process (first try, demos).
+    Up(up::UpArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -39,7 +47,7 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Master(_) | Command::Worker(_));
+    let is_server = matches!(cli.command, Command::Master(_) | Command::Worker(_) | Command::Mount(_) | Command::Up(_));
     init_tracing(if is_server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -54,6 +62,9 @@ fn main() -> ExitCode {
             Command::Worker(args) => servers::run_worker(args).await,
             Command::Dataset(cmd) => client::dataset(cmd).await,
             Command::Workers(common) => client::workers(common).await,
+            Command::Mount(args) => mount::run_mount(args).await,
+            Command::Umount(args) => mount::run_umount(args),
+            Command::Up(args) => up::run_up(args).await,
         }
     });
     match result {

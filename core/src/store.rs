@@ -75,7 +75,12 @@ impl UnderStore {
             // OpenDAL would create a missing root directory: refuse it instead.
             if !std::fs::metadata(root).map(|m| m.is_dir()).unwrap_or(false) {
                 let source = opendal::Error::new(opendal::ErrorKind::NotFound, "no such directory");
-                return Err(CoreError::Store { uri: spec.uri.clone(), op: "stat", path: "/".into(), source: Box::new(source) });
+                return Err(CoreError::Store {
+                    uri: spec.uri.clone(),
+                    op: "stat",
+                    path: "/".into(),
+                    source: Box::new(source),
+                });
             }
         }
         let op = Operator::via_iter(spec.service, spec.config.clone()).map_err(|e| CoreError::InvalidUri {

@@ -1,1 +1,163 @@
+//! shoal-fuse: the POSIX view of a dataset. Loads the dataset's namespace from the
+//! master in one bulk stream, then serves a read-only `fuser` filesystem whose
+//! reads come from workers (short-circuit when co-located) or, when no worker
+//! answers, from the store directly. Owns the mount's lifecycle (mount, unmount);
+//! it holds no durable state.
 
+pub mod fs;
+pub mod namespace;
+pub mod reader;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::master::master_client::MasterClient;
+use shoal_proto::master::{DatasetInfo, GetDatasetRequest, ListNamespaceRequest};
+use tonic::transport::{Channel, Endpoint};
+use tracing::info;
+
+pub use reader::{Reader, ReaderConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("invalid master address {0:?}")]
+    BadMaster(String),
+    #[error("dataset {0:?} not found on the master")]
+    NoDataset(String),
+    #[error("master: {0}")]
+    Master(String),
+    #[error("mount point {path}: {reason}")]
+    MountPoint { path: PathBuf, reason: String },
+    #[error("cannot mount at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What to mount and how.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub dataset: String,
+    pub mountpoint: PathBuf,
+    pub master: String,
+    /// This machine's node name (a worker on the same node is read by short-circuit).
+    pub node: String,
+    /// Let other users (and pods) read the mount.
+    pub allow_other: bool,
+    /// How long the kernel may cache entries and attributes.
+    pub ttl: Duration,
+    /// Bytes of blocks cached in this process.
+    pub cache_bytes: u64,
+    /// Threads reading `/dev/fuse`.
+    pub threads: usize,
+}
+
+/// A live mount. Dropping it does not unmount; call [`MountHandle::unmount`].
+pub struct MountHandle {
+    pub mountpoint: PathBuf,
+    pub dataset: DatasetInfo,
+    pub reader: Arc<Reader>,
+    unmounter: fuser::SessionUnmounter,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle").field("mountpoint", &self.mountpoint).finish()
+    }
+}
+
+impl MountHandle {
+    /// The filesystem session ended (e.g. someone ran `umount`).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Unmount and wait for the session to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        let res = self.unmounter.unmount();
+        let _ = self.thread.join();
+        res
+    }
+}
+
+pub fn master_client(addr: &str) -> Result<MasterClient<Channel>, MountError> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| MountError::BadMaster(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(MasterClient::new(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+}
+
+/// Whether `path` is a mount point in `/proc/mounts`.
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str())))
+        .unwrap_or(false)
+}
+
+/// Load the dataset's namespace and mount it; returns once the kernel has
+/// accepted the mount. Must be called inside a tokio runtime.
+pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
+    let meta = std::fs::metadata(&opts.mountpoint)
+        .map_err(|e| MountError::MountPoint { path: opts.mountpoint.clone(), reason: e.to_string() })?;
+    if !meta.is_dir() {
+        return Err(MountError::MountPoint { path: opts.mountpoint.clone(), reason: "not a directory".into() });
+    }
+    let mut master = master_client(&opts.master)?;
+    let dataset = master
+        .get_dataset(GetDatasetRequest { name: opts.dataset.clone() })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::NotFound => MountError::NoDataset(opts.dataset.clone()),
+            _ => MountError::Master(s.message().to_string()),
+        })?
+        .into_inner();
+    let mut stream = master
+        .list_namespace(ListNamespaceRequest { dataset: opts.dataset.clone() })
+        .await
+        .map_err(|s| MountError::Master(s.message().to_string()))?
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(|s| MountError::Master(s.message().to_string()))? {
+        entries.extend(chunk.entries);
+    }
+    let ns = namespace::Namespace::build(entries);
+    info!(dataset = %opts.dataset, entries = ns.len(), files = ns.files, "namespace loaded");
+
+    let reader =
+        Reader::new(dataset.clone(), master, &ReaderConfig { node: opts.node.clone(), cache_bytes: opts.cache_bytes });
+    reader.refresh_workers().await;
+    reader.spawn_refresh(Duration::from_secs(3));
+    let filesystem = fs::ShoalFs::new(ns, reader.clone(), tokio::runtime::Handle::current(), opts.ttl);
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("shoal:{}", opts.dataset)),
+        fuser::MountOption::Subtype("shoal".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    let path = opts.mountpoint.clone();
+    let session = tokio::task::spawn_blocking(move || fuser::Session::new(filesystem, &path, &config))
+        .await
+        .map_err(|e| MountError::Mount { path: opts.mountpoint.clone(), source: std::io::Error::other(e.to_string()) })?
+        .map_err(|source| MountError::Mount { path: opts.mountpoint.clone(), source })?;
+    let mut session = session;
+    let unmounter = session.unmount_callable();
+    let thread = std::thread::Builder::new()
+        .name("shoal-fuse".into())
+        .spawn(move || session.run())
+        .map_err(|source| MountError::Mount { path: opts.mountpoint.clone(), source })?;
+    info!(dataset = %opts.dataset, mountpoint = %opts.mountpoint.display(), "mounted");
+    Ok(MountHandle { mountpoint: opts.mountpoint, dataset, reader, unmounter, thread })
+}

@@ -54,6 +54,12 @@ pub struct Proc {
 impl Proc {
     /// Start `shoal ARGS…`; waits for its "listening on ADDR" line.
     pub fn start(args: &[&str], envs: &[(&str, &str)], log: &Path) -> Proc {
+        Self::start_until(args, envs, log, "listening on ")
+    }
+
+    /// Start `shoal ARGS…`; waits for a stdout line containing `marker` and keeps
+    /// what follows it as `addr`.
+    pub fn start_until(args: &[&str], envs: &[(&str, &str)], log: &Path, marker: &'static str) -> Proc {
         let mut cmd = Command::new(SHOAL);
         cmd.args(args).stdout(Stdio::piped()).stderr(std::fs::File::create(log).unwrap());
         cmd.env("RUST_LOG", "info");
@@ -65,7 +71,7 @@ impl Proc {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
+                if let Some(addr) = line.split(marker).nth(1) {
                     let _ = tx.send(addr.trim().to_string());
                 }
             }

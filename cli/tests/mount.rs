@@ -1,0 +1,267 @@
+//! End-to-end tests of the POSIX view: a real master and worker, `shoal mount` as
+//! its own process on a real FUSE mount, and `shoal up`. Contents are compared
+//! byte for byte with the source tree; errors are checked by errno.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use common::*;
+
+const BLOCK: usize = 64 * 1024;
+
+/// Every entry under `root`: relative path → (is_dir, size, mtime).
+fn walk(root: &Path) -> BTreeMap<String, (bool, u64, (u64, u32))> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap();
+            out.insert(
+                rel,
+                (meta.is_dir(), if meta.is_dir() { 0 } else { meta.len() }, (m.as_secs(), m.subsec_nanos())),
+            );
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+struct Mounted {
+    dir: tempfile::TempDir,
+    src: PathBuf,
+    mnt: PathBuf,
+    master: Proc,
+    worker: Option<Proc>,
+    mount: Option<Proc>,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut m) = self.mount.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(m.child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(m.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if shoal_fuse::is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.mnt).status();
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// Master, worker, a dataset from `build(src)` and its mount.
+fn mounted(worker_env: &[(&str, &str)], build: impl FnOnce(&Path)) -> Mounted {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    build(&src);
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "64MiB", "1GiB"),
+        worker_env,
+        &root.join("worker.log"),
+    );
+    let (code, out, err) =
+        cli(&["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = Proc::start_until(
+        &["mount", "ds", mnt.to_str().unwrap(), "--master", &master.addr],
+        &[],
+        &root.join("mount.log"),
+        "mounted dataset ",
+    );
+    assert!(shoal_fuse::is_mounted(&mnt), "mount is in /proc/mounts");
+    Mounted { dir, src, mnt, master, worker: Some(worker), mount: Some(mount) }
+}
+
+#[test]
+fn mount_shows_the_source_tree_byte_for_byte() {
+    let tree = tree_spec(BLOCK, false);
+    let m = mounted(&[], |src| {
+        write_tree(src, &tree);
+        std::fs::write(src.join("multi/big.bin"), content(11, 3 * 1024 * 1024 + 17)).unwrap();
+        let flat = src.join("flat");
+        std::fs::create_dir(&flat).unwrap();
+        for i in 0..10_000 {
+            std::fs::write(flat.join(format!("f{i:05}")), i.to_string()).unwrap();
+        }
+    });
+
+    // find + stat: names, kinds, sizes, mtimes.
+    assert_eq!(walk(&m.mnt), walk(&m.src));
+    // The flat directory lists completely.
+    let names: Vec<String> =
+        std::fs::read_dir(m.mnt.join("flat")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 10_000);
+
+    // sha256 of every file.
+    for (rel, (is_dir, _, _)) in walk(&m.src) {
+        if !is_dir && !rel.starts_with("flat/") {
+            let got = std::fs::read(m.mnt.join(&rel)).unwrap();
+            let want = std::fs::read(m.src.join(&rel)).unwrap();
+            assert_eq!(sha256(&got), sha256(&want), "{rel}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(m.mnt.join("flat/f09999")).unwrap(), "9999");
+
+    // pread at random offsets and lengths, many crossing block edges.
+    let want = std::fs::read(m.src.join("multi/big.bin")).unwrap();
+    let f = std::fs::File::open(m.mnt.join("multi/big.bin")).unwrap();
+    let mut x: u64 = 12345;
+    for i in 0..300 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let off = if i % 3 == 0 { ((x >> 20) as usize % 47 + 1) * BLOCK - 7 } else { (x >> 16) as usize % want.len() };
+        let len = 1 + (x >> 40) as usize % (3 * BLOCK);
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, off as u64).unwrap();
+        let end = (off + len).min(want.len());
+        assert_eq!(n, end - off, "short read at {off}+{len}");
+        assert_eq!(&buf[..n], &want[off..end], "pread at {off}+{len}");
+    }
+    // mmap reads.
+    let mapped = mmap_file(&m.mnt.join("multi/big.bin"));
+    assert_eq!(sha256(&mapped), sha256(&want));
+
+    // Errors by errno.
+    assert_eq!(errno(std::fs::File::open(m.mnt.join("no/such"))), libc::ENOENT);
+    assert_eq!(errno(std::fs::File::open(m.mnt.join("missing"))), libc::ENOENT);
+    assert_eq!(errno(std::fs::File::create(m.mnt.join("new"))), libc::EROFS);
+    assert_eq!(errno(std::fs::OpenOptions::new().write(true).open(m.mnt.join("zero"))), libc::EROFS);
+    assert_eq!(errno(std::fs::write(m.mnt.join("one-block"), b"x")), libc::EROFS);
+    assert_eq!(errno(std::fs::remove_file(m.mnt.join("zero"))), libc::EROFS);
+    assert_eq!(errno(std::fs::rename(m.mnt.join("zero"), m.mnt.join("zero2"))), libc::EROFS);
+    assert_eq!(errno(std::fs::create_dir(m.mnt.join("d"))), libc::EROFS);
+    assert_eq!(errno(std::fs::remove_dir(m.mnt.join("empty"))), libc::EROFS);
+    let mut dir = std::fs::File::open(m.mnt.join("multi")).unwrap();
+    assert_eq!(errno(dir.read(&mut [0u8; 16])), libc::EISDIR);
+
+    drop((f, dir));
+    // `shoal umount` takes it down; the mount process exits by itself.
+    let (code, out, err) = cli(&["umount", m.mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!shoal_fuse::is_mounted(&m.mnt));
+}
+
+#[allow(unsafe_code)]
+fn mmap_file(path: &Path) -> Vec<u8> {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: the file lives on a read-only mount nobody modifies during the test.
+    let map = unsafe { memmap2::Mmap::map(&f).unwrap() };
+    map.to_vec()
+}
+
+#[test]
+fn reads_survive_a_worker_killed_mid_read() {
+    // A slow store makes the read long enough to kill the worker in the middle.
+    let mut m = mounted(&[("SHOAL_FAILPOINT", "worker::before_store_read:sleep-15")], |src| {
+        std::fs::write(src.join("long.bin"), content(5, 24 * 1024 * 1024)).unwrap();
+    });
+    let want = std::fs::read(m.src.join("long.bin")).unwrap();
+    let mut f = std::fs::File::open(m.mnt.join("long.bin")).unwrap();
+    let mut got = Vec::with_capacity(want.len());
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut killed = false;
+    loop {
+        let n = f.read(&mut buf).expect("no read may fail while the worker dies");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if !killed && got.len() >= 4 * 1024 * 1024 {
+            m.worker.as_mut().unwrap().kill9();
+            killed = true;
+        }
+    }
+    assert!(killed);
+    assert_eq!(got.len(), want.len());
+    assert_eq!(sha256(&got), sha256(&want), "bytes read across the worker's death are right");
+}
+
+#[test]
+fn background_mount_and_umount() {
+    let mut m = mounted(&[], |src| std::fs::write(src.join("f"), b"hello").unwrap());
+    // Replace the foreground mount with a detached one.
+    let (code, _, err) = cli(&["umount", m.mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    if let Some(mut p) = m.mount.take() {
+        let _ = p.child.wait();
+    }
+    let (code, out, err) = cli(&["mount", "ds", m.mnt.to_str().unwrap(), "--master", &m.master.addr, "--background"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(shoal_fuse::is_mounted(&m.mnt));
+    assert_eq!(std::fs::read(m.mnt.join("f")).unwrap(), b"hello");
+    let (code, _, err) = cli(&["umount", m.mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!shoal_fuse::is_mounted(&m.mnt));
+    // Unmounting something that is not mounted is a clear error.
+    let (code, _, err) = cli(&["umount", m.mnt.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    // Mounting a dataset that does not exist fails and leaves nothing mounted.
+    let (code, _, err) = cli(&["mount", "nope", m.mnt.to_str().unwrap(), "--master", &m.master.addr]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+    assert!(!shoal_fuse::is_mounted(&m.mnt));
+}
+
+#[test]
+fn shoal_up_serves_a_demo_and_ctrl_c_leaves_no_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut up = Proc::start_until(
+        &["up", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--mem", "64MiB", "--ssd", "1GiB"],
+        &[],
+        &dir.path().join("up.log"),
+        "mounted at ",
+    );
+    let mnt = PathBuf::from(&up.addr);
+    assert!(shoal_fuse::is_mounted(&mnt));
+    let src = data.join("demo-source");
+    let walked = walk(&src);
+    assert_eq!(walk(&mnt), walked);
+    for (rel, (is_dir, _, _)) in walked.iter().take(40) {
+        if !is_dir {
+            assert_eq!(sha256(&std::fs::read(mnt.join(rel)).unwrap()), sha256(&std::fs::read(src.join(rel)).unwrap()));
+        }
+    }
+    assert_eq!(
+        sha256(&std::fs::read(mnt.join("shards/shard-0001.tar")).unwrap()),
+        sha256(&std::fs::read(src.join("shards/shard-0001.tar")).unwrap())
+    );
+    // Ctrl-C: unmount, stop, exit 0.
+    Command::new("kill").arg("-INT").arg(up.child.id().to_string()).stdout(Stdio::null()).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "shoal up did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!shoal_fuse::is_mounted(&mnt), "no mount left behind");
+}

@@ -1,0 +1,389 @@
+//! The FUSE filesystem: a read-only POSIX view of one dataset. Metadata calls are
+//! answered from the in-memory [`Namespace`] with long kernel TTLs; reads are
+//! handed to tokio tasks so many run at once; files open with `FOPEN_KEEP_CACHE`
+//! so a second epoch is served by the page cache. Every call that would change
+//! anything returns `EROFS` (the mount is also read-only in the kernel).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use tracing::{debug, warn};
+
+use crate::namespace::{Namespace, Node, ROOT};
+use crate::reader::{ReadError, Reader};
+
+/// Largest read the kernel sends (it allows 1 MiB with `max_pages` 256).
+pub const MAX_READ: u32 = 1 << 20;
+/// Readahead window limit, in blocks.
+const MAX_WINDOW: u32 = 8;
+
+/// Per-open-file state: where the last read ended and the readahead window.
+#[derive(Debug)]
+struct OpenFile {
+    ino: u64,
+    next_offset: u64,
+    window: u32,
+}
+
+pub struct ShoalFs {
+    ns: Arc<Namespace>,
+    paths: HashMap<u64, String>,
+    reader: Arc<Reader>,
+    rt: Handle,
+    ttl: Duration,
+    uid: u32,
+    gid: u32,
+    next_fh: AtomicU64,
+    open: Mutex<HashMap<u64, OpenFile>>,
+}
+
+impl std::fmt::Debug for ShoalFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShoalFs").field("entries", &self.ns.len()).finish()
+    }
+}
+
+fn errno_of(e: &ReadError) -> Errno {
+    match e {
+        ReadError::NotFound(_) => Errno::ENOENT,
+        ReadError::AllSourcesFailed { .. } => Errno::EIO,
+    }
+}
+
+impl ShoalFs {
+    pub fn new(ns: Namespace, reader: Arc<Reader>, rt: Handle, ttl: Duration) -> Self {
+        let ns = Arc::new(ns);
+        // Dataset paths of files, for block references.
+        let mut paths = HashMap::new();
+        let mut stack = vec![(ROOT, String::new())];
+        while let Some((ino, path)) = stack.pop() {
+            if let Some(node) = ns.get(ino) {
+                for (name, child) in &node.children {
+                    let p = format!("{path}/{name}");
+                    if ns.get(*child).is_some_and(|c| c.is_dir()) {
+                        stack.push((*child, p));
+                    } else {
+                        paths.insert(*child, p);
+                    }
+                }
+            }
+        }
+        // SAFETY-free: plain libc getters with no arguments.
+        let (uid, gid) = (nix_uid(), nix_gid());
+        Self { ns, paths, reader, rt, ttl, uid, gid, next_fh: AtomicU64::new(1), open: Mutex::new(HashMap::new()) }
+    }
+
+    fn attr(&self, node: &Node) -> FileAttr {
+        let i = &node.inode;
+        let mtime = node.mtime();
+        let (kind, perm, nlink, size) =
+            if node.is_dir() { (FileType::Directory, 0o555, 2, 0) } else { (FileType::RegularFile, 0o444, 1, i.size) };
+        FileAttr {
+            ino: INodeNo(i.ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: MAX_READ,
+            flags: 0,
+        }
+    }
+}
+
+fn nix_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0)
+}
+
+fn nix_gid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::gid(&m)).unwrap_or(0)
+}
+
+impl Filesystem for ShoalFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large reads and readahead: the kernel asks for up to 1 MiB at a time.
+        let _ = config.set_max_readahead(MAX_READ);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
+        match self.ns.lookup(parent.0, name) {
+            Some(node) => reply.entry(&self.ttl, &self.attr(node), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ns.get(ino.0) {
+            Some(node) => reply.attr(&self.ttl, &self.attr(node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        reply.error(Errno::EINVAL);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(node) = self.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
+        if node.is_dir() {
+            return reply.error(Errno::EISDIR);
+        }
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().expect("open lock").insert(fh, OpenFile { ino: ino.0, next_offset: 0, window: 1 });
+        // Small files (one block) are fetched whole right away.
+        if let Some(path) = self.paths.get(&ino.0) {
+            let _guard = self.rt.enter();
+            self.reader.prefetch(&node.inode, path, 0);
+        }
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(node) = self.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
+        if node.is_dir() {
+            return reply.error(Errno::EISDIR);
+        }
+        let Some(path) = self.paths.get(&ino.0).cloned() else { return reply.error(Errno::ENOENT) };
+        let inode = node.inode.clone();
+        let bs = self.reader.block_size();
+        let end = (offset + u64::from(size)).min(inode.size);
+        // Readahead: a read that starts where the last one ended is sequential;
+        // the window of blocks fetched ahead doubles up to MAX_WINDOW.
+        let window = {
+            let mut open = self.open.lock().expect("open lock");
+            match open.get_mut(&fh.0) {
+                Some(f) if f.ino == ino.0 => {
+                    f.window = if offset == f.next_offset { (f.window * 2).min(MAX_WINDOW) } else { 1 };
+                    f.next_offset = end;
+                    f.window
+                }
+                _ => 1,
+            }
+        };
+        let reader = self.reader.clone();
+        self.rt.spawn(async move {
+            if end > offset {
+                let last = ((end - 1) / bs) as u32;
+                for i in 1..=window {
+                    reader.prefetch(&inode, &path, last + i);
+                }
+            }
+            match reader.read(&inode, &path, offset, u64::from(size)).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    warn!(path, offset, size, error = %e, "read failed");
+                    reply.error(errno_of(&e));
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.open.lock().expect("open lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.ns.get(ino.0) {
+            Some(n) if n.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(dir) = self.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
+        // Offsets: 1 = ".", 2 = "..", 3.. = children.
+        let parent = dir.inode.parent.max(ROOT);
+        let dots = [(1u64, ino.0, "."), (2, parent, "..")];
+        for (off, i, name) in dots.into_iter().skip(offset as usize) {
+            if reply.add(INodeNo(i), off, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        let skip = offset.saturating_sub(2) as usize;
+        for (k, (name, child)) in dir.children.iter().enumerate().skip(skip) {
+            let kind = if self.ns.get(*child).is_some_and(|c| c.is_dir()) {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            if reply.add(INodeNo(*child), k as u64 + 3, kind, name.as_ref()) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(dir) = self.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
+        let skip = offset as usize;
+        for (k, (name, child)) in dir.children.iter().enumerate().skip(skip) {
+            let Some(node) = self.ns.get(*child) else { continue };
+            if reply.add(INodeNo(*child), k as u64 + 1, name.as_ref(), &self.ttl, &self.attr(node), Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let bsize = 4096u64;
+        let blocks = self.ns.bytes.div_ceil(bsize);
+        reply.statfs(blocks, 0, 0, self.ns.len() as u64, 0, bsize as u32, 255, bsize as u32);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    // ---- everything that would write: read-only filesystem ----
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _f: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: ReplyCreate) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, _v: &[u8], _f: i32, _p: u32, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _o: u64, _l: u64, _m: i32, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn destroy(&mut self) {
+        debug!("filesystem destroyed");
+    }
+}

@@ -1,0 +1,347 @@
+//! Block reads for the mount. For each block, in order: the co-located worker by
+//! short-circuit (the worker names its block file; we map it and check its CRC),
+//! a worker the master lists as holding it, the block's owner by rendezvous
+//! hashing (which reads it through from the store and caches it), the next-ranked
+//! workers, and finally the under-store itself. A cache outage slows reads; it
+//! never fails them. Fetched blocks are kept in a bounded in-process cache, and
+//! concurrent reads of one block share one fetch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use shoal_core::{ids, placement, BlockId, StoreSpec, UnderStore};
+use shoal_proto::master::master_client::MasterClient;
+use shoal_proto::master::{BlockLocationsRequest, DatasetInfo, Inode, ListWorkersRequest, WorkerInfo};
+use shoal_proto::worker::worker_client::WorkerClient;
+use shoal_proto::worker::{BlockRef, OpenLocalRequest, ReadBlockRequest};
+use tokio::sync::OnceCell;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, warn};
+
+/// Why a read failed, mapped to an errno by the filesystem.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0} is gone from the store")]
+    NotFound(String),
+    #[error("every source failed for {path} block {index}: {last}")]
+    AllSourcesFailed { path: String, index: u32, last: String },
+}
+
+/// Where blocks came from, for stats and tests.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    pub short_circuit: AtomicU64,
+    pub worker: AtomicU64,
+    pub store: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// This machine's node name: a worker on the same node is read by short-circuit.
+    pub node: String,
+    /// Bytes of blocks kept in this process.
+    pub cache_bytes: u64,
+}
+
+pub struct Reader {
+    dataset: DatasetInfo,
+    name: String,
+    block_size: u64,
+    master: MasterClient<Channel>,
+    workers: RwLock<Vec<WorkerInfo>>,
+    clients: Mutex<HashMap<String, WorkerClient<Channel>>>,
+    store: OnceCell<Option<UnderStore>>,
+    cache: moka::future::Cache<BlockId, Bytes>,
+    node: String,
+    master_down_until: Mutex<Option<Instant>>,
+    pub counters: SourceCounters,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("dataset", &self.name).finish()
+    }
+}
+
+fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .ok()
+        .map(|e| e.connect_timeout(Duration::from_secs(2)).timeout(timeout).tcp_nodelay(true))
+}
+
+impl Reader {
+    pub fn new(dataset: DatasetInfo, master: MasterClient<Channel>, config: &ReaderConfig) -> Arc<Self> {
+        let spec = dataset.spec.clone().unwrap_or_default();
+        let block_size =
+            spec.cache.as_ref().map(|c| c.block_size).filter(|b| *b > 0).unwrap_or(ids::DEFAULT_BLOCK_SIZE);
+        let cache = moka::future::Cache::builder()
+            .max_capacity(config.cache_bytes.max(block_size))
+            .weigher(|_, b: &Bytes| b.len().min(u32::MAX as usize) as u32)
+            .build();
+        Arc::new(Self {
+            dataset,
+            name: spec.name,
+            block_size,
+            master,
+            workers: RwLock::new(Vec::new()),
+            clients: Mutex::new(HashMap::new()),
+            store: OnceCell::new(),
+            cache,
+            node: config.node.clone(),
+            master_down_until: Mutex::new(None),
+            counters: SourceCounters::default(),
+        })
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    /// Refresh the live worker list from the master now; keeps the old list if the
+    /// master cannot be reached (reads go on without it).
+    pub async fn refresh_workers(&self) {
+        match self.master.clone().list_workers(ListWorkersRequest {}).await {
+            Ok(r) => {
+                let live: Vec<WorkerInfo> = r.into_inner().workers.into_iter().filter(|w| w.alive).collect();
+                *self.workers.write().expect("workers lock") = live;
+            }
+            Err(e) => debug!(error = %e.message(), "cannot refresh workers; keeping the last list"),
+        }
+    }
+
+    /// Refresh the worker list every `every` until the reader is dropped.
+    pub fn spawn_refresh(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match weak.upgrade() {
+                    Some(r) => r.refresh_workers().await,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    fn client(&self, addr: &str) -> Option<WorkerClient<Channel>> {
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(c) = clients.get(addr) {
+            return Some(c.clone());
+        }
+        let ch = endpoint(addr, Duration::from_secs(60))?.connect_lazy();
+        let c = WorkerClient::new(ch).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+        clients.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+
+    fn block_ref(&self, inode: &Inode, path: &str, index: u32) -> BlockRef {
+        BlockRef {
+            dataset: self.name.clone(),
+            dataset_id: self.dataset.id,
+            file_id: inode.file_id,
+            index,
+            path: path.to_string(),
+            block_size: self.block_size,
+            file_size: inode.size,
+        }
+    }
+
+    /// Bytes `[offset, offset + size)` of a file, clipped to its end.
+    pub async fn read(&self, inode: &Inode, path: &str, offset: u64, size: u64) -> Result<Bytes, ReadError> {
+        let pieces: Vec<_> = ids::blocks_for_range(inode.size, self.block_size, offset, size).collect();
+        if pieces.len() == 1 {
+            let (index, at, len) = pieces[0];
+            let block = self.block(inode, path, index).await?;
+            return Ok(block.slice(at as usize..(at + len) as usize));
+        }
+        let blocks =
+            futures::future::join_all(pieces.iter().map(|(index, _, _)| self.block(inode, path, *index))).await;
+        let mut out = BytesMut::with_capacity(pieces.iter().map(|p| p.2 as usize).sum());
+        for (block, (_, at, len)) in blocks.into_iter().zip(&pieces) {
+            out.extend_from_slice(&block?[*at as usize..(*at + *len) as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Start fetching a block into the cache without waiting for it.
+    pub fn prefetch(self: &Arc<Self>, inode: &Inode, path: &str, index: u32) {
+        if ids::block_range(inode.size, self.block_size, index).is_none()
+            || self.cache.contains_key(&BlockId::new(inode.file_id, index))
+        {
+            return;
+        }
+        let this = self.clone();
+        let inode = inode.clone();
+        let path = path.to_string();
+        tokio::spawn(async move {
+            let _ = this.block(&inode, &path, index).await;
+        });
+    }
+
+    /// One whole block, from the cache or fetched once for all concurrent readers.
+    pub async fn block(&self, inode: &Inode, path: &str, index: u32) -> Result<Bytes, ReadError> {
+        let id = BlockId::new(inode.file_id, index);
+        self.cache.try_get_with(id, self.fetch(inode, path, index)).await.map_err(|e| (*e).clone())
+    }
+
+    async fn fetch(&self, inode: &Inode, path: &str, index: u32) -> Result<Bytes, ReadError> {
+        let id = BlockId::new(inode.file_id, index);
+        let (_, want) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
+        let r = self.block_ref(inode, path, index);
+        let workers = self.workers.read().expect("workers lock").clone();
+        let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
+        let by_id: BTreeMap<&str, &WorkerInfo> = workers.iter().map(|w| (w.id.as_str(), w)).collect();
+        let owner = ranked.first().copied();
+        let mut last = String::from("no worker is known");
+
+        // 1. A worker on this node: map its block file. If it is also the owner,
+        //    let it read the block through from the store first.
+        if let Some(local) = workers.iter().find(|w| w.node == self.node) {
+            let fill = owner == Some(local.id.as_str());
+            match self.short_circuit(local, &r, fill, want).await {
+                Ok(Some(b)) => {
+                    self.counters.short_circuit.fetch_add(1, Ordering::Relaxed);
+                    return Ok(b);
+                }
+                Ok(None) => {}
+                Err(e) => last = e,
+            }
+        }
+        // 2. Workers the master says hold it, then 3. workers by rendezvous rank.
+        let mut order: Vec<String> = self.listed_holders(inode, index).await;
+        for w in ranked.iter().take(3) {
+            if !order.iter().any(|o| o == w) {
+                order.push(w.to_string());
+            }
+        }
+        for wid in order {
+            let Some(w) = by_id.get(wid.as_str()) else { continue };
+            match self.remote(w, &r, want).await {
+                Ok(b) => {
+                    self.counters.worker.fetch_add(1, Ordering::Relaxed);
+                    return Ok(b);
+                }
+                Err(e) => {
+                    warn!(worker = %w.id, path, index, error = %e, "worker read failed; trying the next source");
+                    last = e;
+                }
+            }
+        }
+        // 4. The store itself.
+        match self.direct(path, inode, index).await {
+            Ok(b) => {
+                self.counters.store.fetch_add(1, Ordering::Relaxed);
+                Ok(b)
+            }
+            Err(e) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e.unwrap_or(ReadError::AllSourcesFailed { path: path.to_string(), index, last }))
+            }
+        }
+    }
+
+    /// Workers the master lists for a block. A short timeout, and a pause after a
+    /// failure, keep a dead master from slowing reads down.
+    async fn listed_holders(&self, inode: &Inode, index: u32) -> Vec<String> {
+        if self.master_down_until.lock().expect("master lock").is_some_and(|t| Instant::now() < t) {
+            return Vec::new();
+        }
+        let req = BlockLocationsRequest { dataset: self.name.clone(), ino: inode.ino };
+        let mut master = self.master.clone();
+        let res = tokio::time::timeout(Duration::from_millis(500), master.get_block_locations(req)).await;
+        let Ok(Ok(resp)) = res else {
+            *self.master_down_until.lock().expect("master lock") = Some(Instant::now() + Duration::from_secs(5));
+            return Vec::new();
+        };
+        resp.into_inner().blocks.into_iter().filter(|b| b.index == index).flat_map(|b| b.worker_ids).collect()
+    }
+
+    async fn short_circuit(
+        &self,
+        w: &WorkerInfo,
+        r: &BlockRef,
+        fill: bool,
+        want: u64,
+    ) -> Result<Option<Bytes>, String> {
+        let mut c = self.client(&w.address).ok_or("bad worker address")?;
+        let resp = c
+            .open_local(OpenLocalRequest { block: Some(r.clone()), fill })
+            .await
+            .map_err(|s| format!("open_local on {}: {}", w.id, s.message()))?
+            .into_inner();
+        if !resp.found {
+            return Ok(None);
+        }
+        if resp.length != want {
+            return Err(format!("worker {} holds {} bytes for a {want}-byte block", w.id, resp.length));
+        }
+        let path = std::path::PathBuf::from(resp.path);
+        let mapped =
+            tokio::task::spawn_blocking(move || shoal_core::mapped::map_block(&path, resp.length, Some(resp.crc32c)))
+                .await
+                .map_err(|e| e.to_string())?;
+        match mapped {
+            Ok(b) => Ok(Some(b)),
+            // Evicted in between, or corrupt: fall back to a copy over gRPC.
+            Err(e) => Err(format!("short-circuit read: {e}")),
+        }
+    }
+
+    async fn remote(&self, w: &WorkerInfo, r: &BlockRef, want: u64) -> Result<Bytes, String> {
+        let mut c = self.client(&w.address).ok_or("bad worker address")?;
+        let mut stream = c
+            .read_block(ReadBlockRequest { block: Some(r.clone()), offset: 0, length: 0 })
+            .await
+            .map_err(|s| format!("read_block on {}: {}", w.id, s.message()))?
+            .into_inner();
+        let mut chunks = Vec::new();
+        while let Some(chunk) =
+            stream.message().await.map_err(|s| format!("read_block on {}: {}", w.id, s.message()))?
+        {
+            chunks.push(chunk.data);
+        }
+        let data = if chunks.len() == 1 {
+            chunks.pop().expect("one chunk")
+        } else {
+            let mut b = BytesMut::with_capacity(want as usize);
+            for c in chunks {
+                b.extend_from_slice(&c);
+            }
+            b.freeze()
+        };
+        if data.len() as u64 != want {
+            return Err(format!("worker {} sent {} bytes for a {want}-byte block", w.id, data.len()));
+        }
+        Ok(data)
+    }
+
+    async fn direct(&self, path: &str, inode: &Inode, index: u32) -> Result<Bytes, Option<ReadError>> {
+        let store = self
+            .store
+            .get_or_init(|| async {
+                let mount = self.dataset.spec.as_ref().and_then(|s| s.mount.clone()).unwrap_or_default();
+                let options: BTreeMap<_, _> = mount.options.into_iter().collect();
+                match StoreSpec::parse(&mount.uri, &options).and_then(|s| UnderStore::open(&s)) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        warn!(error = %e, "cannot open the under-store for direct reads");
+                        None
+                    }
+                }
+            })
+            .await;
+        let Some(store) = store else { return Err(None) };
+        let (offset, len) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
+        store.read(path, offset, len).await.map_err(|e| {
+            if e.is_not_found() {
+                Some(ReadError::NotFound(path.to_string()))
+            } else {
+                Some(ReadError::AllSourcesFailed { path: path.to_string(), index, last: e.to_string() })
+            }
+        })
+    }
+}
