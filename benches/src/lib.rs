@@ -1,1 +1,105 @@
+//! Helpers shared by shoal's benchmarks: an in-process cluster (master, worker,
+//! mount) built from the same library code the `shoal` binary runs, page-cache
+//! dropping, and deterministic data generation.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shoal_proto::master::*;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Deterministic pseudo-random bytes.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Drop the kernel's page cache (root only); returns whether it worked.
+pub fn drop_page_cache() -> bool {
+    // SAFETY-free: sync(1) then the documented procfs knob.
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// A master, a worker and a mount of one dataset, all in this process.
+pub struct Cluster {
+    pub master_addr: String,
+    pub mount: Option<shoal_fuse::MountHandle>,
+    pub mountpoint: PathBuf,
+    stop: CancellationToken,
+}
+
+impl Cluster {
+    /// Start everything under `dir` (state, tiers, mount point) over `source`.
+    pub async fn start(dir: &Path, source: &Path, mem: &str, ssd: &str, block_size: u64) -> Result<Cluster> {
+        let stop = CancellationToken::new();
+        let ml = TcpListener::bind("127.0.0.1:0").await?;
+        let master_addr = ml.local_addr()?.to_string();
+        let mcfg = shoal_master::MasterConfig {
+            data_dir: dir.join("master"),
+            lost_worker_timeout: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_millis(500),
+        };
+        tokio::spawn(shoal_master::serve(mcfg, ml, stop.clone()));
+        let wl = TcpListener::bind("127.0.0.1:0").await?;
+        let tiers = vec![
+            format!("mem:/dev/shm/shoal-bench-{}:{mem}", std::process::id()).parse()?,
+            format!("ssd:{}:{ssd}", dir.join("cache").display()).parse()?,
+        ];
+        let node = "bench-node".to_string();
+        let wcfg = shoal_worker::WorkerConfig {
+            id: "bench-worker".into(),
+            node: node.clone(),
+            master: master_addr.clone(),
+            advertise: None,
+            tiers,
+        };
+        tokio::spawn(shoal_worker::serve(wcfg, wl, stop.clone()));
+        let mut m = shoal_fuse::master_client(&master_addr)?;
+        for _ in 0..200 {
+            let ok = m.list_workers(ListWorkersRequest {}).await.map(|r| r.into_inner().workers.iter().any(|w| w.alive));
+            if ok.unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let spec = DatasetSpec {
+            name: "bench".into(),
+            mount: Some(MountSpec { uri: source.to_string_lossy().into_owned(), options: Default::default() }),
+            cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
+        };
+        m.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: true }).await.context("create dataset")?;
+        let mountpoint = dir.join("mnt");
+        std::fs::create_dir_all(&mountpoint)?;
+        let mount = shoal_fuse::mount(shoal_fuse::MountOptions {
+            dataset: "bench".into(),
+            mountpoint: mountpoint.clone(),
+            master: master_addr.clone(),
+            node,
+            allow_other: false,
+            ttl: Duration::from_secs(3600),
+            cache_bytes: 512 << 20,
+            threads: 4,
+        })
+        .await?;
+        Ok(Cluster { master_addr, mount: Some(mount), mountpoint, stop })
+    }
+
+    pub fn shutdown(mut self) {
+        if let Some(m) = self.mount.take() {
+            let _ = m.unmount();
+        }
+        self.stop.cancel();
+        let _ = std::fs::remove_dir_all(format!("/dev/shm/shoal-bench-{}", std::process::id()));
+    }
+}
