@@ -15,7 +15,8 @@ const BLOCKS: u32 = 16;
 
 fn bench(c: &mut Criterion) {
     let ssd_dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mem_dir = tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }).unwrap();
+    let mem_dir =
+        tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }).unwrap();
     let data = shoal_benches::content(1, BLOCK);
     let mut group = c.benchmark_group("block_store_hit");
     group.throughput(Throughput::Bytes((BLOCK as u64) * u64::from(BLOCKS)));
@@ -31,7 +32,8 @@ fn bench(c: &mut Criterion) {
                 let mut sum = 0u64;
                 for i in 0..BLOCKS {
                     let c = store.get(BlockId::new(1, i)).unwrap();
-                    let bytes = shoal_core::mapped::map_block(&c.file.path, c.file.len, verify.then_some(c.file.crc)).unwrap();
+                    let bytes =
+                        shoal_core::mapped::map_block(&c.file.path, c.file.len, verify.then_some(c.file.crc)).unwrap();
                     // Touch every page so the mapping is really read.
                     sum += bytes.iter().step_by(4096).map(|b| u64::from(*b)).sum::<u64>();
                 }

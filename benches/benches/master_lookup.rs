@@ -24,11 +24,33 @@ fn bench(c: &mut Criterion) {
         let dino = ino;
         ino += 1;
         let name = format!("class-{d:04}");
-        meta.put_inode(&mut b, ds, &Inode { ino: dino, parent: ROOT_INO, name: name.clone(), kind: FileKind::Directory as i32, ..Default::default() });
+        meta.put_inode(
+            &mut b,
+            ds,
+            &Inode {
+                ino: dino,
+                parent: ROOT_INO,
+                name: name.clone(),
+                kind: FileKind::Directory as i32,
+                ..Default::default()
+            },
+        );
         meta.put_dentry(&mut b, ds, ROOT_INO, &name, dino);
         for f in 0..PER_DIR {
             let fname = format!("img-{f:06}.jpg");
-            meta.put_inode(&mut b, ds, &Inode { ino, parent: dino, name: fname.clone(), kind: FileKind::File as i32, size: 110_000, file_id: ino, ..Default::default() });
+            meta.put_inode(
+                &mut b,
+                ds,
+                &Inode {
+                    ino,
+                    parent: dino,
+                    name: fname.clone(),
+                    kind: FileKind::File as i32,
+                    size: 110_000,
+                    file_id: ino,
+                    ..Default::default()
+                },
+            );
             meta.put_dentry(&mut b, ds, dino, &fname, ino);
             ino += 1;
         }

@@ -25,7 +25,7 @@ struct Sizes {
 
 fn generate(src: &Path, s: &Sizes) -> Vec<PathBuf> {
     let big = src.join("big.bin");
-    if std::fs::metadata(&big).map(|m| m.len() as usize) .ok() != Some(s.big) {
+    if std::fs::metadata(&big).map(|m| m.len() as usize).ok() != Some(s.big) {
         std::fs::create_dir_all(src).unwrap();
         let chunk = content(1, 64 << 20);
         let mut f = File::create(&big).unwrap();
@@ -117,7 +117,7 @@ fn main() {
     let mnt = cluster.mountpoint.clone();
 
     let mut rows: Vec<(String, f64, f64)> = Vec::new(); // (workload, local, shoal)
-    // Sequential read of the big file.
+                                                        // Sequential read of the big file.
     drop_page_cache();
     let local_cold = seq_read(&src.join("big.bin"));
     let local_warm = seq_read(&src.join("big.bin"));
@@ -139,7 +139,11 @@ fn main() {
     let (s_warm, _) = shuffled_read(&mnt, &files, 8);
     drop_page_cache();
     let (s_cached, _) = shuffled_read(&mnt, &files, 8);
-    rows.push((format!("shuffled {} x {} KiB, 8 readers, cold (files/s)", sizes.files, sizes.file_size >> 10), l_cold, s_cold));
+    rows.push((
+        format!("shuffled {} x {} KiB, 8 readers, cold (files/s)", sizes.files, sizes.file_size >> 10),
+        l_cold,
+        s_cold,
+    ));
     rows.push(("shuffled, 8 readers, warm epoch 2 (files/s)".into(), l_warm, s_warm));
     rows.push(("shuffled, page cache dropped, shoal tiers warm (files/s)".into(), l_cold, s_cached));
 
@@ -147,7 +151,12 @@ fn main() {
     let _ = std::fs::remove_dir_all(&run_dir);
 
     println!("\npage cache dropped between cold runs: {can_drop}");
-    println!("big file {} MiB, {} small files of {} KiB, block size 8 MiB\n", sizes.big >> 20, sizes.files, sizes.file_size >> 10);
+    println!(
+        "big file {} MiB, {} small files of {} KiB, block size 8 MiB\n",
+        sizes.big >> 20,
+        sizes.files,
+        sizes.file_size >> 10
+    );
     println!("| workload | local disk | shoal mount | shoal / local |");
     println!("|---|---:|---:|---:|");
     for (w, l, s) in rows {

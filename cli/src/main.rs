@@ -2,6 +2,7 @@
 //! Owns argument parsing, process lifecycle (signals, shutdown) and the mapping of
 //! errors to exit codes; the work itself lives in the library crates.
 
+mod cache;
 mod client;
 mod exit;
 mod mount;
@@ -31,6 +32,13 @@ enum Command {
     Dataset(client::DatasetCmd),
     /// List the workers the master knows.
     Workers(client::Common),
+    /// Load a dataset (or paths in it) into the workers' cache, with progress.
+    Prewarm(cache::PrewarmArgs),
+    /// Workers, tiers, hit ratio, and how much of each dataset is cached.
+    Status(client::Common),
+    /// Manage cached blocks.
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
     /// Mount a dataset as a read-only directory.
     Mount(mount::MountArgs),
     /// Unmount a shoal mount.
@@ -62,6 +70,9 @@ fn main() -> ExitCode {
             Command::Worker(args) => servers::run_worker(args).await,
             Command::Dataset(cmd) => client::dataset(cmd).await,
             Command::Workers(common) => client::workers(common).await,
+            Command::Prewarm(args) => cache::prewarm(args).await,
+            Command::Status(common) => cache::status(common).await,
+            Command::Cache(cmd) => cache::free(cmd).await,
             Command::Mount(args) => mount::run_mount(args).await,
             Command::Umount(args) => mount::run_umount(args),
             Command::Up(args) => up::run_up(args).await,

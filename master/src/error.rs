@@ -14,6 +14,8 @@ pub enum MasterError {
     EntryNotFound { dataset: String, what: String },
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("load job {0:?} not found")]
+    JobNotFound(String),
     #[error("worker {0:?} is not registered")]
     UnknownWorker(String),
     #[error("a sync of dataset {0:?} is already running")]
@@ -33,7 +35,9 @@ pub enum MasterError {
 impl From<MasterError> for Status {
     fn from(e: MasterError) -> Status {
         let code = match &e {
-            MasterError::DatasetNotFound(_) | MasterError::EntryNotFound { .. } => Code::NotFound,
+            MasterError::DatasetNotFound(_) | MasterError::EntryNotFound { .. } | MasterError::JobNotFound(_) => {
+                Code::NotFound
+            }
             MasterError::DatasetExists(_) => Code::AlreadyExists,
             MasterError::InvalidArgument(_) => Code::InvalidArgument,
             MasterError::UnknownWorker(_) => Code::FailedPrecondition,

@@ -3,6 +3,7 @@
 //! from worker reports), and serves them over gRPC. It never touches block data.
 
 pub mod error;
+pub mod load;
 pub mod membership;
 pub mod meta;
 pub mod namespace;

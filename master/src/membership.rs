@@ -163,6 +163,26 @@ impl Membership {
             .collect()
     }
 
+    /// Workers holding one block.
+    pub fn holders(&self, block: BlockId) -> Vec<String> {
+        let inner = self.inner.read().expect("membership lock");
+        inner.locations.get(&block).map(|s| s.iter().map(|w| w.to_string()).collect()).unwrap_or_default()
+    }
+
+    /// Live workers holding one block, with their addresses.
+    pub fn holder_addresses(&self, block: BlockId) -> Vec<(String, String)> {
+        let inner = self.inner.read().expect("membership lock");
+        inner
+            .locations
+            .get(&block)
+            .map(|s| {
+                s.iter()
+                    .filter_map(|w| inner.workers.get(&**w).map(|st| (w.to_string(), st.info.address.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Number of distinct blocks cached anywhere.
     pub fn block_count(&self) -> usize {
         self.inner.read().expect("membership lock").locations.len()

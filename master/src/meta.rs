@@ -6,6 +6,7 @@
 //! - `dentries`: dataset id (4) + parent ino (8) + name bytes → child ino (8);
 //!   one directory lists with one prefix scan, a path resolves with one point
 //!   lookup per component.
+//! - `jobs`:     load job id → `LoadJob` (spec and persisted progress)
 //! - `default`:  counters (`next_dataset_id`, `next_file_id`).
 //!
 //! Soft state (workers, block locations) never lands here.
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
-use shoal_proto::master::{DatasetInfo, FileKind, Inode};
+use shoal_proto::master::{DatasetInfo, FileKind, Inode, LoadJob};
 
 use crate::error::{MasterError, Result};
 
@@ -24,6 +25,7 @@ pub const ROOT_INO: u64 = 1;
 const CF_DATASETS: &str = "datasets";
 const CF_INODES: &str = "inodes";
 const CF_DENTRIES: &str = "dentries";
+const CF_JOBS: &str = "jobs";
 const KEY_NEXT_DATASET: &[u8] = b"next_dataset_id";
 const KEY_NEXT_FILE: &[u8] = b"next_file_id";
 
@@ -68,7 +70,8 @@ impl MetaStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
-        let cfs = [CF_DATASETS, CF_INODES, CF_DENTRIES].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs =
+            [CF_DATASETS, CF_INODES, CF_DENTRIES, CF_JOBS].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let next_dataset_id = AtomicU64::new(read_counter(&db, KEY_NEXT_DATASET, 1)?);
         // Inode numbers share this counter; 1 is every dataset's root.
@@ -131,6 +134,45 @@ impl MetaStore {
         batch.delete_range_cf(self.cf(CF_INODES), start, end);
         batch.delete_range_cf(self.cf(CF_DENTRIES), start, end);
         self.write(batch)
+    }
+
+    // ---- load jobs ----
+
+    pub fn put_job(&self, job: &LoadJob) -> Result<()> {
+        Ok(self.db.put_cf(self.cf(CF_JOBS), job.id.as_bytes(), job.encode_to_vec())?)
+    }
+
+    pub fn list_jobs(&self) -> Result<Vec<LoadJob>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_JOBS), IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every file under `dir` (recursively), with its dataset path, through `f`.
+    pub fn walk_files(&self, ds: u32, dir: &Inode, dir_path: &str, f: &mut impl FnMut(String, Inode)) -> Result<()> {
+        let mut stack = vec![(dir.ino, dir_path.trim_end_matches('/').to_string())];
+        while let Some((ino, path)) = stack.pop() {
+            let mut after = String::new();
+            loop {
+                let (page, more) = self.read_dir(ds, ino, &after, 4096)?;
+                for child in page {
+                    let p = format!("{path}/{}", child.name);
+                    after = child.name.clone();
+                    if child.kind == FileKind::Directory as i32 {
+                        stack.push((child.ino, p));
+                    } else {
+                        f(p, child);
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     // ---- namespace ----

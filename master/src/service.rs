@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
 use crate::error::{MasterError, Result};
+use crate::load::{self, Loads};
 use crate::membership::Membership;
 use crate::meta::{MetaStore, ROOT_INO};
 use crate::namespace;
@@ -37,6 +38,7 @@ pub struct State {
     create_lock: tokio::sync::Mutex<()>,
     syncing: Mutex<std::collections::HashSet<String>>,
     stores: Mutex<HashMap<u32, UnderStore>>,
+    pub(crate) loads: Arc<Loads>,
 }
 
 fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
@@ -48,12 +50,13 @@ fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
 impl State {
     fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat_interval_ms: u64) -> Self {
         Self {
-            meta,
-            members,
             heartbeat_interval_ms,
             create_lock: tokio::sync::Mutex::new(()),
             syncing: Mutex::new(Default::default()),
             stores: Mutex::new(HashMap::new()),
+            loads: Loads::new(meta.clone(), members.clone()),
+            meta,
+            members,
         }
     }
 
@@ -147,7 +150,63 @@ impl std::ops::Deref for MasterService {
 
 impl MasterService {
     pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat_interval_ms: u64) -> Self {
-        Self(Arc::new(State::new(meta, members, heartbeat_interval_ms)))
+        let svc = Self(Arc::new(State::new(meta, members, heartbeat_interval_ms)));
+        let meta = svc.meta.clone();
+        svc.loads.resume(move |name| meta.get_dataset(name).ok().flatten());
+        svc
+    }
+
+    /// Bytes freed from the workers holding blocks of the selected files.
+    async fn free_cache(&self, req: FreeCacheRequest) -> Result<FreeCacheResponse> {
+        let info = self.dataset(&req.dataset)?;
+        let bs = load::block_size(&info);
+        let paths = if req.path.is_empty() { vec![] } else { vec![req.path.clone()] };
+        let files = load::select_files(&self.meta, &info, &paths, "")?;
+        let mut by_worker: HashMap<String, Vec<shoal_proto::worker::BlockId>> = HashMap::new();
+        for f in &files {
+            for index in 0..shoal_core::ids::block_count(f.inode.size, bs) as u32 {
+                for (_, addr) in self.members.holder_addresses(shoal_core::BlockId::new(f.inode.file_id, index)) {
+                    by_worker
+                        .entry(addr)
+                        .or_default()
+                        .push(shoal_proto::worker::BlockId { file_id: f.inode.file_id, index });
+                }
+            }
+        }
+        let mut out = FreeCacheResponse::default();
+        for (addr, blocks) in by_worker {
+            let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| MasterError::InvalidArgument(e.to_string()))?
+                .connect_timeout(std::time::Duration::from_secs(2));
+            let mut c = shoal_proto::worker::worker_client::WorkerClient::new(ep.connect_lazy());
+            match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    out.blocks_freed += r.blocks_freed;
+                    out.bytes_freed += r.bytes_freed;
+                }
+                Err(s) => warn!(worker = %addr, error = %s.message(), "cannot free blocks on a worker"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn cache_usage(&self, dataset: &str) -> Result<CacheUsage> {
+        let info = self.dataset(dataset)?;
+        let bs = load::block_size(&info);
+        let files = load::select_files(&self.meta, &info, &[], "")?;
+        let mut u = CacheUsage { dataset: dataset.to_string(), ..Default::default() };
+        for f in &files {
+            u.total_bytes += f.inode.size;
+            for index in 0..shoal_core::ids::block_count(f.inode.size, bs) as u32 {
+                u.total_blocks += 1;
+                if !self.members.holders(shoal_core::BlockId::new(f.inode.file_id, index)).is_empty() {
+                    u.cached_blocks += 1;
+                    u.cached_bytes += shoal_core::ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
+                }
+            }
+        }
+        Ok(u)
     }
 }
 
@@ -343,6 +402,59 @@ impl Master for MasterService {
         let r = req.into_inner();
         let known = self.members.heartbeat(&r.worker_id, &r.added, &r.removed, r.tiers);
         Ok(Response::new(HeartbeatResponse { reregister: !known }))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]
+    async fn start_load(&self, req: Request<LoadSpec>) -> Result<Response<LoadJob>, Status> {
+        let spec = req.into_inner();
+        let info = self.dataset(&spec.dataset)?;
+        Ok(Response::new(self.loads.start(info, spec)?))
+    }
+
+    #[instrument(skip_all, fields(job = %req.get_ref().id))]
+    async fn get_load(&self, req: Request<GetLoadRequest>) -> Result<Response<LoadJob>, Status> {
+        Ok(Response::new(self.loads.get(&req.get_ref().id)?))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_loads(&self, _req: Request<ListLoadsRequest>) -> Result<Response<ListLoadsResponse>, Status> {
+        Ok(Response::new(ListLoadsResponse { jobs: self.loads.list()? }))
+    }
+
+    #[instrument(skip_all, fields(job = %req.get_ref().id))]
+    async fn cancel_load(&self, req: Request<CancelLoadRequest>) -> Result<Response<LoadJob>, Status> {
+        Ok(Response::new(self.loads.cancel(&req.get_ref().id)?))
+    }
+
+    type WatchLoadStream = BoxStream<LoadJob>;
+
+    #[instrument(skip_all, fields(job = %req.get_ref().id))]
+    async fn watch_load(&self, req: Request<GetLoadRequest>) -> Result<Response<Self::WatchLoadStream>, Status> {
+        let id = req.into_inner().id;
+        self.loads.get(&id)?;
+        let loads = self.loads.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let job = loads.get(&id).map_err(Status::from);
+                let done = job.as_ref().map(|j| j.state != LoadState::Running as i32).unwrap_or(true);
+                if tx.send(job).await.is_err() || done {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, path = %req.get_ref().path))]
+    async fn free_cache(&self, req: Request<FreeCacheRequest>) -> Result<Response<FreeCacheResponse>, Status> {
+        Ok(Response::new(MasterService::free_cache(self, req.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]
+    async fn get_cache_usage(&self, req: Request<CacheUsageRequest>) -> Result<Response<CacheUsage>, Status> {
+        Ok(Response::new(self.cache_usage(&req.get_ref().dataset)?))
     }
 
     #[instrument(skip_all)]

@@ -185,12 +185,17 @@ impl BlockStore {
         Ok(None)
     }
 
-    /// Drop a block (e.g. it failed its checksum).
-    pub fn remove(&self, id: BlockId) {
+    /// Drop a block (freed by a user, or it failed its checksum); returns the
+    /// bytes it held.
+    pub fn remove(&self, id: BlockId) -> Option<u64> {
+        let mut freed = None;
         for t in &self.tiers {
-            t.index.invalidate(&id);
+            if let Some(f) = t.index.remove(&id) {
+                freed = Some(f.len);
+            }
             t.index.run_pending_tasks();
         }
+        freed
     }
 
     /// Take the deltas accumulated since the last call.

@@ -209,6 +209,17 @@ impl Worker for WorkerService {
         }))
     }
 
+    #[instrument(skip_all, fields(blocks = req.get_ref().blocks.len()))]
+    async fn free_blocks(&self, req: Request<FreeBlocksRequest>) -> Result<Response<FreeBlocksResponse>, Status> {
+        let ids: Vec<BlockId> = req.into_inner().blocks.iter().map(|b| BlockId::new(b.file_id, b.index)).collect();
+        let store = self.0.store.clone();
+        let (n, bytes) = blocking(move || {
+            ids.iter().filter_map(|id| store.remove(*id)).fold((0u64, 0u64), |(n, b), len| (n + 1, b + len))
+        })
+        .await?;
+        Ok(Response::new(FreeBlocksResponse { blocks_freed: n, bytes_freed: bytes }))
+    }
+
     #[instrument(skip_all)]
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let s = &self.0;

@@ -1,0 +1,232 @@
+//! End-to-end tests of prewarm and cache management: every block cached after a
+//! prewarm (seen by the master and by the worker), a full read through the mount
+//! then makes zero store requests, a master killed mid-job resumes without
+//! fetching anything twice, a failing object fails its file (and the command),
+//! and `cache free` / `status` do what they say.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use shoal_proto::master::*;
+use shoal_proto::worker::StatsRequest;
+
+const BLOCK: usize = 64 * 1024;
+
+async fn usage(addr: &str, ds: &str) -> CacheUsage {
+    master_client(addr).await.get_cache_usage(CacheUsageRequest { dataset: ds.into() }).await.unwrap().into_inner()
+}
+
+async fn worker_stats(addr: &str) -> shoal_proto::worker::StatsResponse {
+    worker_client(addr).await.stats(StatsRequest {}).await.unwrap().into_inner()
+}
+
+fn gen_files(dir: &Path, n: usize) -> u64 {
+    let mut blocks = 0;
+    for i in 0..n {
+        let len = (i % 5) * BLOCK + 1000 * i;
+        let p = dir.join(format!("d{}/f{i:03}.bin", i % 3));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content(i as u64, len)).unwrap();
+        blocks += (len as u64).div_ceil(BLOCK as u64);
+    }
+    blocks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s3 = S3Server::start(&root.join("moto.log"));
+    s3.create_bucket("pwb");
+    let mut blocks = 0u64;
+    let mut want = Vec::new();
+    for i in 0..24usize {
+        let len = (i % 4) * BLOCK + 777 * i;
+        let data = content(100 + i as u64, len);
+        s3.put("pwb", &format!("data/s{}/x{i:02}.bin", i % 2), &data);
+        blocks += (len as u64).div_ceil(BLOCK as u64);
+        want.push((format!("s{}/x{i:02}.bin", i % 2), data));
+    }
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "64MiB", "1GiB"),
+        &[],
+        &root.join("worker.log"),
+    );
+    let ep = format!("endpoint={}", s3.endpoint);
+    let (code, _, err) = cli(&[
+        "dataset",
+        "create",
+        "pw",
+        "s3://pwb/data",
+        "--option",
+        &ep,
+        "--option",
+        "access_key_id=a",
+        "--option",
+        "secret_access_key=b",
+        "--block-size",
+        "64KiB",
+        "--master",
+        &master.addr,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&["prewarm", "pw", "--master", &master.addr, "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["state"], "completed");
+    assert_eq!(job["blocks_done"].as_u64(), Some(blocks));
+    assert_eq!(job["files_done"].as_u64(), Some(24));
+
+    // Through the master (after the worker's next heartbeat) and the worker.
+    wait_for("every block in the location map", || {
+        let a = master.addr.clone();
+        async move { usage(&a, "pw").await.cached_blocks == blocks }
+    })
+    .await;
+    let s = worker_stats(&worker.addr).await;
+    assert_eq!(s.tiers.iter().map(|t| t.blocks).sum::<u64>(), blocks);
+    assert_eq!(s.store_reads, blocks);
+    let (code, out, _) = cli(&["status", "-o", "json", "--master", &master.addr]);
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["datasets"][0]["cached_percent"].as_f64(), Some(100.0));
+
+    // A full read through a mount makes zero store requests.
+    let gets = || {
+        std::fs::read_to_string(root.join("moto.log"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"GET /pwb/data/"))
+            .count()
+    };
+    let before = gets();
+    assert!(before as u64 >= blocks, "moto logged the prewarm's GETs ({before})");
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut mount = Proc::start_until(
+        &["mount", "pw", mnt.to_str().unwrap(), "--master", &master.addr],
+        &[],
+        &root.join("mount.log"),
+        "mounted dataset ",
+    );
+    for (rel, data) in &want {
+        assert_eq!(sha256(&std::fs::read(mnt.join(rel)).unwrap()), sha256(data), "{rel}");
+    }
+    assert_eq!(gets(), before, "reads of a prewarmed dataset must not reach the store");
+    assert_eq!(worker_stats(&worker.addr).await.store_reads, blocks);
+    let _ = cli(&["umount", mnt.to_str().unwrap()]);
+    let _ = mount.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_killed_mid_prewarm_resumes_without_refetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    let blocks = gen_files(&src, 60);
+    let mut master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let slow = [("SHOAL_FAILPOINT", "worker::before_store_read:sleep-40")];
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "64MiB", "1GiB"),
+        &slow,
+        &root.join("worker.log"),
+    );
+    let (code, _, err) =
+        cli(&["dataset", "create", "r", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        cli(&["prewarm", "r", "--parallel", "2", "--detach", "-o", "json", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().to_string();
+    let get = |addr: String, id: String| async move {
+        master_client(&addr).await.get_load(GetLoadRequest { id }).await.map(|r| r.into_inner()).ok()
+    };
+    wait_for("the job to make progress and persist it", || {
+        let (a, i) = (master.addr.clone(), id.clone());
+        async move { get(a, i).await.is_some_and(|j| j.blocks_done >= 15) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // one persist period
+    let addr = master.addr.clone();
+    master.kill9();
+    let master = start_master(&root.join("master"), &addr, &root.join("master2.log"));
+    wait_for("the resumed job to finish", || {
+        let (a, i) = (master.addr.clone(), id.clone());
+        async move { get(a, i).await.is_some_and(|j| j.state != LoadState::Running as i32) }
+    })
+    .await;
+    let job = get(master.addr.clone(), id.clone()).await.unwrap();
+    assert_eq!(job.state, LoadState::Completed as i32, "{job:?}");
+    assert_eq!(job.blocks_done, blocks);
+    assert!(job.blocks_already_cached > 0, "the resumed job found blocks already cached: {job:?}");
+    let s = worker_stats(&worker.addr).await;
+    assert_eq!(s.store_reads, blocks, "no block was fetched twice");
+    assert_eq!(s.tiers.iter().map(|t| t.blocks).sum::<u64>(), blocks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_object_fails_its_file_and_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    let blocks = gen_files(&src, 12);
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "64MiB", "1GiB"),
+        &[],
+        &root.join("worker.log"),
+    );
+    let (code, _, err) =
+        cli(&["dataset", "create", "f", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    // Deleted from the store after the sync: the namespace still lists it.
+    let gone = src.join("d1/f004.bin");
+    let gone_blocks = std::fs::metadata(&gone).unwrap().len().div_ceil(BLOCK as u64);
+    std::fs::remove_file(&gone).unwrap();
+    let (code, out, err) = cli(&["prewarm", "f", "--master", &master.addr]);
+    assert_ne!(code, 0, "a prewarm with a missing object must fail: {out}{err}");
+    assert!(out.contains("failed: /d1/f004.bin"), "{out}");
+    assert!(err.contains("1 of 12 files failed"), "{err}");
+    wait_for("the rest cached", || {
+        let a = master.addr.clone();
+        async move { usage(&a, "f").await.cached_blocks == blocks - gone_blocks }
+    })
+    .await;
+
+    // cache free of one directory, then of everything.
+    let before = worker_stats(&worker.addr).await;
+    let (code, out, err) = cli(&["cache", "free", "f", "/d0", "-o", "json", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let freed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let n = freed["blocks_freed"].as_u64().unwrap();
+    assert!(n > 0);
+    let after = worker_stats(&worker.addr).await;
+    let held = |s: &shoal_proto::worker::StatsResponse| s.tiers.iter().map(|t| t.blocks).sum::<u64>();
+    assert_eq!(held(&after), held(&before) - n);
+    assert_eq!(
+        after.tiers.iter().map(|t| t.used_bytes).sum::<u64>(),
+        before.tiers.iter().map(|t| t.used_bytes).sum::<u64>() - freed["bytes_freed"].as_u64().unwrap()
+    );
+    let (code, _, err) = cli(&["cache", "free", "f", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(held(&worker_stats(&worker.addr).await), 0);
+    wait_for("the location map to empty", || {
+        let a = master.addr.clone();
+        async move { usage(&a, "f").await.cached_blocks == 0 }
+    })
+    .await;
+    // Bad input: unknown path, unknown dataset, bad glob.
+    assert_eq!(cli(&["prewarm", "f", "/nope", "--master", &master.addr]).0, 3);
+    assert_eq!(cli(&["prewarm", "nope", "--master", &master.addr]).0, 3);
+    assert_eq!(cli(&["prewarm", "f", "--include", "[", "--master", &master.addr]).0, 2);
+}

@@ -1,0 +1,402 @@
+//! Prewarm (load) jobs: enumerate a dataset's files under the given paths, plan
+//! block → worker placement by rendezvous hashing, drive the workers' `CacheBlock`
+//! with bounded concurrency, and persist progress so a restarted master resumes
+//! the job. Blocks the location map already shows on their target are skipped,
+//! and a worker answers `already_cached` without touching the store, so a rerun
+//! never fetches twice. A job ends `Completed` only if every block was confirmed
+//! cached by a worker; otherwise it is `Failed` with the failing paths listed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use shoal_core::{ids, placement, BlockId};
+use shoal_proto::master::{DatasetInfo, FileKind, Inode, LoadFailure, LoadJob, LoadSpec, LoadState};
+use shoal_proto::worker::worker_client::WorkerClient;
+use shoal_proto::worker::{BlockRef, CacheBlockRequest};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use crate::error::{MasterError, Result};
+use crate::membership::Membership;
+use crate::meta::MetaStore;
+
+const MAX_LISTED_FAILURES: usize = 1000;
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+struct JobHandle {
+    job: Mutex<LoadJob>,
+    cancel: CancellationToken,
+}
+
+/// One selected file and its dataset path.
+pub struct FileTask {
+    pub path: String,
+    pub inode: Inode,
+}
+
+/// The master's load jobs.
+pub struct Loads {
+    meta: Arc<MetaStore>,
+    members: Arc<Membership>,
+    jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
+    clients: Mutex<HashMap<String, WorkerClient<Channel>>>,
+    resumed: AtomicBool,
+}
+
+impl Loads {
+    pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>) -> Arc<Self> {
+        Arc::new(Self {
+            meta,
+            members,
+            jobs: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            resumed: AtomicBool::new(false),
+        })
+    }
+
+    fn client(&self, addr: &str) -> Option<WorkerClient<Channel>> {
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(c) = clients.get(addr) {
+            return Some(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(120));
+        let c = WorkerClient::new(ep.connect_lazy());
+        clients.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+
+    fn enumerate(&self, info: &DatasetInfo, spec: &LoadSpec) -> Result<Vec<FileTask>> {
+        select_files(&self.meta, info, &spec.paths, &spec.include)
+    }
+}
+
+/// Files selected by paths and a glob: each path resolved (a missing one is an
+/// error), directories walked, the `include` glob applied, duplicates removed.
+pub fn select_files(meta: &MetaStore, info: &DatasetInfo, paths: &[String], include: &str) -> Result<Vec<FileTask>> {
+    {
+        let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let pattern = match include {
+            "" => None,
+            g => Some(
+                glob::Pattern::new(g)
+                    .map_err(|e| MasterError::InvalidArgument(format!("invalid --include glob {g:?}: {e}")))?,
+            ),
+        };
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        let paths: Vec<String> = if paths.is_empty() { vec!["/".into()] } else { paths.to_vec() };
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for p in &paths {
+            let clean = format!("/{}", p.trim_matches('/'));
+            let inode = meta
+                .resolve(info.id, &clean)?
+                .ok_or_else(|| MasterError::EntryNotFound { dataset: name.clone(), what: format!("path {p:?}") })?;
+            let mut push = |path: String, inode: Inode| {
+                if pattern.as_ref().is_some_and(|g| !g.matches_with(&path, opts)) {
+                    return;
+                }
+                if seen.insert(inode.ino) {
+                    out.push(FileTask { path, inode });
+                }
+            };
+            if inode.kind == FileKind::Directory as i32 {
+                meta.walk_files(info.id, &inode, if clean == "/" { "" } else { &clean }, &mut push)?;
+            } else {
+                push(clean.clone(), inode);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Loads {
+    /// Validate and start a job; returns it with its totals.
+    pub fn start(self: &Arc<Self>, info: DatasetInfo, mut spec: LoadSpec) -> Result<LoadJob> {
+        spec.replicas = spec.replicas.max(1);
+        if spec.parallel == 0 {
+            spec.parallel = 16;
+        }
+        let files = self.enumerate(&info, &spec)?;
+        let id = format!("{}-{}", spec.dataset, unix_ms());
+        let job = LoadJob {
+            id: id.clone(),
+            spec: Some(spec),
+            state: LoadState::Running as i32,
+            started_unix_ms: unix_ms(),
+            ..Default::default()
+        };
+        self.meta.put_job(&job)?;
+        let handle = Arc::new(JobHandle { job: Mutex::new(job), cancel: CancellationToken::new() });
+        self.jobs.lock().expect("jobs lock").insert(id, handle.clone());
+        let snapshot = Self::totals(&handle, &info, &files);
+        tokio::spawn(self.clone().run(handle, info, files));
+        Ok(snapshot)
+    }
+
+    fn totals(handle: &JobHandle, info: &DatasetInfo, files: &[FileTask]) -> LoadJob {
+        let bs = block_size(info);
+        let mut job = handle.job.lock().expect("job lock");
+        job.files_total = files.len() as u64;
+        job.bytes_total = files.iter().map(|f| f.inode.size).sum();
+        job.blocks_total = files.iter().map(|f| ids::block_count(f.inode.size, bs)).sum();
+        job.clone()
+    }
+
+    /// Resume jobs that were running when the master stopped. Waits (bounded) for
+    /// workers to re-register so cached blocks are recognised.
+    pub fn resume(self: &Arc<Self>, datasets: impl Fn(&str) -> Option<DatasetInfo> + Send + 'static) {
+        if self.resumed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let pending: Vec<LoadJob> = match this.meta.list_jobs() {
+                Ok(j) => j.into_iter().filter(|j| j.state == LoadState::Running as i32).collect(),
+                Err(e) => return warn!(error = %e, "cannot read load jobs"),
+            };
+            if pending.is_empty() {
+                return;
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while this.members.live_workers().is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // One more round of heartbeats brings the workers' block reports in.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for job in pending {
+                let spec = job.spec.clone().unwrap_or_default();
+                let handle = Arc::new(JobHandle { job: Mutex::new(job.clone()), cancel: CancellationToken::new() });
+                this.jobs.lock().expect("jobs lock").insert(job.id.clone(), handle.clone());
+                let Some(info) = datasets(&spec.dataset) else {
+                    this.finish(&handle, LoadState::Failed, format!("dataset {:?} no longer exists", spec.dataset));
+                    continue;
+                };
+                match this.enumerate(&info, &spec) {
+                    Ok(files) => {
+                        info!(job = %job.id, files = files.len(), "resuming load job");
+                        {
+                            let mut j = handle.job.lock().expect("job lock");
+                            j.files_done = 0;
+                            j.bytes_done = 0;
+                            j.blocks_done = 0;
+                            j.blocks_already_cached = 0;
+                            j.files_failed = 0;
+                            j.failures.clear();
+                        }
+                        Self::totals(&handle, &info, &files);
+                        tokio::spawn(this.clone().run(handle, info, files));
+                    }
+                    Err(e) => this.finish(&handle, LoadState::Failed, e.to_string()),
+                }
+            }
+        });
+    }
+
+    fn finish(&self, handle: &JobHandle, state: LoadState, message: String) {
+        let job = {
+            let mut j = handle.job.lock().expect("job lock");
+            j.state = state as i32;
+            j.finished_unix_ms = unix_ms();
+            j.message = message;
+            j.clone()
+        };
+        if let Err(e) = self.meta.put_job(&job) {
+            warn!(job = %job.id, error = %e, "cannot persist load job");
+        }
+        info!(job = %job.id, state = ?state, files_done = job.files_done, files_failed = job.files_failed, "load job finished");
+    }
+
+    async fn run(self: Arc<Self>, handle: Arc<JobHandle>, info: DatasetInfo, files: Vec<FileTask>) {
+        let spec = handle.job.lock().expect("job lock").spec.clone().unwrap_or_default();
+        let bs = block_size(&info);
+        let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let workers = self.members.live_workers();
+        if workers.is_empty() && !files.is_empty() {
+            return self.finish(&handle, LoadState::Failed, "no live worker to load into".into());
+        }
+        let addr: HashMap<String, String> = workers.iter().map(|w| (w.id.clone(), w.address.clone())).collect();
+        // Remaining blocks and first error per file.
+        let mut remaining: Vec<(u64, Option<String>)> =
+            files.iter().map(|f| (ids::block_count(f.inode.size, bs), None)).collect();
+        // 0-byte files have nothing to fetch: done at once.
+        {
+            let mut j = handle.job.lock().expect("job lock");
+            j.files_done += remaining.iter().filter(|r| r.0 == 0).count() as u64;
+        }
+        let tasks: Vec<(usize, u32)> = files
+            .iter()
+            .enumerate()
+            .flat_map(|(fi, f)| (0..ids::block_count(f.inode.size, bs) as u32).map(move |i| (fi, i)))
+            .collect();
+        let replicas = spec.replicas.max(1) as usize;
+        let files = Arc::new(files);
+        let workers = Arc::new(workers);
+        let addr = Arc::new(addr);
+        let dataset_id = info.id;
+        let mut results = futures::stream::iter(tasks)
+            .map(|(fi, index)| {
+                let (this, files, workers, addr, name) =
+                    (self.clone(), files.clone(), workers.clone(), addr.clone(), name.clone());
+                async move {
+                    let f = &files[fi];
+                    let id = BlockId::new(f.inode.file_id, index);
+                    let len = ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
+                    let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
+                    let holders = this.members.holders(id);
+                    let r = BlockRef {
+                        dataset: name,
+                        dataset_id,
+                        file_id: f.inode.file_id,
+                        index,
+                        path: f.path.clone(),
+                        block_size: bs,
+                        file_size: f.inode.size,
+                    };
+                    let mut placed = holders.iter().filter(|h| ranked.contains(&h.as_str())).count().min(replicas);
+                    let mut already = placed == replicas;
+                    let mut last_err = None;
+                    // Targets in rank order; a failing worker passes its turn to the next.
+                    for wid in ranked.iter() {
+                        if placed >= replicas {
+                            break;
+                        }
+                        if holders.iter().any(|h| h == wid) {
+                            continue;
+                        }
+                        let Some(mut c) = addr.get(*wid).and_then(|a| this.client(a)) else { continue };
+                        match c.cache_block(CacheBlockRequest { block: Some(r.clone()) }).await {
+                            Ok(resp) => {
+                                placed += 1;
+                                already |= resp.into_inner().already_cached;
+                            }
+                            Err(s) => {
+                                let permanent =
+                                    matches!(s.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument);
+                                last_err = Some(s.message().to_string());
+                                if permanent {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let ok = placed >= replicas.min(workers.len()).max(1);
+                    (fi, len, ok, already, last_err)
+                }
+            })
+            .buffer_unordered(spec.parallel.max(1) as usize);
+
+        let mut last_persist = Instant::now();
+        let mut cancelled = false;
+        loop {
+            let next = tokio::select! {
+                _ = handle.cancel.cancelled() => { cancelled = true; break; }
+                n = results.next() => n,
+            };
+            let Some((fi, len, ok, already, err)) = next else { break };
+            let mut j = handle.job.lock().expect("job lock");
+            let slot = &mut remaining[fi];
+            slot.0 -= 1;
+            if ok {
+                j.blocks_done += 1;
+                j.bytes_done += len;
+                if already {
+                    j.blocks_already_cached += 1;
+                }
+            } else if slot.1.is_none() {
+                slot.1 = Some(err.unwrap_or_else(|| "no worker could cache the block".into()));
+            }
+            if slot.0 == 0 {
+                match slot.1.take() {
+                    None => j.files_done += 1,
+                    Some(e) => {
+                        j.files_failed += 1;
+                        warn!(job = %j.id, path = %files[fi].path, error = %e, "file failed to load");
+                        if j.failures.len() < MAX_LISTED_FAILURES {
+                            j.failures.push(LoadFailure { path: files[fi].path.clone(), error: e });
+                        }
+                    }
+                }
+            }
+            if last_persist.elapsed() > PERSIST_EVERY {
+                last_persist = Instant::now();
+                let snapshot = j.clone();
+                drop(j);
+                if let Err(e) = self.meta.put_job(&snapshot) {
+                    warn!(error = %e, "cannot persist load progress");
+                }
+            }
+        }
+        drop(results);
+        let (state, msg) = {
+            let j = handle.job.lock().expect("job lock");
+            if cancelled {
+                (LoadState::Cancelled, "cancelled".to_string())
+            } else if j.files_failed > 0 {
+                (LoadState::Failed, format!("{} of {} files failed to load", j.files_failed, j.files_total))
+            } else {
+                (
+                    LoadState::Completed,
+                    format!(
+                        "{} of {} blocks confirmed cached by workers ({} were already cached)",
+                        j.blocks_done, j.blocks_total, j.blocks_already_cached
+                    ),
+                )
+            }
+        };
+        self.finish(&handle, state, msg);
+    }
+
+    pub fn get(&self, id: &str) -> Result<LoadJob> {
+        if let Some(h) = self.jobs.lock().expect("jobs lock").get(id) {
+            return Ok(h.job.lock().expect("job lock").clone());
+        }
+        self.meta.list_jobs()?.into_iter().find(|j| j.id == id).ok_or_else(|| MasterError::JobNotFound(id.to_string()))
+    }
+
+    pub fn list(&self) -> Result<Vec<LoadJob>> {
+        let live = self.jobs.lock().expect("jobs lock");
+        let mut all: Vec<LoadJob> = self
+            .meta
+            .list_jobs()?
+            .into_iter()
+            .map(|j| live.get(&j.id).map(|h| h.job.lock().expect("job lock").clone()).unwrap_or(j))
+            .collect();
+        all.sort_by_key(|j| j.started_unix_ms);
+        Ok(all)
+    }
+
+    pub fn cancel(&self, id: &str) -> Result<LoadJob> {
+        let h = self.jobs.lock().expect("jobs lock").get(id).cloned();
+        match h {
+            Some(h) => {
+                h.cancel.cancel();
+                Ok(h.job.lock().expect("job lock").clone())
+            }
+            None => self.get(id),
+        }
+    }
+}
+
+pub fn block_size(info: &DatasetInfo) -> u64 {
+    info.spec
+        .as_ref()
+        .and_then(|s| s.cache.as_ref())
+        .map(|c| c.block_size)
+        .filter(|b| *b > 0)
+        .unwrap_or(ids::DEFAULT_BLOCK_SIZE)
+}
