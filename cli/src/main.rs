@@ -5,6 +5,7 @@
 mod cache;
 mod client;
 mod exit;
+mod metrics_http;
 mod mount;
 mod servers;
 mod up;

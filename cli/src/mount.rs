@@ -38,6 +38,9 @@ pub struct MountArgs {
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Address for Prometheus `/metrics` (off unless given).
+    #[arg(long, env = "SHOAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 pub fn parse_mount_options(opts: &[String]) -> Result<bool> {
@@ -95,6 +98,8 @@ pub async fn run_mount(args: MountArgs) -> Result<()> {
         return detach(&opts.mountpoint);
     }
     let handle = shoal_fuse::mount(opts).await.with_context(|| format!("mount dataset {:?}", args.dataset))?;
+    crate::metrics_http::serve(args.metrics_listen.as_deref(), "mount", tokio_util::sync::CancellationToken::new())
+        .await?;
     println!("mounted dataset {} at {}", args.dataset, handle.mountpoint.display());
     serve_until_stopped(handle).await
 }

@@ -23,6 +23,9 @@ pub struct MasterArgs {
     /// How often workers heartbeat.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// Address for Prometheus `/metrics` ("" to disable).
+    #[arg(long, env = "SHOAL_METRICS_LISTEN", default_value = "0.0.0.0:9700")]
+    pub metrics_listen: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -46,6 +49,9 @@ pub struct WorkerArgs {
     /// Address clients use to reach this worker [default: the listen address].
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Address for Prometheus `/metrics` ("" to disable).
+    #[arg(long, env = "SHOAL_METRICS_LISTEN", default_value = "0.0.0.0:9701")]
+    pub metrics_listen: String,
 }
 
 /// `500ms`, `15s`, `2m`, `1h`, or plain seconds.
@@ -99,7 +105,9 @@ pub async fn run_master(args: MasterArgs) -> Result<()> {
         lost_worker_timeout: args.lost_worker_timeout,
         heartbeat_interval: args.heartbeat_interval,
     };
-    shoal_master::serve(config, listener, shutdown_on_signals())
+    let stop = shutdown_on_signals();
+    crate::metrics_http::serve(Some(&args.metrics_listen), "master", stop.clone()).await?;
+    shoal_master::serve(config, listener, stop)
         .await
         .with_context(|| format!("master (data dir {})", args.data_dir.display()))
 }
@@ -116,5 +124,7 @@ pub async fn run_worker(args: WorkerArgs) -> Result<()> {
         advertise: args.advertise.clone(),
         tiers: args.tiers.clone(),
     };
-    shoal_worker::serve(config, listener, shutdown_on_signals()).await.context("worker")
+    let stop = shutdown_on_signals();
+    crate::metrics_http::serve(Some(&args.metrics_listen), "worker", stop.clone()).await?;
+    shoal_worker::serve(config, listener, stop).await.context("worker")
 }

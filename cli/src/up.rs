@@ -53,6 +53,9 @@ pub struct UpArgs {
     /// Kernel entry/attribute cache time.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub attr_timeout: Duration,
+    /// Address for Prometheus `/metrics` of all three components ("" to disable).
+    #[arg(long, default_value = "127.0.0.1:9700")]
+    pub metrics_listen: String,
 }
 
 /// A demo dataset: 10 "classes" of 50 image-sized files and two 32 MiB shards.
@@ -114,6 +117,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
     }
 
     let stop = CancellationToken::new();
+    crate::metrics_http::serve(Some(&args.metrics_listen), "up", stop.clone()).await?;
     // Master.
     let master_listener = bind(&args.listen, "master").await?;
     let master_addr = master_listener.local_addr()?.to_string();

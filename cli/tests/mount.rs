@@ -233,7 +233,19 @@ fn shoal_up_serves_a_demo_and_ctrl_c_leaves_no_mount() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut up = Proc::start_until(
-        &["up", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--mem", "64MiB", "--ssd", "1GiB"],
+        &[
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--mem",
+            "64MiB",
+            "--ssd",
+            "1GiB",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
         &[],
         &dir.path().join("up.log"),
         "mounted at ",

@@ -110,7 +110,7 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
     let mnt = root.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mut mount = Proc::start_until(
-        &["mount", "pw", mnt.to_str().unwrap(), "--master", &master.addr],
+        &["mount", "pw", mnt.to_str().unwrap(), "--master", &master.addr, "--metrics-listen", "127.0.0.1:0"],
         &[],
         &root.join("mount.log"),
         "mounted dataset ",
@@ -120,6 +120,30 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
     }
     assert_eq!(gets(), before, "reads of a prewarmed dataset must not reach the store");
     assert_eq!(worker_stats(&worker.addr).await.store_reads, blocks);
+
+    // The counters moved on every component.
+    let mm = master.metrics();
+    assert_eq!(
+        metric(&mm, r#"shoal_master_prewarm_blocks_total{dataset="pw",result="loaded"}"#),
+        blocks as f64,
+        "{mm}"
+    );
+    assert_eq!(metric(&mm, r#"shoal_master_workers{state="alive"}"#), 1.0);
+    assert!(metric(&mm, r#"shoal_master_sync_entries_total{dataset="pw"}"#) >= 24.0);
+    let wm = worker.metrics();
+    assert_eq!(metric(&wm, "shoal_worker_cache_misses_total"), blocks as f64, "{wm}");
+    let held =
+        metric(&wm, r#"shoal_worker_tier_blocks{tier="mem"}"#) + metric(&wm, r#"shoal_worker_tier_blocks{tier="ssd"}"#);
+    assert_eq!(held, blocks as f64);
+    let names: Vec<&str> = wm.lines().filter(|l| l.starts_with("# TYPE")).collect();
+    assert_eq!(metric(&wm, r#"shoal_store_requests_total{op="read",result="ok"}"#), blocks as f64, "{names:?}");
+    assert!(wm.contains("shoal_store_request_duration_seconds_bucket"), "store latency histograms: {names:?}");
+    let fm = mount.metrics();
+    let fetched = metric(&fm, r#"shoal_fuse_block_fetches_total{source="short_circuit"}"#);
+    assert_eq!(fetched, blocks as f64, "{fm}");
+    assert!(metric(&fm, r#"shoal_fuse_ops_total{op="read",result="ok"}"#) > 0.0);
+    let total: usize = want.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(metric(&fm, "shoal_fuse_read_bytes_total"), total as f64);
     let _ = cli(&["umount", mnt.to_str().unwrap()]);
     let _ = mount.child.wait();
 }

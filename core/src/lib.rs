@@ -10,6 +10,7 @@
 pub mod error;
 pub mod ids;
 pub mod mapped;
+pub mod metrics;
 pub mod placement;
 pub mod size;
 pub mod store;

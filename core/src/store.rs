@@ -122,7 +122,10 @@ impl UnderStore {
     }
 
     pub async fn stat(&self, path: &str) -> Result<StoreEntry, CoreError> {
-        let meta = self.op.stat(&to_store_path(path)).await.map_err(|e| self.err("stat", path, e))?;
+        let t = std::time::Instant::now();
+        let res = self.op.stat(&to_store_path(path)).await;
+        crate::metrics::store_request("stat", res.is_ok(), t);
+        let meta = res.map_err(|e| self.err("stat", path, e))?;
         Ok(entry_from(path.to_string(), &meta))
     }
 
@@ -132,7 +135,10 @@ impl UnderStore {
     pub fn list(&self) -> impl Stream<Item = Result<StoreEntry, CoreError>> + Send + 'static {
         let this = self.clone();
         futures::stream::once(async move {
-            let lister = this.op.lister_with("").recursive(true).await.map_err(|e| this.err("list", "/", e))?;
+            let t = std::time::Instant::now();
+            let lister = this.op.lister_with("").recursive(true).await;
+            crate::metrics::store_request("list", lister.is_ok(), t);
+            let lister = lister.map_err(|e| this.err("list", "/", e))?;
             let this2 = this.clone();
             Ok::<_, CoreError>(lister.map_err(move |e| this2.err("list", "/", e)).try_filter_map(|entry| async move {
                 let (path, meta) = entry.into_parts();
@@ -157,8 +163,11 @@ impl UnderStore {
         if len as usize > PARALLEL_READ_CHUNK {
             req = req.chunk(PARALLEL_READ_CHUNK).concurrent(PARALLEL_READS);
         }
-        let buf = req.await.map_err(|e| self.err("read", path, e))?;
-        let bytes = buf.to_bytes();
+        let t = std::time::Instant::now();
+        let res = req.await;
+        crate::metrics::store_request("read", res.is_ok(), t);
+        let bytes = res.map_err(|e| self.err("read", path, e))?.to_bytes();
+        crate::metrics::STORE_BYTES.with_label_values(&[self.op.info().scheme()]).inc_by(bytes.len() as u64);
         if bytes.len() as u64 != len {
             return Err(CoreError::ShortRead {
                 uri: self.uri.clone(),
@@ -211,5 +220,23 @@ mod tests {
         assert!(store.read("/a/f one.bin", 5, 10).await.is_err(), "a range past the end is an error");
         assert!(store.stat("/missing").await.unwrap_err().is_not_found());
         assert_eq!(store.stat("/a/f one.bin").await.unwrap().size, 10);
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn store_requests_are_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
+        let spec = StoreSpec::parse(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
+        let store = UnderStore::open(&spec).unwrap();
+        store.read("/f", 0, 4).await.unwrap();
+        let text = crate::metrics::render();
+        assert!(text.contains(r#"shoal_store_requests_total{op="read",result="ok"}"#), "{text}");
+        assert!(text.contains("shoal_store_request_duration_seconds_bucket"), "{text}");
     }
 }

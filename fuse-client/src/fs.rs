@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
@@ -19,6 +19,7 @@ use fuser::{
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
+use crate::metrics;
 use crate::namespace::{Namespace, Node, ROOT};
 use crate::reader::{ReadError, Reader};
 
@@ -126,17 +127,30 @@ impl Filesystem for ShoalFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
-        match self.ns.lookup(parent.0, name) {
-            Some(node) => reply.entry(&self.ttl, &self.attr(node), Generation(0)),
-            None => reply.error(Errno::ENOENT),
+        let t = Instant::now();
+        match name.to_str().and_then(|n| self.ns.lookup(parent.0, n)) {
+            Some(node) => {
+                reply.entry(&self.ttl, &self.attr(node), Generation(0));
+                metrics::op("lookup", true, t);
+            }
+            None => {
+                reply.error(Errno::ENOENT);
+                metrics::op("lookup", false, t);
+            }
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t = Instant::now();
         match self.ns.get(ino.0) {
-            Some(node) => reply.attr(&self.ttl, &self.attr(node)),
-            None => reply.error(Errno::ENOENT),
+            Some(node) => {
+                reply.attr(&self.ttl, &self.attr(node));
+                metrics::op("getattr", true, t);
+            }
+            None => {
+                reply.error(Errno::ENOENT);
+                metrics::op("getattr", false, t);
+            }
         }
     }
 
@@ -160,6 +174,7 @@ impl Filesystem for ShoalFs {
             self.reader.prefetch(&node.inode, path, 0);
         }
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        metrics::op("open", true, Instant::now());
     }
 
     fn read(
@@ -195,6 +210,7 @@ impl Filesystem for ShoalFs {
             }
         };
         let reader = self.reader.clone();
+        let t = Instant::now();
         self.rt.spawn(async move {
             if end > offset {
                 let last = ((end - 1) / bs) as u32;
@@ -203,10 +219,15 @@ impl Filesystem for ShoalFs {
                 }
             }
             match reader.read(&inode, &path, offset, u64::from(size)).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    metrics::READ_BYTES.inc_by(data.len() as u64);
+                    reply.data(&data);
+                    metrics::op("read", true, t);
+                }
                 Err(e) => {
                     warn!(path, offset, size, error = %e, "read failed");
                     reply.error(errno_of(&e));
+                    metrics::op("read", false, t);
                 }
             }
         });
@@ -239,6 +260,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        metrics::op("readdir", true, Instant::now());
         let Some(dir) = self.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
         // Offsets: 1 = ".", 2 = "..", 3.. = children.
         let parent = dir.inode.parent.max(ROOT);
@@ -263,6 +285,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        metrics::op("readdirplus", true, Instant::now());
         let Some(dir) = self.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
         let skip = offset as usize;
         for (k, (name, child)) in dir.children.iter().enumerate().skip(skip) {

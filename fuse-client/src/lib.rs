@@ -5,6 +5,7 @@
 //! it holds no durable state.
 
 pub mod fs;
+pub mod metrics;
 pub mod namespace;
 pub mod reader;
 

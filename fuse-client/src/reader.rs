@@ -205,6 +205,7 @@ impl Reader {
             match self.short_circuit(local, &r, fill, want).await {
                 Ok(Some(b)) => {
                     self.counters.short_circuit.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::BLOCK_SOURCE.with_label_values(&["short_circuit"]).inc();
                     return Ok(b);
                 }
                 Ok(None) => {}
@@ -223,6 +224,7 @@ impl Reader {
             match self.remote(w, &r, want).await {
                 Ok(b) => {
                     self.counters.worker.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::BLOCK_SOURCE.with_label_values(&["worker"]).inc();
                     return Ok(b);
                 }
                 Err(e) => {
@@ -235,10 +237,12 @@ impl Reader {
         match self.direct(path, inode, index).await {
             Ok(b) => {
                 self.counters.store.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::BLOCK_SOURCE.with_label_values(&["store"]).inc();
                 Ok(b)
             }
             Err(e) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::BLOCK_SOURCE.with_label_values(&["failed"]).inc();
                 Err(e.unwrap_or(ReadError::AllSourcesFailed { path: path.to_string(), index, last }))
             }
         }

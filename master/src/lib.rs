@@ -6,6 +6,7 @@ pub mod error;
 pub mod load;
 pub mod membership;
 pub mod meta;
+pub mod metrics;
 pub mod namespace;
 pub mod service;
 
@@ -56,7 +57,14 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
         loop {
             tokio::select! {
                 _ = reaper_stop.cancelled() => break,
-                _ = tick.tick() => { members.reap(); }
+                _ = tick.tick() => {
+                    members.reap();
+                    let workers = members.workers();
+                    let alive = workers.iter().filter(|w| w.alive).count() as i64;
+                    metrics::WORKERS.with_label_values(&["alive"]).set(alive);
+                    metrics::WORKERS.with_label_values(&["lost"]).set(workers.len() as i64 - alive);
+                    metrics::CACHED_BLOCKS.set(members.block_count() as i64);
+                }
             }
         }
     });

@@ -222,12 +222,18 @@ impl Loads {
     }
 
     async fn run(self: Arc<Self>, handle: Arc<JobHandle>, info: DatasetInfo, files: Vec<FileTask>) {
+        crate::metrics::PREWARM_RUNNING.inc();
+        self.run_inner(&handle, info, files).await;
+        crate::metrics::PREWARM_RUNNING.dec();
+    }
+
+    async fn run_inner(self: &Arc<Self>, handle: &Arc<JobHandle>, info: DatasetInfo, files: Vec<FileTask>) {
         let spec = handle.job.lock().expect("job lock").spec.clone().unwrap_or_default();
         let bs = block_size(&info);
         let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
         let workers = self.members.live_workers();
         if workers.is_empty() && !files.is_empty() {
-            return self.finish(&handle, LoadState::Failed, "no live worker to load into".into());
+            return self.finish(handle, LoadState::Failed, "no live worker to load into".into());
         }
         let addr: HashMap<String, String> = workers.iter().map(|w| (w.id.clone(), w.address.clone())).collect();
         // Remaining blocks and first error per file.
@@ -308,6 +314,17 @@ impl Loads {
                 n = results.next() => n,
             };
             let Some((fi, len, ok, already, err)) = next else { break };
+            let result = if !ok {
+                "failed"
+            } else if already {
+                "already_cached"
+            } else {
+                "loaded"
+            };
+            crate::metrics::PREWARM_BLOCKS.with_label_values(&[spec.dataset.as_str(), result]).inc();
+            if ok {
+                crate::metrics::PREWARM_BYTES.with_label_values(&[spec.dataset.as_str()]).inc_by(len);
+            }
             let mut j = handle.job.lock().expect("job lock");
             let slot = &mut remaining[fi];
             slot.0 -= 1;
@@ -358,7 +375,7 @@ impl Loads {
                 )
             }
         };
-        self.finish(&handle, state, msg);
+        self.finish(handle, state, msg);
     }
 
     pub fn get(&self, id: &str) -> Result<LoadJob> {

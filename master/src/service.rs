@@ -89,10 +89,24 @@ impl State {
         }
         let result = async {
             let store = self.store(&info)?;
-            namespace::sync(&self.meta, info, &store, report).await
+            let mut seen = 0;
+            let ds = name.clone();
+            let mut report = report;
+            namespace::sync(&self.meta, info, &store, move |p: &SyncProgress| {
+                crate::metrics::SYNC_ENTRIES.with_label_values(&[ds.as_str()]).inc_by(p.entries_listed - seen);
+                seen = p.entries_listed;
+                if p.done {
+                    for (change, n) in [("added", p.added), ("changed", p.changed), ("deleted", p.deleted)] {
+                        crate::metrics::SYNC_CHANGES.with_label_values(&[ds.as_str(), change]).inc_by(n);
+                    }
+                }
+                report(p)
+            })
+            .await
         }
         .await;
         self.syncing.lock().expect("sync lock").remove(&name);
+        crate::metrics::SYNCS.with_label_values(&[name.as_str(), if result.is_ok() { "ok" } else { "error" }]).inc();
         if let Ok(info) = &result {
             info!(dataset = %name, files = info.file_count, bytes = info.total_bytes, "sync finished");
         }

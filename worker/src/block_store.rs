@@ -107,9 +107,11 @@ impl BlockStore {
                     listener_dir.remove(&file);
                     if cause == RemovalCause::Size {
                         listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::EVICTIONS.with_label_values(&[listener_dir.kind.as_str()]).inc();
                     }
                     if demoted {
                         listener_counters.demotions.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::DEMOTIONS.inc();
                         debug!(block = %id, "block demoted");
                     } else if cause != RemovalCause::Replaced {
                         listener_deltas.lock().expect("deltas lock").removed.push(*id);

@@ -6,6 +6,7 @@
 pub mod block_store;
 pub mod datasets;
 pub mod error;
+pub mod metrics;
 pub mod service;
 pub mod tier;
 
@@ -102,6 +103,7 @@ async fn report_loop(
                 Err(e) => warn!(error = %e.message(), "cannot register with the master; retrying"),
             }
         } else {
+            metrics::update_tiers(&store);
             let deltas = store.take_deltas();
             let req = HeartbeatRequest {
                 worker_id: me.id.clone(),

@@ -19,6 +19,7 @@ use tracing::{instrument, warn};
 use crate::block_store::{BlockStore, Cached};
 use crate::datasets::{check_ref, CheckedRef, Datasets};
 use crate::error::WorkerError;
+use crate::metrics;
 use crate::tier::TierKind;
 
 /// Largest message of a block stream.
@@ -29,6 +30,8 @@ const CHUNK: usize = 1 << 20;
 struct Fetched {
     cached: Option<Cached>,
     data: Bytes,
+    /// Where this request's bytes came from: "mem", "ssd" or "store".
+    source: &'static str,
 }
 
 type Flight = Arc<OnceCell<Result<Fetched, Status>>>;
@@ -82,6 +85,7 @@ impl WorkerService {
             Ok(Err(e)) => {
                 warn!(block = %c.file.id, error = %e, "dropping unreadable block file");
                 self.0.counters.corrupt_dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::CORRUPT.inc();
                 let store = self.0.store.clone();
                 let id = c.file.id;
                 let _ = blocking(move || store.remove(id)).await;
@@ -99,7 +103,8 @@ impl WorkerService {
         if let Some(c) = blocking(move || store.get(id)).await? {
             if let Some(data) = self.read_cached(&c).await {
                 self.0.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Fetched { cached: Some(c), data });
+                metrics::HITS.with_label_values(&[c.tier.as_str()]).inc();
+                return Ok(Fetched { source: c.tier.as_str(), cached: Some(c), data });
             }
         }
         let cell = self.0.inflight.lock().expect("inflight lock").entry(id).or_default().clone();
@@ -117,22 +122,24 @@ impl WorkerService {
         let id = r.id;
         if let Some(c) = blocking(move || store.get(id)).await? {
             if let Some(data) = self.read_cached(&c).await {
-                return Ok(Fetched { cached: Some(c), data });
+                return Ok(Fetched { source: c.tier.as_str(), cached: Some(c), data });
             }
         }
         self.0.counters.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::MISSES.inc();
         blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
         let under = self.0.datasets.store(&r.dataset, r.dataset_id).await?;
         let data = under.read(&r.path, r.offset, r.len).await.map_err(WorkerError::from)?;
         self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
         self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        metrics::STORE_READ_BYTES.inc_by(data.len() as u64);
         let store = self.0.store.clone();
         let d = data.clone();
         let cached = blocking(move || store.insert(id, &d)).await?.map_err(Status::from)?;
         if cached.is_none() {
             warn!(block = %id, "no tier has room; serving the block uncached");
         }
-        Ok(Fetched { cached, data })
+        Ok(Fetched { cached, data, source: "store" })
     }
 }
 
@@ -154,8 +161,10 @@ impl Worker for WorkerService {
             0 => checked.len,
             n => (r.offset + n).min(checked.len),
         };
+        let _timer = metrics::REQUEST_SECONDS.with_label_values(&["read_block"]).start_timer();
         let fetched = self.fetch(&checked).await?;
         let data = fetched.data.slice(r.offset as usize..end as usize);
+        metrics::SERVED_BYTES.with_label_values(&[fetched.source]).inc_by(data.len() as u64);
         let chunks: Vec<Result<ReadBlockChunk, Status>> = (0..data.len())
             .step_by(CHUNK)
             .map(|at| Ok(ReadBlockChunk { data: data.slice(at..(at + CHUNK).min(data.len())) }))
@@ -167,6 +176,7 @@ impl Worker for WorkerService {
     async fn open_local(&self, req: Request<OpenLocalRequest>) -> Result<Response<OpenLocalResponse>, Status> {
         let r = req.get_ref();
         let checked = check_ref(r.block.as_ref())?;
+        let _timer = metrics::REQUEST_SECONDS.with_label_values(&["open_local"]).start_timer();
         let store = self.0.store.clone();
         let id = checked.id;
         let mut cached = blocking(move || store.get(id)).await?;
@@ -191,6 +201,7 @@ impl Worker for WorkerService {
     #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or("")))]
     async fn cache_block(&self, req: Request<CacheBlockRequest>) -> Result<Response<CacheBlockResponse>, Status> {
         let checked = check_ref(req.get_ref().block.as_ref())?;
+        let _timer = metrics::REQUEST_SECONDS.with_label_values(&["cache_block"]).start_timer();
         let store = self.0.store.clone();
         let id = checked.id;
         if let Some(c) = blocking(move || store.get(id)).await? {

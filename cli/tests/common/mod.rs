@@ -49,6 +49,8 @@ pub struct Proc {
     pub child: Child,
     pub addr: String,
     pub log: PathBuf,
+    /// Every stdout line so far.
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -69,8 +71,11 @@ impl Proc {
         let mut child = cmd.spawn().expect("spawn shoal");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let all = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                all.lock().unwrap().push(line.clone());
                 if let Some(addr) = line.split(marker).nth(1) {
                     let _ = tx.send(addr.trim().to_string());
                 }
@@ -83,7 +88,29 @@ impl Proc {
                 panic!("shoal {args:?} did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
             }
         };
-        Proc { child, addr, log: log.to_path_buf() }
+        Proc { child, addr, log: log.to_path_buf(), lines }
+    }
+
+    /// What follows `marker` on the first stdout line that has it (waits for it).
+    pub fn line_after(&self, marker: &str) -> String {
+        let mut found = None;
+        wait_for_sync(marker, || {
+            found =
+                self.lines.lock().unwrap().iter().find_map(|l| l.split(marker).nth(1).map(|s| s.trim().to_string()));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// The Prometheus text of this process's `/metrics`.
+    pub fn metrics(&self) -> String {
+        let addr = self.line_after("metrics on ");
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        resp
     }
 
     pub fn kill9(&mut self) {
@@ -114,6 +141,8 @@ pub fn start_master(data_dir: &Path, listen: &str, log: &Path) -> Proc {
             "200ms",
             "--lost-worker-timeout",
             "3s",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &[],
         log,
@@ -121,12 +150,22 @@ pub fn start_master(data_dir: &Path, listen: &str, log: &Path) -> Proc {
 }
 
 pub fn start_worker(master: &str, listen: &str, tiers: &[String], envs: &[(&str, &str)], log: &Path) -> Proc {
-    let mut args = vec!["worker", "--master", master, "--listen", listen, "--id", "w1"];
+    let mut args =
+        vec!["worker", "--master", master, "--listen", listen, "--id", "w1", "--metrics-listen", "127.0.0.1:0"];
     for t in tiers {
         args.push("--tier");
         args.push(t);
     }
     Proc::start(&args, envs, log)
+}
+
+/// The value of one sample (`name{labels} value`) in Prometheus text, 0 if absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Run a CLI command; returns (exit code, stdout, stderr).

@@ -1,0 +1,64 @@
+//! The worker's Prometheus metrics (`shoal_worker_*`), registered in the default
+//! registry on first use.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
+
+pub static HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("shoal_worker_cache_hits_total", "Block reads served from a tier", &["tier"])
+        .expect("metric")
+});
+pub static MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("shoal_worker_cache_misses_total", "Block reads that went to the store").expect("metric")
+});
+pub static SERVED_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shoal_worker_served_bytes_total",
+        "Bytes served, by where they came from (mem, ssd, store)",
+        &["source"]
+    )
+    .expect("metric")
+});
+pub static STORE_READ_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("shoal_worker_store_read_bytes_total", "Bytes read from under-stores").expect("metric")
+});
+pub static EVICTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shoal_worker_evictions_total",
+        "Blocks evicted from a tier (demoted or dropped)",
+        &["tier"]
+    )
+    .expect("metric")
+});
+pub static DEMOTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("shoal_worker_demotions_total", "Blocks moved from MEM to SSD on eviction").expect("metric")
+});
+pub static CORRUPT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("shoal_worker_corrupt_blocks_total", "Block files dropped because they failed their checksum")
+        .expect("metric")
+});
+pub static TIER_BLOCKS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("shoal_worker_tier_blocks", "Blocks held per tier", &["tier"]).expect("metric")
+});
+pub static TIER_USED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("shoal_worker_tier_used_bytes", "Bytes used per tier", &["tier"]).expect("metric")
+});
+pub static TIER_QUOTA: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("shoal_worker_tier_quota_bytes", "Byte quota per tier", &["tier"]).expect("metric")
+});
+pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!("shoal_worker_request_duration_seconds", "gRPC request latency by method", &["method"])
+        .expect("metric")
+});
+
+/// Refresh the tier gauges from the store.
+pub fn update_tiers(store: &crate::BlockStore) {
+    for (kind, _, quota, used, blocks, _) in store.tier_stats() {
+        let k = kind.as_str();
+        TIER_BLOCKS.with_label_values(&[k]).set(blocks as i64);
+        TIER_USED.with_label_values(&[k]).set(used as i64);
+        TIER_QUOTA.with_label_values(&[k]).set(quota as i64);
+    }
+}
