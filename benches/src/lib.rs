@@ -78,6 +78,7 @@ impl Cluster {
             name: "bench".into(),
             mount: Some(MountSpec { uri: source.to_string_lossy().into_owned(), options: Default::default() }),
             cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
+            sync_interval_seconds: 0,
         };
         m.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: true }).await.context("create dataset")?;
         let mountpoint = dir.join("mnt");
@@ -91,6 +92,7 @@ impl Cluster {
             ttl: Duration::from_secs(3600),
             cache_bytes: 512 << 20,
             threads: 4,
+            refresh: Duration::ZERO,
         })
         .await?;
         Ok(Cluster { master_addr, mount: Some(mount), mountpoint, stop })

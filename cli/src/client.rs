@@ -51,6 +51,9 @@ pub enum DatasetCmd {
         /// Register only; do not list the store now.
         #[arg(long)]
         no_sync: bool,
+        /// Re-list the store this often (e.g. 10m, 1h); mounts pick up the changes.
+        #[arg(long, value_parser = crate::servers::parse_duration)]
+        sync_interval: Option<std::time::Duration>,
         #[command(flatten)]
         common: Common,
     },
@@ -135,6 +138,8 @@ fn dataset_json(d: &DatasetInfo) -> serde_json::Value {
         "total_bytes": d.total_bytes,
         "created_unix": d.created_unix,
         "last_sync_unix": d.last_sync_unix,
+        "generation": d.generation,
+        "sync_interval_seconds": spec.sync_interval_seconds,
     })
 }
 
@@ -209,7 +214,7 @@ fn print_sync(p: &SyncProgress, output: Output) {
 
 pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
     match cmd {
-        DatasetCmd::Create { name, uri, options, block_size, no_sync, common } => {
+        DatasetCmd::Create { name, uri, options, block_size, no_sync, sync_interval, common } => {
             let options = parse_options(&options)?;
             // Check locally first: a bad URI never needs a round trip.
             shoal_core::StoreSpec::parse(&uri, &options)?;
@@ -219,6 +224,7 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
                 name: name.clone(),
                 mount: Some(MountSpec { uri, options: options.into_iter().collect() }),
                 cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
+                sync_interval_seconds: sync_interval.map(|d| d.as_secs().max(1)).unwrap_or(0),
             };
             let info = client
                 .create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false })

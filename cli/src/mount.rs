@@ -38,6 +38,9 @@ pub struct MountArgs {
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// How often to check for a re-synced namespace and show it (0s: never).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub refresh_interval: Duration,
     /// Address for Prometheus `/metrics` (off unless given).
     #[arg(long, env = "SHOAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -68,6 +71,7 @@ pub fn options(args: &MountArgs) -> Result<shoal_fuse::MountOptions> {
         ttl: args.attr_timeout,
         cache_bytes: shoal_core::size::parse_size(&args.cache_size)?,
         threads: args.threads,
+        refresh: args.refresh_interval,
     })
 }
 

@@ -176,6 +176,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
                     name: args.name.clone(),
                     mount: Some(MountSpec { uri: uri.clone(), options: options.clone().into_iter().collect() }),
                     cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
+                    sync_interval_seconds: 0,
                 };
                 client
                     .create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false })
@@ -196,6 +197,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
             ttl: args.attr_timeout,
             cache_bytes: 512 << 20,
             threads: 4,
+            refresh: Duration::from_secs(10),
         };
         let handle = shoal_fuse::mount(opts).await.context("mount")?;
         let mut out = std::io::stdout().lock();

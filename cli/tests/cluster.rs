@@ -451,7 +451,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let spec = DatasetSpec {
         name: "a\0b".into(),
         mount: Some(MountSpec { uri: s.into(), options: Default::default() }),
-        cache: None,
+        ..Default::default()
     };
     let e = mc.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);

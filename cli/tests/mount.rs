@@ -90,7 +90,7 @@ fn mounted(worker_env: &[(&str, &str)], build: impl FnOnce(&Path)) -> Mounted {
     let mnt = root.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mount = Proc::start_until(
-        &["mount", "ds", mnt.to_str().unwrap(), "--master", &master.addr],
+        &["mount", "ds", mnt.to_str().unwrap(), "--master", &master.addr, "--refresh-interval", "200ms"],
         &[],
         &root.join("mount.log"),
         "mounted dataset ",
@@ -276,4 +276,50 @@ fn shoal_up_serves_a_demo_and_ctrl_c_leaves_no_mount() {
     };
     assert!(status.success(), "{status}");
     assert!(!shoal_fuse::is_mounted(&mnt), "no mount left behind");
+}
+
+#[test]
+fn store_changes_show_through_the_mount_after_sync() {
+    let m = mounted(&[], |src| {
+        std::fs::write(src.join("a.txt"), b"old bytes").unwrap();
+        std::fs::write(src.join("b.txt"), b"to be deleted").unwrap();
+        std::fs::create_dir(src.join("dir")).unwrap();
+        std::fs::write(src.join("dir/c.txt"), b"unchanged").unwrap();
+    });
+    // Read everything once so the kernel caches pages, attributes and entries.
+    assert_eq!(std::fs::read(m.mnt.join("a.txt")).unwrap(), b"old bytes");
+    assert_eq!(std::fs::read(m.mnt.join("b.txt")).unwrap(), b"to be deleted");
+    assert_eq!(errno(std::fs::metadata(m.mnt.join("dir/new.txt"))), libc::ENOENT);
+
+    std::fs::write(m.src.join("a.txt"), b"new and longer bytes").unwrap();
+    std::fs::remove_file(m.src.join("b.txt")).unwrap();
+    std::fs::write(m.src.join("dir/new.txt"), b"fresh").unwrap();
+    let (code, out, err) = cli(&["dataset", "sync", "ds", "-o", "json", "--master", &m.master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    wait_for_sync("the mount to show the synced namespace", || {
+        std::fs::read(m.mnt.join("a.txt")).is_ok_and(|d| d == b"new and longer bytes")
+    });
+    assert_eq!(errno(std::fs::metadata(m.mnt.join("b.txt"))), libc::ENOENT);
+    assert_eq!(std::fs::read(m.mnt.join("dir/new.txt")).unwrap(), b"fresh");
+    assert_eq!(std::fs::read(m.mnt.join("dir/c.txt")).unwrap(), b"unchanged");
+    assert_eq!(walk(&m.mnt), walk(&m.src));
+}
+
+#[test]
+fn a_sync_interval_follows_the_store_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("one"), b"1").unwrap();
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let (code, _, err) =
+        cli(&["dataset", "create", "iv", src.to_str().unwrap(), "--sync-interval", "1s", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(src.join("two"), b"22").unwrap();
+    wait_for_sync("the periodic sync to see the new file", || {
+        let (_, out, _) = cli(&["dataset", "show", "iv", "-o", "json", "--master", &master.addr]);
+        serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v["file_count"] == 2 && v["total_bytes"] == 3)
+    });
 }

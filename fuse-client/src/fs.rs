@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
@@ -36,35 +36,15 @@ struct OpenFile {
     window: u32,
 }
 
-pub struct ShoalFs {
-    ns: Arc<Namespace>,
-    paths: HashMap<u64, String>,
-    reader: Arc<Reader>,
-    rt: Handle,
-    ttl: Duration,
-    uid: u32,
-    gid: u32,
-    next_fh: AtomicU64,
-    open: Mutex<HashMap<u64, OpenFile>>,
+/// One namespace snapshot and the dataset paths of its files.
+#[derive(Debug, Default)]
+pub struct View {
+    pub ns: Namespace,
+    pub paths: HashMap<u64, String>,
 }
 
-impl std::fmt::Debug for ShoalFs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShoalFs").field("entries", &self.ns.len()).finish()
-    }
-}
-
-fn errno_of(e: &ReadError) -> Errno {
-    match e {
-        ReadError::NotFound(_) => Errno::ENOENT,
-        ReadError::AllSourcesFailed { .. } => Errno::EIO,
-    }
-}
-
-impl ShoalFs {
-    pub fn new(ns: Namespace, reader: Arc<Reader>, rt: Handle, ttl: Duration) -> Self {
-        let ns = Arc::new(ns);
-        // Dataset paths of files, for block references.
+impl View {
+    pub fn new(ns: Namespace) -> View {
         let mut paths = HashMap::new();
         let mut stack = vec![(ROOT, String::new())];
         while let Some((ino, path)) = stack.pop() {
@@ -79,9 +59,45 @@ impl ShoalFs {
                 }
             }
         }
-        // SAFETY-free: plain libc getters with no arguments.
+        View { ns, paths }
+    }
+}
+
+/// The current view, replaced whole when the dataset is re-synced.
+pub type SharedView = Arc<RwLock<Arc<View>>>;
+
+pub struct ShoalFs {
+    view: SharedView,
+    reader: Arc<Reader>,
+    rt: Handle,
+    ttl: Duration,
+    uid: u32,
+    gid: u32,
+    next_fh: AtomicU64,
+    open: Mutex<HashMap<u64, OpenFile>>,
+}
+
+impl std::fmt::Debug for ShoalFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShoalFs").field("entries", &self.view().ns.len()).finish()
+    }
+}
+
+fn errno_of(e: &ReadError) -> Errno {
+    match e {
+        ReadError::NotFound(_) => Errno::ENOENT,
+        ReadError::AllSourcesFailed { .. } => Errno::EIO,
+    }
+}
+
+impl ShoalFs {
+    pub fn new(view: SharedView, reader: Arc<Reader>, rt: Handle, ttl: Duration) -> Self {
         let (uid, gid) = (nix_uid(), nix_gid());
-        Self { ns, paths, reader, rt, ttl, uid, gid, next_fh: AtomicU64::new(1), open: Mutex::new(HashMap::new()) }
+        Self { view, reader, rt, ttl, uid, gid, next_fh: AtomicU64::new(1), open: Mutex::new(HashMap::new()) }
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.view.read().expect("view lock").clone()
     }
 
     fn attr(&self, node: &Node) -> FileAttr {
@@ -128,7 +144,8 @@ impl Filesystem for ShoalFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = Instant::now();
-        match name.to_str().and_then(|n| self.ns.lookup(parent.0, n)) {
+        let v = self.view();
+        match name.to_str().and_then(|n| v.ns.lookup(parent.0, n)) {
             Some(node) => {
                 reply.entry(&self.ttl, &self.attr(node), Generation(0));
                 metrics::op("lookup", true, t);
@@ -142,7 +159,8 @@ impl Filesystem for ShoalFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let t = Instant::now();
-        match self.ns.get(ino.0) {
+        let v = self.view();
+        match v.ns.get(ino.0) {
             Some(node) => {
                 reply.attr(&self.ttl, &self.attr(node));
                 metrics::op("getattr", true, t);
@@ -159,7 +177,8 @@ impl Filesystem for ShoalFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let Some(node) = self.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
+        let v = self.view();
+        let Some(node) = v.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
         if node.is_dir() {
             return reply.error(Errno::EISDIR);
         }
@@ -169,7 +188,7 @@ impl Filesystem for ShoalFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.open.lock().expect("open lock").insert(fh, OpenFile { ino: ino.0, next_offset: 0, window: 1 });
         // Small files (one block) are fetched whole right away.
-        if let Some(path) = self.paths.get(&ino.0) {
+        if let Some(path) = v.paths.get(&ino.0) {
             let _guard = self.rt.enter();
             self.reader.prefetch(&node.inode, path, 0);
         }
@@ -188,11 +207,12 @@ impl Filesystem for ShoalFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(node) = self.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
+        let v = self.view();
+        let Some(node) = v.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
         if node.is_dir() {
             return reply.error(Errno::EISDIR);
         }
-        let Some(path) = self.paths.get(&ino.0).cloned() else { return reply.error(Errno::ENOENT) };
+        let Some(path) = v.paths.get(&ino.0).cloned() else { return reply.error(Errno::ENOENT) };
         let inode = node.inode.clone();
         let bs = self.reader.block_size();
         let end = (offset + u64::from(size)).min(inode.size);
@@ -252,7 +272,7 @@ impl Filesystem for ShoalFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ns.get(ino.0) {
+        match self.view().ns.get(ino.0) {
             Some(n) if n.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Some(_) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
@@ -261,7 +281,8 @@ impl Filesystem for ShoalFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         metrics::op("readdir", true, Instant::now());
-        let Some(dir) = self.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
+        let v = self.view();
+        let Some(dir) = v.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
         // Offsets: 1 = ".", 2 = "..", 3.. = children.
         let parent = dir.inode.parent.max(ROOT);
         let dots = [(1u64, ino.0, "."), (2, parent, "..")];
@@ -272,11 +293,8 @@ impl Filesystem for ShoalFs {
         }
         let skip = offset.saturating_sub(2) as usize;
         for (k, (name, child)) in dir.children.iter().enumerate().skip(skip) {
-            let kind = if self.ns.get(*child).is_some_and(|c| c.is_dir()) {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
+            let kind =
+                if v.ns.get(*child).is_some_and(|c| c.is_dir()) { FileType::Directory } else { FileType::RegularFile };
             if reply.add(INodeNo(*child), k as u64 + 3, kind, name.as_ref()) {
                 break;
             }
@@ -286,10 +304,11 @@ impl Filesystem for ShoalFs {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         metrics::op("readdirplus", true, Instant::now());
-        let Some(dir) = self.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
+        let v = self.view();
+        let Some(dir) = v.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
         let skip = offset as usize;
         for (k, (name, child)) in dir.children.iter().enumerate().skip(skip) {
-            let Some(node) = self.ns.get(*child) else { continue };
+            let Some(node) = v.ns.get(*child) else { continue };
             if reply.add(INodeNo(*child), k as u64 + 1, name.as_ref(), &self.ttl, &self.attr(node), Generation(0)) {
                 break;
             }
@@ -299,8 +318,9 @@ impl Filesystem for ShoalFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let bsize = 4096u64;
-        let blocks = self.ns.bytes.div_ceil(bsize);
-        reply.statfs(blocks, 0, 0, self.ns.len() as u64, 0, bsize as u32, 255, bsize as u32);
+        let v = self.view();
+        let blocks = v.ns.bytes.div_ceil(bsize);
+        reply.statfs(blocks, 0, 0, v.ns.len() as u64, 0, bsize as u32, 255, bsize as u32);
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {

@@ -54,6 +54,8 @@ pub struct MountOptions {
     pub cache_bytes: u64,
     /// Threads reading `/dev/fuse`.
     pub threads: usize,
+    /// How often to check the master for a re-synced namespace (zero: never).
+    pub refresh: Duration,
 }
 
 /// A live mount. Dropping it does not unmount; call [`MountHandle::unmount`].
@@ -101,6 +103,67 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+async fn load_namespace(
+    master: &mut MasterClient<Channel>,
+    dataset: &str,
+) -> Result<namespace::Namespace, tonic::Status> {
+    let mut stream = master.list_namespace(ListNamespaceRequest { dataset: dataset.to_string() }).await?.into_inner();
+    let mut entries = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        entries.extend(chunk.entries);
+    }
+    Ok(namespace::Namespace::build(entries))
+}
+
+/// Follow re-syncs of the dataset: when its generation moves, load the new
+/// namespace, swap it in, and tell the kernel which entries and inodes (and so
+/// which cached pages) to forget. The master being down only delays this.
+async fn refresh_loop(
+    mut master: MasterClient<Channel>,
+    dataset: String,
+    mut generation: u64,
+    view: fs::SharedView,
+    notifier: fuser::Notifier,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(info) = master.get_dataset(GetDatasetRequest { name: dataset.clone() }).await else { continue };
+        let info = info.into_inner();
+        if info.generation == generation {
+            continue;
+        }
+        let ns = match load_namespace(&mut master, &dataset).await {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::warn!(dataset, error = %e.message(), "cannot reload the namespace");
+                continue;
+            }
+        };
+        let old = view.read().expect("view lock").clone();
+        let (entries, inodes) = ns.changes_since(&old.ns);
+        info!(
+            dataset,
+            generation = info.generation,
+            entries = entries.len(),
+            inodes = inodes.len(),
+            "namespace re-synced"
+        );
+        *view.write().expect("view lock") = Arc::new(fs::View::new(ns));
+        generation = info.generation;
+        let n = notifier.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (parent, name) in entries {
+                let _ = n.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
+            }
+            for ino in inodes {
+                let _ = n.inval_inode(fuser::INodeNo(ino), 0, 0);
+            }
+        })
+        .await;
+    }
+}
+
 /// Load the dataset's namespace and mount it; returns once the kernel has
 /// accepted the mount. Must be called inside a tokio runtime.
 pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
@@ -129,12 +192,13 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
     }
     let ns = namespace::Namespace::build(entries);
     info!(dataset = %opts.dataset, entries = ns.len(), files = ns.files, "namespace loaded");
+    let view: fs::SharedView = Arc::new(std::sync::RwLock::new(Arc::new(fs::View::new(ns))));
 
     let reader =
         Reader::new(dataset.clone(), master, &ReaderConfig { node: opts.node.clone(), cache_bytes: opts.cache_bytes });
     reader.refresh_workers().await;
     reader.spawn_refresh(Duration::from_secs(3));
-    let filesystem = fs::ShoalFs::new(ns, reader.clone(), tokio::runtime::Handle::current(), opts.ttl);
+    let filesystem = fs::ShoalFs::new(view.clone(), reader.clone(), tokio::runtime::Handle::current(), opts.ttl);
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -155,6 +219,17 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
         .map_err(|source| MountError::Mount { path: opts.mountpoint.clone(), source })?;
     let mut session = session;
     let unmounter = session.unmount_callable();
+    if !opts.refresh.is_zero() {
+        let notifier = session.notifier();
+        tokio::spawn(refresh_loop(
+            master_client(&opts.master)?,
+            opts.dataset.clone(),
+            dataset.generation,
+            view,
+            notifier,
+            opts.refresh,
+        ));
+    }
     let thread = std::thread::Builder::new()
         .name("shoal-fuse".into())
         .spawn(move || session.run())

@@ -84,6 +84,42 @@ impl Namespace {
         self.nodes.get(&p.children[i].1)
     }
 
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// What the kernel must forget when `self` replaces `old`: directory entries
+    /// (parent, name) that appeared or vanished, and inodes whose attributes or
+    /// content changed (including directories whose children changed).
+    pub fn changes_since(&self, old: &Namespace) -> (Vec<(u64, String)>, Vec<u64>) {
+        let mut entries = Vec::new();
+        let mut inodes = std::collections::BTreeSet::new();
+        for o in old.nodes() {
+            let i = &o.inode;
+            match self.get(i.ino) {
+                None => {
+                    entries.push((i.parent, i.name.clone()));
+                    inodes.insert(i.parent);
+                }
+                Some(n) => {
+                    let j = &n.inode;
+                    if (j.kind, j.size, j.mtime_sec, j.mtime_nsec, j.file_id)
+                        != (i.kind, i.size, i.mtime_sec, i.mtime_nsec, i.file_id)
+                    {
+                        inodes.insert(i.ino);
+                    }
+                }
+            }
+        }
+        for n in self.nodes() {
+            if old.get(n.inode.ino).is_none() && n.inode.ino != ROOT {
+                entries.push((n.inode.parent, n.inode.name.clone()));
+                inodes.insert(n.inode.parent);
+            }
+        }
+        (entries, inodes.into_iter().collect())
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

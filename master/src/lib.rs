@@ -51,6 +51,18 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
     let members = Arc::new(membership::Membership::new(config.lost_worker_timeout));
     let service = MasterService::new(meta, members.clone(), config.heartbeat_interval.as_millis() as u64);
 
+    // Datasets with a sync interval are re-listed when it has passed.
+    let sync_stop = shutdown.clone();
+    let syncer = service.clone();
+    let periodic = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = sync_stop.cancelled() => break,
+                _ = tick.tick() => syncer.sync_due().await,
+            }
+        }
+    });
     let reaper_stop = shutdown.clone();
     let reaper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -78,5 +90,6 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
     reaper.abort();
+    periodic.abort();
     result.map_err(ServeError::Transport)
 }

@@ -268,6 +268,9 @@ pub async fn sync(
     info.dir_count = s.dir_count;
     info.total_bytes = s.bytes;
     info.last_sync_unix = s.now;
+    if s.progress.added + s.progress.changed + s.progress.deleted > 0 {
+        info.generation += 1;
+    }
     meta.put_dataset(&mut s.batch, &info);
     s.pending += 1;
     s.flush()?;

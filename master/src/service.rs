@@ -39,6 +39,8 @@ pub struct State {
     syncing: Mutex<std::collections::HashSet<String>>,
     stores: Mutex<HashMap<u32, UnderStore>>,
     pub(crate) loads: Arc<Loads>,
+    /// When each dataset's periodic sync was last tried (failures wait a period).
+    sync_attempts: Mutex<HashMap<String, i64>>,
 }
 
 fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
@@ -55,6 +57,7 @@ impl State {
             syncing: Mutex::new(Default::default()),
             stores: Mutex::new(HashMap::new()),
             loads: Loads::new(meta.clone(), members.clone()),
+            sync_attempts: Mutex::new(HashMap::new()),
             meta,
             members,
         }
@@ -168,6 +171,24 @@ impl MasterService {
         let meta = svc.meta.clone();
         svc.loads.resume(move |name| meta.get_dataset(name).ok().flatten());
         svc
+    }
+
+    /// Sync every dataset whose sync interval has passed (one at a time).
+    pub async fn sync_due(&self) {
+        let Ok(datasets) = self.meta.list_datasets() else { return };
+        let now = namespace::now_unix();
+        for d in datasets {
+            let every = d.spec.as_ref().map(|s| s.sync_interval_seconds).unwrap_or(0);
+            let name = d.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            let last_try = self.sync_attempts.lock().expect("attempts lock").get(&name).copied().unwrap_or(0);
+            if every == 0 || d.last_sync_unix.max(last_try) + every as i64 > now {
+                continue;
+            }
+            self.sync_attempts.lock().expect("attempts lock").insert(name.clone(), now);
+            if let Err(e) = self.run_sync(d, |_| {}).await {
+                warn!(dataset = %name, error = %e, "periodic sync failed");
+            }
+        }
     }
 
     /// Bytes freed from the workers holding blocks of the selected files.
