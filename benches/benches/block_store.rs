@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
     for (kind, dir) in [(TierKind::Mem, mem_dir.path()), (TierKind::Ssd, ssd_dir.path())] {
         let store = BlockStore::open(&[TierSpec { kind, dir: dir.join("t"), quota: 1 << 30 }]).unwrap();
         for i in 0..BLOCKS {
-            store.insert(BlockId::new(1, i), &data).unwrap().unwrap();
+            store.insert(BlockId::new(1, i), 1, &data).unwrap().unwrap();
         }
         let verify = kind == TierKind::Ssd;
         group.bench_function(format!("{}_mmap", kind.as_str()), |b| {

@@ -54,6 +54,12 @@ pub enum DatasetCmd {
         /// Re-list the store this often (e.g. 10m, 1h); mounts pick up the changes.
         #[arg(long, value_parser = crate::servers::parse_duration)]
         sync_interval: Option<std::time::Duration>,
+        /// Pin the dataset: its cached blocks are never evicted.
+        #[arg(long)]
+        pin: bool,
+        /// Free cached blocks once they are this old (e.g. 12h).
+        #[arg(long, value_parser = crate::servers::parse_duration)]
+        ttl: Option<std::time::Duration>,
         #[command(flatten)]
         common: Common,
     },
@@ -71,6 +77,26 @@ pub enum DatasetCmd {
     /// Delete a dataset and its namespace (the store is not touched).
     Rm {
         name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Pin a dataset: its cached blocks are never evicted.
+    Pin {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Unpin a dataset: its blocks can be evicted again.
+    Unpin {
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Free a dataset's cached blocks once they are older than DURATION (0s: never).
+    Ttl {
+        name: String,
+        #[arg(value_parser = crate::servers::parse_duration)]
+        ttl: std::time::Duration,
         #[command(flatten)]
         common: Common,
     },
@@ -133,6 +159,7 @@ fn dataset_json(d: &DatasetInfo) -> serde_json::Value {
         "block_size": cache.block_size,
         "replicas": cache.replicas,
         "pinned": cache.pinned,
+        "ttl_seconds": cache.ttl_seconds,
         "file_count": d.file_count,
         "dir_count": d.dir_count,
         "total_bytes": d.total_bytes,
@@ -157,6 +184,14 @@ fn print_dataset(d: &DatasetInfo, output: Output) {
             println!("directories: {}", d.dir_count);
             println!("total:       {} ({} bytes)", ByteSize(d.total_bytes), d.total_bytes);
             println!("block size:  {}", ByteSize(j["block_size"].as_u64().unwrap_or(0)));
+            println!("pinned:      {}", j["pinned"].as_bool().unwrap_or(false));
+            println!(
+                "ttl:         {}",
+                match j["ttl_seconds"].as_u64().unwrap_or(0) {
+                    0 => "none".to_string(),
+                    t => format!("{t}s"),
+                }
+            );
             println!(
                 "last sync:   {}",
                 if d.last_sync_unix == 0 { "never".to_string() } else { format!("unix {}", d.last_sync_unix) }
@@ -214,7 +249,7 @@ fn print_sync(p: &SyncProgress, output: Output) {
 
 pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
     match cmd {
-        DatasetCmd::Create { name, uri, options, block_size, no_sync, sync_interval, common } => {
+        DatasetCmd::Create { name, uri, options, block_size, no_sync, sync_interval, pin, ttl, common } => {
             let options = parse_options(&options)?;
             // Check locally first: a bad URI never needs a round trip.
             shoal_core::StoreSpec::parse(&uri, &options)?;
@@ -223,7 +258,12 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
             let spec = DatasetSpec {
                 name: name.clone(),
                 mount: Some(MountSpec { uri, options: options.into_iter().collect() }),
-                cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
+                cache: Some(CachePolicy {
+                    block_size,
+                    replicas: 1,
+                    pinned: pin,
+                    ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                }),
                 sync_interval_seconds: sync_interval.map(|d| d.as_secs().max(1)).unwrap_or(0),
             };
             let info = client
@@ -291,12 +331,26 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
                 println!("deleted dataset {name}");
             }
         }
+        DatasetCmd::Pin { name, common } => set_policy(&common, &name, Some(true), None).await?,
+        DatasetCmd::Unpin { name, common } => set_policy(&common, &name, Some(false), None).await?,
+        DatasetCmd::Ttl { name, ttl, common } => set_policy(&common, &name, None, Some(ttl.as_secs())).await?,
         DatasetCmd::Sync { name, common } => {
             let mut client = connect(&common.master).await?;
             let p = sync_with_progress(&mut client, &name).await?;
             print_sync(&p, common.output);
         }
     }
+    Ok(())
+}
+
+async fn set_policy(common: &Common, name: &str, pinned: Option<bool>, ttl_seconds: Option<u64>) -> Result<()> {
+    let mut client = connect(&common.master).await?;
+    let d = client
+        .set_cache_policy(SetCachePolicyRequest { name: name.to_string(), pinned, ttl_seconds })
+        .await
+        .map_err(Remote)
+        .with_context(|| format!("dataset {name:?}"))?;
+    print_dataset(d.get_ref(), common.output);
     Ok(())
 }
 

@@ -254,3 +254,77 @@ async fn a_failing_object_fails_its_file_and_the_command() {
     assert_eq!(cli(&["prewarm", "nope", "--master", &master.addr]).0, 3);
     assert_eq!(cli(&["prewarm", "f", "--include", "[", "--master", &master.addr]).0, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let make = |name: &str, files: usize, blocks_each: usize| {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..files {
+            std::fs::write(d.join(format!("f{i}")), content(i as u64 + name.len() as u64 * 100, blocks_each * BLOCK))
+                .unwrap();
+        }
+        d
+    };
+    let (p, q, t) = (make("p", 4, 2), make("q", 12, 2), make("t", 2, 2));
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    // 1 MiB of cache in all: the pinned 512 KiB must survive 1.5 MiB of other reads.
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "256KiB", "768KiB"),
+        &[],
+        &root.join("worker.log"),
+    );
+    let m = master.addr.as_str();
+    let create = |name: &str, src: &Path, extra: &[&str]| {
+        let mut args = vec!["dataset", "create", name, src.to_str().unwrap(), "--block-size", "64KiB", "--master", m];
+        args.extend(extra);
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 0, "{err}");
+    };
+    create("p", &p, &["--pin"]);
+    create("q", &q, &[]);
+    create("t", &t, &["--ttl", "2s"]);
+    // The worker learns the policies from its next heartbeat.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // TTL: t's blocks are freed about two seconds after they were cached.
+    assert_eq!(cli(&["prewarm", "t", "--master", m]).0, 0);
+    assert_eq!(usage(&master.addr, "t").await.total_blocks, 4);
+    wait_for("the TTL to free t's blocks", || {
+        let a = master.addr.clone();
+        async move { usage(&a, "t").await.cached_blocks == 0 }
+    })
+    .await;
+    let s = worker_stats(&worker.addr).await;
+    assert_eq!(s.tiers.iter().map(|t| t.blocks).sum::<u64>(), 0, "{s:?}");
+    assert_eq!(s.tiers.iter().map(|t| t.used_bytes).sum::<u64>(), 0, "{s:?}");
+
+    // Pin: p survives 1.5 MiB of other reads through a 1 MiB cache.
+    assert_eq!(cli(&["prewarm", "p", "--master", m]).0, 0);
+    let reads_after_p = worker_stats(&worker.addr).await.store_reads;
+    assert_eq!(reads_after_p, 4 + 8);
+    for _ in 0..2 {
+        let _ = cli(&["prewarm", "q", "--master", m]);
+    }
+    let s = worker_stats(&worker.addr).await;
+    assert!(s.evictions > 0, "q put the cache under pressure: {s:?}");
+    assert!(s.tiers[0].used_bytes <= 256 * 1024 && s.tiers[1].used_bytes <= 768 * 1024, "{s:?}");
+    // Every pinned block is still there: prewarming p again reads nothing.
+    let before = worker_stats(&worker.addr).await.store_reads;
+    let (code, out, err) = cli(&["prewarm", "p", "-o", "json", "--master", m]);
+    assert_eq!(code, 0, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["blocks_already_cached"].as_u64(), Some(8), "{job}");
+    assert_eq!(worker_stats(&worker.addr).await.store_reads, before, "pinned blocks were never evicted");
+
+    // Unpin: p's blocks are evictable again.
+    let (code, out, _) = cli(&["dataset", "unpin", "p", "-o", "json", "--master", m]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["pinned"], false);
+    let (_, out, _) = cli(&["dataset", "show", "t", "-o", "json", "--master", m]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["ttl_seconds"], 2);
+}

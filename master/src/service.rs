@@ -173,6 +173,19 @@ impl MasterService {
         svc
     }
 
+    /// Every dataset's cache policy, for workers.
+    fn policies(&self) -> Vec<DatasetPolicy> {
+        self.meta
+            .list_datasets()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| {
+                let c = d.spec.and_then(|s| s.cache).unwrap_or_default();
+                DatasetPolicy { dataset_id: d.id, pinned: c.pinned, ttl_seconds: c.ttl_seconds }
+            })
+            .collect()
+    }
+
     /// Sync every dataset whose sync interval has passed (one at a time).
     pub async fn sync_due(&self) {
         let Ok(datasets) = self.meta.list_datasets() else { return };
@@ -281,6 +294,26 @@ impl Master for MasterService {
         self.stores.lock().expect("stores lock").remove(&info.id);
         info!(dataset = %name, "dataset deleted");
         Ok(Response::new(DeleteDatasetResponse {}))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
+    async fn set_cache_policy(&self, req: Request<SetCachePolicyRequest>) -> Result<Response<DatasetInfo>, Status> {
+        let r = req.into_inner();
+        let _guard = self.create_lock.lock().await;
+        let mut info = self.dataset(&r.name)?;
+        let spec = info.spec.get_or_insert_with(Default::default);
+        let cache = spec.cache.get_or_insert_with(Default::default);
+        if let Some(p) = r.pinned {
+            cache.pinned = p;
+        }
+        if let Some(t) = r.ttl_seconds {
+            cache.ttl_seconds = t;
+        }
+        let mut batch = WriteBatch::default();
+        self.meta.put_dataset(&mut batch, &info);
+        self.meta.write(batch).map_err(Status::from)?;
+        info!(dataset = %r.name, pinned = ?r.pinned, ttl = ?r.ttl_seconds, "cache policy changed");
+        Ok(Response::new(info))
     }
 
     type SyncDatasetStream = BoxStream<SyncProgress>;
@@ -429,14 +462,17 @@ impl Master for MasterService {
             return Err(Status::invalid_argument(format!("worker address {:?} is not host:port", worker.address)));
         }
         self.members.register(worker, &r.blocks);
-        Ok(Response::new(RegisterWorkerResponse { heartbeat_interval_ms: self.heartbeat_interval_ms }))
+        Ok(Response::new(RegisterWorkerResponse {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            policies: self.policies(),
+        }))
     }
 
     #[instrument(skip_all, fields(worker = %req.get_ref().worker_id))]
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
         let known = self.members.heartbeat(&r.worker_id, &r.added, &r.removed, r.tiers);
-        Ok(Response::new(HeartbeatResponse { reregister: !known }))
+        Ok(Response::new(HeartbeatResponse { reregister: !known, policies: self.policies() }))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]

@@ -4,14 +4,20 @@
 //! demoted to the next tier, an evicted block of the last tier is deleted. Usage
 //! never exceeds a tier's quota: space is reserved before a file is written.
 //!
+//! Blocks of pinned datasets live outside the caches (in `pinned`), so no
+//! eviction can touch them; they still count against their tier's quota. Blocks of
+//! datasets with a TTL are freed by [`BlockStore::expire`] once older than it.
+//!
 //! Every change of what this worker holds is queued as a delta for the next
 //! heartbeat. All methods do blocking file I/O: call them off the async runtime.
 
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use moka::notification::RemovalCause;
 use shoal_core::BlockId;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, warn};
 
 use crate::error::WorkerError;
@@ -20,11 +26,25 @@ use crate::tier::{BlockFile, TierDir, TierKind, TierSpec};
 /// Share of the quota at which a tier starts evicting.
 pub const HIGH_WATERMARK: f64 = 0.95;
 
-/// Added and removed blocks since the last heartbeat.
+/// Added and removed blocks since the last heartbeat, netted: a block is in at
+/// most one list, by its last change (added then evicted is `removed`).
 #[derive(Debug, Default)]
 pub struct Deltas {
     pub added: Vec<BlockId>,
     pub removed: Vec<BlockId>,
+}
+
+/// Changes in the order they happened (`true` = added).
+#[derive(Debug, Default)]
+struct Events(Vec<(BlockId, bool)>);
+
+impl Events {
+    fn added(&mut self, id: BlockId) {
+        self.0.push((id, true));
+    }
+    fn removed(&mut self, id: BlockId) {
+        self.0.push((id, false));
+    }
 }
 
 /// A cached block: which tier holds it and its file.
@@ -32,6 +52,13 @@ pub struct Deltas {
 pub struct Cached {
     pub tier: TierKind,
     pub file: Arc<BlockFile>,
+}
+
+/// A dataset's cache policy as the master sends it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub pinned: bool,
+    pub ttl: Option<Duration>,
 }
 
 struct Tier {
@@ -49,7 +76,15 @@ pub struct StoreCounters {
 
 pub struct BlockStore {
     tiers: Vec<Tier>,
-    deltas: Arc<Mutex<Deltas>>,
+    /// Pinned blocks, by tier position: never evicted.
+    pinned: Mutex<HashMap<BlockId, (usize, Arc<BlockFile>)>>,
+    /// Blocks being moved out of a cache into `pinned`: the eviction listener
+    /// must not delete their files.
+    moving: Arc<Mutex<HashSet<BlockId>>>,
+    /// Blocks evicted by hand (see `make_room`): demoted like size evictions.
+    evicting: Arc<Mutex<HashSet<BlockId>>>,
+    policies: RwLock<HashMap<u32, Policy>>,
+    deltas: Arc<Mutex<Events>>,
     counters: Arc<StoreCounters>,
 }
 
@@ -63,7 +98,9 @@ impl std::fmt::Debug for BlockStore {
 fn copy_into(to: &TierDir, file: &BlockFile) -> Result<BlockFile, WorkerError> {
     let data =
         std::fs::read(&file.path).map_err(|e| WorkerError::Io(format!("demoting {}", file.path.display()), e))?;
-    to.write(file.id, &data, file.crc)
+    let mut copy = to.write(file.id, file.dataset, &data, file.crc)?;
+    copy.created = file.created;
+    Ok(copy)
 }
 
 impl BlockStore {
@@ -73,8 +110,10 @@ impl BlockStore {
         if specs.is_empty() {
             return Err(WorkerError::Config("at least one --tier is required".into()));
         }
-        let deltas = Arc::new(Mutex::new(Deltas::default()));
+        let deltas = Arc::new(Mutex::new(Events::default()));
         let counters = Arc::new(StoreCounters::default());
+        let moving: Arc<Mutex<HashSet<BlockId>>> = Arc::new(Mutex::new(HashSet::new()));
+        let evicting: Arc<Mutex<HashSet<BlockId>>> = Arc::new(Mutex::new(HashSet::new()));
         // Build from the last tier up, so each tier's listener can demote into the next.
         let mut built: Vec<Tier> = Vec::new();
         for spec in specs.iter().rev() {
@@ -83,12 +122,19 @@ impl BlockStore {
             let listener_dir = dir.clone();
             let listener_deltas = deltas.clone();
             let listener_counters = counters.clone();
+            let listener_moving = moving.clone();
+            let listener_evicting = evicting.clone();
             let high = ((spec.quota as f64) * HIGH_WATERMARK) as u64;
             let index = moka::sync::Cache::builder()
                 .max_capacity(high.max(1))
                 .weigher(|_, f: &Arc<BlockFile>| f.len.min(u32::MAX as u64) as u32)
                 .eviction_listener(move |id: Arc<BlockId>, file: Arc<BlockFile>, cause| {
-                    let demoted = cause == RemovalCause::Size
+                    if listener_moving.lock().expect("moving lock").contains(&*id) {
+                        return; // being pinned: the file stays
+                    }
+                    let evicted =
+                        cause == RemovalCause::Size || listener_evicting.lock().expect("evicting lock").contains(&*id);
+                    let demoted = evicted
                         && next.as_ref().is_some_and(|(ndir, nindex)| {
                             if nindex.contains_key(&*id) || !ndir.reserve(file.len) {
                                 return false;
@@ -105,7 +151,7 @@ impl BlockStore {
                             }
                         });
                     listener_dir.remove(&file);
-                    if cause == RemovalCause::Size {
+                    if evicted {
                         listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
                         crate::metrics::EVICTIONS.with_label_values(&[listener_dir.kind.as_str()]).inc();
                     }
@@ -114,14 +160,22 @@ impl BlockStore {
                         crate::metrics::DEMOTIONS.inc();
                         debug!(block = %id, "block demoted");
                     } else if cause != RemovalCause::Replaced {
-                        listener_deltas.lock().expect("deltas lock").removed.push(*id);
+                        listener_deltas.lock().expect("deltas lock").removed(*id);
                     }
                 })
                 .build();
             built.push(Tier { dir, index, hits: AtomicU64::new(0) });
         }
         built.reverse();
-        let store = Self { tiers: built, deltas, counters };
+        let store = Self {
+            tiers: built,
+            pinned: Mutex::new(HashMap::new()),
+            moving,
+            evicting,
+            policies: RwLock::new(HashMap::new()),
+            deltas,
+            counters,
+        };
         // Index what survived a restart. A block present in two tiers (a crash
         // mid-demotion) is kept in the faster one.
         for tier in &store.tiers {
@@ -134,16 +188,23 @@ impl BlockStore {
             }
             tier.index.run_pending_tasks();
         }
-        store.deltas.lock().expect("deltas lock").removed.clear();
+        store.deltas.lock().expect("deltas lock").0.clear();
         Ok(store)
     }
 
     fn get_quiet(&self, id: BlockId) -> Option<Cached> {
+        if let Some((t, file)) = self.pinned.lock().expect("pinned lock").get(&id) {
+            return Some(Cached { tier: self.tiers[*t].dir.kind, file: file.clone() });
+        }
         self.tiers.iter().find_map(|t| t.index.get(&id).map(|file| Cached { tier: t.dir.kind, file }))
     }
 
     /// Look a block up (counts as a hit on the tier that holds it).
     pub fn get(&self, id: BlockId) -> Option<Cached> {
+        if let Some((t, file)) = self.pinned.lock().expect("pinned lock").get(&id) {
+            self.tiers[*t].hits.fetch_add(1, Ordering::Relaxed);
+            return Some(Cached { tier: self.tiers[*t].dir.kind, file: file.clone() });
+        }
         for t in &self.tiers {
             if let Some(file) = t.index.get(&id) {
                 t.hits.fetch_add(1, Ordering::Relaxed);
@@ -154,30 +215,42 @@ impl BlockStore {
     }
 
     pub fn contains(&self, id: BlockId) -> bool {
-        self.tiers.iter().any(|t| t.index.contains_key(&id))
+        self.pinned.lock().expect("pinned lock").contains_key(&id)
+            || self.tiers.iter().any(|t| t.index.contains_key(&id))
     }
 
-    /// Store a block in the fastest tier with room. Returns `None` if no tier can
-    /// take it (every tier full of blocks that cannot go yet).
-    pub fn insert(&self, id: BlockId, data: &[u8]) -> Result<Option<Cached>, WorkerError> {
+    fn policy(&self, dataset: u32) -> Policy {
+        self.policies.read().expect("policies lock").get(&dataset).copied().unwrap_or_default()
+    }
+
+    /// Store a block of `dataset` in the fastest tier with room. Returns `None`
+    /// if no tier can take it.
+    pub fn insert(&self, id: BlockId, dataset: u32, data: &[u8]) -> Result<Option<Cached>, WorkerError> {
         if let Some(c) = self.get_quiet(id) {
             return Ok(Some(c));
         }
         let crc = shoal_core::mapped::checksum(data);
         let len = data.len() as u64;
-        for t in &self.tiers {
+        let pinned = self.policy(dataset).pinned;
+        for (pos, t) in self.tiers.iter().enumerate() {
             if len > t.dir.quota {
                 continue;
             }
             if !t.dir.reserve(len) {
-                // Let the cache evict down to its watermark, then try once more.
+                // Let the cache evict down to its watermark, then try once more;
+                // pinned bytes the cache does not see may need evictions by hand.
                 t.index.run_pending_tasks();
-                if !t.dir.reserve(len) {
+                let fits = t.dir.reserve(len) || (self.make_room(t, len) && t.dir.reserve(len));
+                if !fits {
                     continue;
                 }
             }
-            let file = Arc::new(t.dir.write(id, data, crc)?);
-            self.deltas.lock().expect("deltas lock").added.push(id);
+            let file = Arc::new(t.dir.write(id, dataset, data, crc)?);
+            self.deltas.lock().expect("deltas lock").added(id);
+            if pinned {
+                self.pinned.lock().expect("pinned lock").insert(id, (pos, file.clone()));
+                return Ok(Some(Cached { tier: t.dir.kind, file }));
+            }
             t.index.insert(id, file);
             t.index.run_pending_tasks();
             // The admission policy may have sent the new block straight to a lower
@@ -187,9 +260,42 @@ impl BlockStore {
         Ok(None)
     }
 
-    /// Drop a block (freed by a user, or it failed its checksum); returns the
-    /// bytes it held.
+    /// Evict cached (unpinned) blocks of `t` until `len` more bytes fit. Needed
+    /// when pinned blocks, which the cache does not weigh, fill the tier.
+    fn make_room(&self, t: &Tier, len: u64) -> bool {
+        let need = (t.dir.used() + len).saturating_sub(t.dir.quota);
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        for (id, f) in t.index.iter() {
+            if freed >= need {
+                break;
+            }
+            freed += f.len;
+            victims.push(*id);
+        }
+        if freed < need {
+            return false;
+        }
+        self.evicting.lock().expect("evicting lock").extend(victims.iter().copied());
+        for id in &victims {
+            t.index.invalidate(id);
+        }
+        t.index.run_pending_tasks();
+        let mut evicting = self.evicting.lock().expect("evicting lock");
+        for id in &victims {
+            evicting.remove(id);
+        }
+        true
+    }
+
+    /// Drop a block (freed by a user or a TTL, or it failed its checksum);
+    /// returns the bytes it held.
     pub fn remove(&self, id: BlockId) -> Option<u64> {
+        if let Some((t, file)) = self.pinned.lock().expect("pinned lock").remove(&id) {
+            self.tiers[t].dir.remove(&file);
+            self.deltas.lock().expect("deltas lock").removed(id);
+            return Some(file.len);
+        }
         let mut freed = None;
         for t in &self.tiers {
             if let Some(f) = t.index.remove(&id) {
@@ -200,44 +306,124 @@ impl BlockStore {
         freed
     }
 
+    /// Apply the datasets' cache policies: pin the cached blocks of pinned
+    /// datasets (out of eviction's reach) and hand unpinned ones back.
+    pub fn set_policies(&self, policies: HashMap<u32, Policy>) {
+        if *self.policies.read().expect("policies lock") == policies {
+            return;
+        }
+        *self.policies.write().expect("policies lock") = policies.clone();
+        let pinned_ds = |ds: u32| policies.get(&ds).is_some_and(|p| p.pinned);
+        // Pin: move out of the caches without deleting the files.
+        for (pos, t) in self.tiers.iter().enumerate() {
+            let to_pin: Vec<(BlockId, Arc<BlockFile>)> =
+                t.index.iter().filter(|(_, f)| pinned_ds(f.dataset)).map(|(k, f)| (*k, f)).collect();
+            if to_pin.is_empty() {
+                continue;
+            }
+            self.moving.lock().expect("moving lock").extend(to_pin.iter().map(|(k, _)| *k));
+            for (id, file) in &to_pin {
+                t.index.invalidate(id);
+                self.pinned.lock().expect("pinned lock").insert(*id, (pos, file.clone()));
+            }
+            t.index.run_pending_tasks();
+            let mut moving = self.moving.lock().expect("moving lock");
+            for (id, _) in &to_pin {
+                moving.remove(id);
+            }
+        }
+        // Unpin: back under the caches' eviction.
+        let to_unpin: Vec<(BlockId, usize, Arc<BlockFile>)> = {
+            let mut pinned = self.pinned.lock().expect("pinned lock");
+            let ids: Vec<BlockId> =
+                pinned.iter().filter(|(_, (_, f))| !pinned_ds(f.dataset)).map(|(k, _)| *k).collect();
+            ids.into_iter().filter_map(|id| pinned.remove(&id).map(|(t, f)| (id, t, f))).collect()
+        };
+        for (id, t, file) in to_unpin {
+            self.tiers[t].index.insert(id, file);
+        }
+        self.settle();
+    }
+
+    /// Free blocks older than their dataset's TTL; returns how many.
+    pub fn expire(&self, now: SystemTime) -> usize {
+        let ttls: HashMap<u32, Duration> =
+            self.policies.read().expect("policies lock").iter().filter_map(|(ds, p)| p.ttl.map(|t| (*ds, t))).collect();
+        if ttls.is_empty() {
+            return 0;
+        }
+        let old = |f: &BlockFile| ttls.get(&f.dataset).is_some_and(|ttl| f.created + *ttl <= now);
+        let mut expired: Vec<BlockId> =
+            self.pinned.lock().expect("pinned lock").iter().filter(|(_, (_, f))| old(f)).map(|(k, _)| *k).collect();
+        for t in &self.tiers {
+            expired.extend(t.index.iter().filter(|(_, f)| old(f)).map(|(k, _)| *k));
+        }
+        for id in &expired {
+            self.remove(*id);
+        }
+        expired.len()
+    }
+
     /// Take the deltas accumulated since the last call.
     pub fn take_deltas(&self) -> Deltas {
-        std::mem::take(&mut *self.deltas.lock().expect("deltas lock"))
+        let events = std::mem::take(&mut *self.deltas.lock().expect("deltas lock"));
+        let mut last: HashMap<BlockId, bool> = HashMap::new();
+        for (id, added) in events.0 {
+            last.insert(id, added);
+        }
+        let mut d = Deltas::default();
+        for (id, added) in last {
+            if added {
+                d.added.push(id);
+            } else {
+                d.removed.push(id);
+            }
+        }
+        d.added.sort();
+        d.removed.sort();
+        d
     }
 
     /// Put back deltas a heartbeat could not deliver.
     pub fn restore_deltas(&self, d: Deltas) {
         let mut cur = self.deltas.lock().expect("deltas lock");
-        let mut added = d.added;
-        added.append(&mut cur.added);
-        cur.added = added;
-        let mut removed = d.removed;
-        removed.append(&mut cur.removed);
-        cur.removed = removed;
+        let mut events: Vec<(BlockId, bool)> = d.removed.into_iter().map(|id| (id, false)).collect();
+        events.extend(d.added.into_iter().map(|id| (id, true)));
+        events.append(&mut cur.0);
+        cur.0 = events;
     }
 
     /// Every block held, for a full report.
     pub fn all_blocks(&self) -> Vec<BlockId> {
         let mut out: Vec<BlockId> = self.tiers.iter().flat_map(|t| t.index.iter().map(|(k, _)| *k)).collect();
+        out.extend(self.pinned.lock().expect("pinned lock").keys().copied());
         out.sort();
         out.dedup();
         out
     }
 
+    /// Per tier: kind, directory, quota, used bytes, blocks (pinned included), hits.
     pub fn tier_stats(&self) -> Vec<(TierKind, &std::path::Path, u64, u64, u64, u64)> {
+        let pinned = self.pinned.lock().expect("pinned lock");
         self.tiers
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(pos, t)| {
+                let pinned_here = pinned.values().filter(|(p, _)| *p == pos).count() as u64;
                 (
                     t.dir.kind,
                     t.dir.dir.as_path(),
                     t.dir.quota,
                     t.dir.used(),
-                    t.index.entry_count(),
+                    t.index.entry_count() + pinned_here,
                     t.hits.load(Ordering::Relaxed),
                 )
             })
             .collect()
+    }
+
+    pub fn pinned_count(&self) -> usize {
+        self.pinned.lock().expect("pinned lock").len()
     }
 
     pub fn counters(&self) -> &StoreCounters {
@@ -269,7 +455,7 @@ mod tests {
         let store = BlockStore::open(&specs(d.path(), 4000, 100_000)).unwrap();
         for i in 0..20u32 {
             let data = vec![i as u8; 1000];
-            let c = store.insert(BlockId::new(1, i), &data).unwrap().expect("room somewhere");
+            let c = store.insert(BlockId::new(1, i), 1, &data).unwrap().expect("room somewhere");
             assert!(c.file.path.exists());
             let stats = store.tier_stats();
             assert!(stats[0].3 <= 4000, "mem usage {} over quota", stats[0].3);
@@ -296,11 +482,60 @@ mod tests {
     }
 
     #[test]
+    fn pinned_blocks_survive_pressure_and_ttl_frees() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(&specs(d.path(), 3000, 3000)).unwrap();
+        // Dataset 5 is cached first, then pinned.
+        for i in 0..2u32 {
+            store.insert(BlockId::new(5, i), 5, &[5u8; 1000]).unwrap();
+        }
+        store.set_policies(HashMap::from([(5, Policy { pinned: true, ttl: None })]));
+        assert_eq!(store.pinned_count(), 2);
+        // New blocks of a pinned dataset are pinned on arrival.
+        store.insert(BlockId::new(5, 2), 5, &[5u8; 1000]).unwrap();
+        assert_eq!(store.pinned_count(), 3);
+        // Heavy pressure from another dataset.
+        for i in 0..40u32 {
+            store.insert(BlockId::new(6, i), 6, &[6u8; 1000]).unwrap();
+            store.settle();
+        }
+        for i in 0..3u32 {
+            let c = store.get(BlockId::new(5, i)).expect("pinned block evicted");
+            assert_eq!(std::fs::read(&c.file.path).unwrap(), vec![5u8; 1000]);
+        }
+        let s = store.tier_stats();
+        assert!(s[0].3 <= 3000 && s[1].3 <= 3000, "{s:?}");
+        // Unpinning hands them back to eviction; a TTL frees them.
+        store.set_policies(HashMap::from([(5, Policy { pinned: false, ttl: Some(Duration::from_secs(60)) })]));
+        assert_eq!(store.pinned_count(), 0);
+        assert_eq!(store.expire(SystemTime::now()), 0, "nothing is 60 s old yet");
+        let held5 = store.all_blocks().iter().filter(|b| b.file_id == 5).count();
+        assert_eq!(store.expire(SystemTime::now() + Duration::from_secs(61)), held5);
+        assert!(store.all_blocks().iter().all(|b| b.file_id != 5));
+    }
+
+    #[test]
+    fn deltas_keep_the_last_change() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(&specs(d.path(), 100_000, 100_000)).unwrap();
+        store.insert(BlockId::new(1, 0), 1, b"a").unwrap();
+        store.remove(BlockId::new(1, 0));
+        store.insert(BlockId::new(1, 1), 1, b"b").unwrap();
+        let first = store.take_deltas();
+        assert_eq!((first.added, first.removed), (vec![BlockId::new(1, 1)], vec![BlockId::new(1, 0)]));
+        // Undelivered deltas go back in front of newer changes.
+        store.remove(BlockId::new(1, 1));
+        store.restore_deltas(Deltas { added: vec![BlockId::new(1, 1)], removed: vec![] });
+        let second = store.take_deltas();
+        assert_eq!((second.added, second.removed), (vec![], vec![BlockId::new(1, 1)]));
+    }
+
+    #[test]
     fn last_tier_eviction_is_a_removal() {
         let d = tempfile::tempdir().unwrap();
         let store = BlockStore::open(&specs(d.path(), 2000, 3000)).unwrap();
         for i in 0..10u32 {
-            store.insert(BlockId::new(2, i), &[7u8; 1000]).unwrap();
+            store.insert(BlockId::new(2, i), 1, &[7u8; 1000]).unwrap();
             store.settle();
             let s = store.tier_stats();
             assert!(s[0].3 <= 2000 && s[1].3 <= 3000, "{:?}", s);
@@ -308,6 +543,7 @@ mod tests {
         let held = store.all_blocks().len();
         assert!((2..=5).contains(&held), "held {held}");
         let deltas = store.take_deltas();
-        assert_eq!(deltas.added.len() - deltas.removed.len(), held);
+        assert_eq!(deltas.added.len(), held, "added then evicted nets to removed");
+        assert_eq!(deltas.added.len() + deltas.removed.len(), 10);
     }
 }

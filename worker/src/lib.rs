@@ -54,6 +54,17 @@ pub fn master_client(addr: &str) -> Result<MasterClient<Channel>, WorkerError> {
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
 
+fn apply_policies(store: &BlockStore, policies: &[shoal_proto::master::DatasetPolicy]) {
+    let map = policies
+        .iter()
+        .map(|p| {
+            let ttl = (p.ttl_seconds > 0).then(|| Duration::from_secs(p.ttl_seconds));
+            (p.dataset_id, block_store::Policy { pinned: p.pinned, ttl })
+        })
+        .collect();
+    store.set_policies(map);
+}
+
 fn keys(ids: impl IntoIterator<Item = shoal_core::BlockId>) -> Vec<BlockKey> {
     ids.into_iter().map(|b| BlockKey { file_id: b.file_id, index: b.index }).collect()
 }
@@ -97,7 +108,10 @@ async fn report_loop(
             match master.register_worker(req).await {
                 Ok(resp) => {
                     registered = true;
-                    interval = Duration::from_millis(resp.into_inner().heartbeat_interval_ms.clamp(100, 60_000));
+                    let resp = resp.into_inner();
+                    interval = Duration::from_millis(resp.heartbeat_interval_ms.clamp(100, 60_000));
+                    let s = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || apply_policies(&s, &resp.policies)).await;
                     info!(blocks = n, "registered with the master");
                 }
                 Err(e) => warn!(error = %e.message(), "cannot register with the master; retrying"),
@@ -113,7 +127,17 @@ async fn report_loop(
             };
             match master.heartbeat(req).await {
                 Ok(resp) if resp.get_ref().reregister => registered = false,
-                Ok(_) => {}
+                Ok(resp) => {
+                    let s = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        apply_policies(&s, &resp.into_inner().policies);
+                        let n = s.expire(std::time::SystemTime::now());
+                        if n > 0 {
+                            info!(blocks = n, "freed blocks past their dataset's TTL");
+                        }
+                    })
+                    .await;
+                }
                 Err(e) => {
                     warn!(error = %e.message(), "heartbeat failed");
                     store.restore_deltas(deltas);

@@ -135,7 +135,8 @@ impl WorkerService {
         metrics::STORE_READ_BYTES.inc_by(data.len() as u64);
         let store = self.0.store.clone();
         let d = data.clone();
-        let cached = blocking(move || store.insert(id, &d)).await?.map_err(Status::from)?;
+        let dataset = r.dataset_id;
+        let cached = blocking(move || store.insert(id, dataset, &d)).await?.map_err(Status::from)?;
         if cached.is_none() {
             warn!(block = %id, "no tier has room; serving the block uncached");
         }

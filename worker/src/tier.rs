@@ -2,7 +2,7 @@
 //! byte quota. Owns the block file layout, atomic writes (temporary name, then
 //! rename), byte accounting that never exceeds the quota, and the restart scan.
 //!
-//! Layout: `<dir>/blocks/<fan>/<file_id:016x>-<index>.<crc32c:08x>` and
+//! Layout: `<dir>/blocks/<fan>/<file_id:016x>-<index>-<dataset:x>.<crc32c:08x>` and
 //! `<dir>/tmp/` for writes in flight (emptied at start).
 
 use std::fs;
@@ -67,9 +67,13 @@ impl std::str::FromStr for TierSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockFile {
     pub id: BlockId,
+    /// The dataset the block belongs to (for pinning and TTLs).
+    pub dataset: u32,
     pub path: PathBuf,
     pub len: u64,
     pub crc: u32,
+    /// When the block was cached.
+    pub created: std::time::SystemTime,
 }
 
 /// A tier's directory and byte accounting.
@@ -109,18 +113,18 @@ impl TierDir {
         let _ = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| Some(u.saturating_sub(len)));
     }
 
-    fn final_path(&self, id: BlockId, crc: u32) -> PathBuf {
+    fn final_path(&self, id: BlockId, dataset: u32, crc: u32) -> PathBuf {
         self.dir
             .join("blocks")
             .join(format!("{:02x}", id.file_id & 0xff))
-            .join(format!("{:016x}-{}.{crc:08x}", id.file_id, id.index))
+            .join(format!("{:016x}-{}-{dataset:x}.{crc:08x}", id.file_id, id.index))
     }
 
     /// Write `data` as block `id` (space must be reserved): temporary file, then
     /// rename. On error the reservation is released and nothing is left behind.
-    pub fn write(&self, id: BlockId, data: &[u8], crc: u32) -> Result<BlockFile, WorkerError> {
+    pub fn write(&self, id: BlockId, dataset: u32, data: &[u8], crc: u32) -> Result<BlockFile, WorkerError> {
         let len = data.len() as u64;
-        let path = self.final_path(id, crc);
+        let path = self.final_path(id, dataset, crc);
         let tmp = self.dir.join("tmp").join(format!("{:016x}-{}.{}", id.file_id, id.index, std::process::id()));
         let res = (|| -> io::Result<()> {
             fs::create_dir_all(path.parent().expect("block path has a parent"))?;
@@ -135,7 +139,7 @@ impl TierDir {
             self.release(len);
             return Err(WorkerError::Io(format!("writing block {id} to {}", self.dir.display()), e));
         }
-        Ok(BlockFile { id, path, len, crc })
+        Ok(BlockFile { id, dataset, path, len, crc, created: std::time::SystemTime::now() })
     }
 
     /// Remove a block file and give its bytes back.
@@ -156,11 +160,13 @@ impl TierDir {
             let Ok(files) = fs::read_dir(fan.path()) else { continue };
             for f in files.flatten() {
                 let path = f.path();
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let meta = f.metadata().ok();
+                let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+                let created = meta.and_then(|m| m.modified().ok()).unwrap_or_else(std::time::SystemTime::now);
                 match parse_block_name(&path) {
-                    Some((id, crc)) => {
+                    Some((id, dataset, crc)) => {
                         self.used.fetch_add(len, Ordering::SeqCst);
-                        out.push(BlockFile { id, path, len, crc });
+                        out.push(BlockFile { id, dataset, path, len, crc, created });
                     }
                     None => {
                         tracing::warn!(path = %path.display(), "removing a stray file from the block directory");
@@ -173,14 +179,16 @@ impl TierDir {
     }
 }
 
-fn parse_block_name(path: &Path) -> Option<(BlockId, u32)> {
+fn parse_block_name(path: &Path) -> Option<(BlockId, u32, u32)> {
     let name = path.file_name()?.to_str()?;
     let (stem, crc) = name.rsplit_once('.')?;
-    let (fid, idx) = stem.split_once('-')?;
-    if fid.len() != 16 || crc.len() != 8 {
+    let mut parts = stem.split('-');
+    let (fid, idx, ds) = (parts.next()?, parts.next()?, parts.next()?);
+    if fid.len() != 16 || crc.len() != 8 || parts.next().is_some() {
         return None;
     }
-    Some((BlockId::new(u64::from_str_radix(fid, 16).ok()?, idx.parse().ok()?), u32::from_str_radix(crc, 16).ok()?))
+    let id = BlockId::new(u64::from_str_radix(fid, 16).ok()?, idx.parse().ok()?);
+    Some((id, u32::from_str_radix(ds, 16).ok()?, u32::from_str_radix(crc, 16).ok()?))
 }
 
 /// Named fault-injection points for tests: `SHOAL_FAILPOINT=name:action` where
@@ -227,7 +235,7 @@ mod tests {
         let tier = TierDir::open(&spec).unwrap();
         assert!(tier.reserve(6));
         assert!(!tier.reserve(5), "must not exceed the quota");
-        let f = tier.write(BlockId::new(0xab, 3), b"abcdef", 42).unwrap();
+        let f = tier.write(BlockId::new(0xab, 3), 7, b"abcdef", 42).unwrap();
         assert_eq!(f.len, 6);
         // A leftover temporary file from a crash and a stray file.
         std::fs::write(d.path().join("tmp/partial"), b"xx").unwrap();
@@ -235,7 +243,11 @@ mod tests {
         let tier2 = TierDir::open(&spec).unwrap();
         assert!(!d.path().join("tmp/partial").exists());
         let found = tier2.scan();
-        assert_eq!(found, vec![f.clone()]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].id, found[0].dataset, &found[0].path, found[0].len, found[0].crc),
+            (f.id, 7, &f.path, 6, 42)
+        );
         assert_eq!(tier2.used(), 6);
         assert!(!d.path().join("blocks/ab/garbage").exists());
         tier2.remove(&f);
