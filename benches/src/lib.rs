@@ -31,17 +31,14 @@ pub fn drop_page_cache() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
-/// A master, a worker and a mount of one dataset, all in this process.
-pub struct Cluster {
+/// A master and a worker in this process.
+pub struct Servers {
     pub master_addr: String,
-    pub mount: Option<shoal_fuse::MountHandle>,
-    pub mountpoint: PathBuf,
-    stop: CancellationToken,
+    pub stop: CancellationToken,
 }
 
-impl Cluster {
-    /// Start everything under `dir` (state, tiers, mount point) over `source`.
-    pub async fn start(dir: &Path, source: &Path, mem: &str, ssd: &str, block_size: u64) -> Result<Cluster> {
+impl Servers {
+    pub async fn start(dir: &Path, mem: &str, ssd: &str) -> Result<Servers> {
         let stop = CancellationToken::new();
         let ml = TcpListener::bind("127.0.0.1:0").await?;
         let master_addr = ml.local_addr()?.to_string();
@@ -56,10 +53,9 @@ impl Cluster {
             format!("mem:/dev/shm/shoal-bench-{}:{mem}", std::process::id()).parse()?,
             format!("ssd:{}:{ssd}", dir.join("cache").display()).parse()?,
         ];
-        let node = "bench-node".to_string();
         let wcfg = shoal_worker::WorkerConfig {
             id: "bench-worker".into(),
-            node: node.clone(),
+            node: NODE.into(),
             master: master_addr.clone(),
             advertise: None,
             tiers,
@@ -67,13 +63,38 @@ impl Cluster {
         tokio::spawn(shoal_worker::serve(wcfg, wl, stop.clone()));
         let mut m = shoal_fuse::master_client(&master_addr)?;
         for _ in 0..200 {
-            let ok =
-                m.list_workers(ListWorkersRequest {}).await.map(|r| r.into_inner().workers.iter().any(|w| w.alive));
+            let ok = m.list_workers(ListWorkersRequest {}).await.map(|r| r.into_inner().workers.iter().any(|w| w.alive));
             if ok.unwrap_or(false) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(Servers { master_addr, stop })
+    }
+
+    pub fn shutdown(self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_dir_all(format!("/dev/shm/shoal-bench-{}", std::process::id()));
+    }
+}
+
+const NODE: &str = "bench-node";
+
+/// A master, a worker and a mount of one dataset, all in this process.
+pub struct Cluster {
+    pub master_addr: String,
+    pub mount: Option<shoal_fuse::MountHandle>,
+    pub mountpoint: PathBuf,
+    stop: CancellationToken,
+}
+
+impl Cluster {
+    /// Start everything under `dir` (state, tiers, mount point) over `source`.
+    pub async fn start(dir: &Path, source: &Path, mem: &str, ssd: &str, block_size: u64) -> Result<Cluster> {
+        let servers = Servers::start(dir, mem, ssd).await?;
+        let (master_addr, stop) = (servers.master_addr.clone(), servers.stop.clone());
+        let node = NODE.to_string();
+        let mut m = shoal_fuse::master_client(&master_addr)?;
         let spec = DatasetSpec {
             name: "bench".into(),
             mount: Some(MountSpec { uri: source.to_string_lossy().into_owned(), options: Default::default() }),

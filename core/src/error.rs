@@ -31,6 +31,22 @@ pub enum CoreError {
     ShortRead { uri: String, path: String, expected: u64, got: u64 },
 }
 
+/// An error and its sources as one message (`what: why: root cause`), skipping
+/// sources whose text the message already contains.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg.push_str(": ");
+            msg.push_str(&s_msg);
+        }
+        src = s.source();
+    }
+    msg
+}
+
 impl CoreError {
     /// The store said the object does not exist.
     pub fn is_not_found(&self) -> bool {

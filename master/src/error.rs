@@ -48,18 +48,7 @@ impl From<MasterError> for Status {
             MasterError::Db(_) => Code::Internal,
             MasterError::Corrupt { .. } => Code::DataLoss,
         };
-        // `{:#}`-style chain: the message names what failed and why.
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            let s_msg = s.to_string();
-            if !msg.contains(&s_msg) {
-                msg.push_str(": ");
-                msg.push_str(&s_msg);
-            }
-            src = s.source();
-        }
-        Status::new(code, msg)
+        Status::new(code, shoal_core::error::chain(&e))
     }
 }
 

@@ -33,16 +33,6 @@ impl From<WorkerError> for Status {
             WorkerError::Store(_) | WorkerError::Master(_) => Code::Unavailable,
             WorkerError::Io(..) | WorkerError::Transport(_) => Code::Internal,
         };
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            let s_msg = s.to_string();
-            if !msg.contains(&s_msg) {
-                msg.push_str(": ");
-                msg.push_str(&s_msg);
-            }
-            src = s.source();
-        }
-        Status::new(code, msg)
+        Status::new(code, shoal_core::error::chain(&e))
     }
 }

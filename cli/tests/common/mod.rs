@@ -253,6 +253,17 @@ pub fn write_tree(root: &Path, tree: &BTreeMap<String, Option<Vec<u8>>>) {
     }
 }
 
+/// An object key as it goes in a URL path (every byte outside the unreserved
+/// set percent-encoded, `/` kept).
+fn encode_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// An S3-compatible server (moto) on a loopback port, killed on drop.
 pub struct S3Server {
     proc: Child,
@@ -298,25 +309,13 @@ impl S3Server {
 
     /// Upload an object (replacing any old one); the key is percent-encoded on the wire.
     pub fn put(&self, bucket: &str, key: &str, data: &[u8]) {
-        let enc: String = key
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let enc = encode_key(key);
         let code = self.http("PUT", &format!("/{bucket}/{enc}"), data);
         assert_eq!(code, 200, "put {key}");
     }
 
     pub fn delete(&self, bucket: &str, key: &str) {
-        let enc: String = key
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let enc = encode_key(key);
         let code = self.http("DELETE", &format!("/{bucket}/{enc}"), b"");
         assert_eq!(code, 204, "delete {key}");
     }
