@@ -127,6 +127,7 @@ async fn prewarm_bench(dir: &Path, objects: usize, size: usize, parallel: usize)
     let shoal = last.bytes_done as f64 / secs / 1e6;
     servers.shutdown();
     let _ = moto.kill();
+    let _ = moto.wait();
     (raw, shoal)
 }
 
@@ -142,7 +143,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&base);
     println!("\n| workload | result |");
     println!("|---|---:|");
-    println!("| metadata sync, {files} files in 100 dirs (local store), first sync | {first:.2} s ({:.0} files/s) |", files as f64 / first);
+    println!(
+        "| metadata sync, {files} files in 100 dirs (local store), first sync | {first:.2} s ({:.0} files/s) |",
+        files as f64 / first
+    );
     println!("| metadata re-sync, nothing changed | {resync:.2} s ({:.0} files/s) |", files as f64 / resync);
     println!("| raw parallel download, {objects} x {} MiB from S3 (moto), 16 at a time | {raw:.0} MB/s |", size >> 20);
     println!("| shoal prewarm of the same objects, --parallel 16 | {shoal:.0} MB/s |");

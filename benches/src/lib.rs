@@ -63,7 +63,8 @@ impl Servers {
         tokio::spawn(shoal_worker::serve(wcfg, wl, stop.clone()));
         let mut m = shoal_fuse::master_client(&master_addr)?;
         for _ in 0..200 {
-            let ok = m.list_workers(ListWorkersRequest {}).await.map(|r| r.into_inner().workers.iter().any(|w| w.alive));
+            let ok =
+                m.list_workers(ListWorkersRequest {}).await.map(|r| r.into_inner().workers.iter().any(|w| w.alive));
             if ok.unwrap_or(false) {
                 break;
             }

@@ -155,7 +155,7 @@ async fn master_killed_mid_prewarm_resumes_without_refetching() {
     let src = root.join("src");
     let blocks = gen_files(&src, 60);
     let mut master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
-    let slow = [("SHOAL_FAILPOINT", "worker::before_store_read:sleep-40")];
+    let slow = [("SHOAL_FAILPOINT", "worker::before_store_read:sleep-80")];
     let worker = start_worker(
         &master.addr,
         "127.0.0.1:0",
@@ -288,10 +288,9 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
     create("p", &p, &["--pin"]);
     create("q", &q, &[]);
     create("t", &t, &["--ttl", "2s"]);
-    // The worker learns the policies from its next heartbeat.
-    tokio::time::sleep(Duration::from_millis(600)).await;
 
-    // TTL: t's blocks are freed about two seconds after they were cached.
+    // TTL: t's blocks are freed about two seconds after they were cached (the
+    // worker learns the policy with a heartbeat; blocks cached before are covered).
     assert_eq!(cli(&["prewarm", "t", "--master", m]).0, 0);
     assert_eq!(usage(&master.addr, "t").await.total_blocks, 4);
     wait_for("the TTL to free t's blocks", || {
@@ -305,6 +304,11 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
 
     // Pin: p survives 1.5 MiB of other reads through a 1 MiB cache.
     assert_eq!(cli(&["prewarm", "p", "--master", m]).0, 0);
+    wait_for("p's blocks to be pinned", || {
+        let w = worker.addr.clone();
+        async move { worker_stats(&w).await.pinned_blocks == 8 }
+    })
+    .await;
     let reads_after_p = worker_stats(&worker.addr).await.store_reads;
     assert_eq!(reads_after_p, 4 + 8);
     for _ in 0..2 {

@@ -28,13 +28,16 @@ pub const MAX_READ: u32 = 1 << 20;
 /// Readahead window limit, in blocks.
 const MAX_WINDOW: u32 = 8;
 
-/// Per-open-file state: where the last read ended and the readahead window.
+/// Per-file read state: where the last read ended and the readahead window.
+/// Kept per inode (opens make no round trip, so there is no handle to hang it on).
 #[derive(Debug)]
-struct OpenFile {
-    ino: u64,
+struct Stream {
     next_offset: u64,
     window: u32,
 }
+
+/// Inodes whose read state is kept; beyond it the table starts over.
+const MAX_STREAMS: usize = 65536;
 
 /// One namespace snapshot and the dataset paths of its files.
 #[derive(Debug, Default)]
@@ -74,7 +77,8 @@ pub struct ShoalFs {
     uid: u32,
     gid: u32,
     next_fh: AtomicU64,
-    open: Mutex<HashMap<u64, OpenFile>>,
+    streams: Mutex<HashMap<u64, Stream>>,
+    zero_message_open: bool,
 }
 
 impl std::fmt::Debug for ShoalFs {
@@ -93,7 +97,17 @@ fn errno_of(e: &ReadError) -> Errno {
 impl ShoalFs {
     pub fn new(view: SharedView, reader: Arc<Reader>, rt: Handle, ttl: Duration) -> Self {
         let (uid, gid) = (nix_uid(), nix_gid());
-        Self { view, reader, rt, ttl, uid, gid, next_fh: AtomicU64::new(1), open: Mutex::new(HashMap::new()) }
+        Self {
+            view,
+            reader,
+            rt,
+            ttl,
+            uid,
+            gid,
+            next_fh: AtomicU64::new(1),
+            streams: Mutex::new(HashMap::new()),
+            zero_message_open: true,
+        }
     }
 
     fn view(&self) -> Arc<View> {
@@ -136,7 +150,10 @@ fn nix_gid() -> u32 {
 impl Filesystem for ShoalFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large reads and readahead: the kernel asks for up to 1 MiB at a time.
-        let _ = config.set_max_readahead(MAX_READ);
+        if let Err(max) = config.set_max_readahead(MAX_READ) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         Ok(())
@@ -185,22 +202,30 @@ impl Filesystem for ShoalFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().expect("open lock").insert(fh, OpenFile { ino: ino.0, next_offset: 0, window: 1 });
         // Small files (one block) are fetched whole right away.
         if let Some(path) = v.paths.get(&ino.0) {
             let _guard = self.rt.enter();
             self.reader.prefetch(&node.inode, path, 0);
         }
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         metrics::op("open", true, Instant::now());
+        if self.zero_message_open {
+            // ENOSYS to a valid open tells the kernel to open files without asking
+            // us from now on (and to keep their page cache): a warm epoch then
+            // makes no round trip per file at all. Errors above still apply to
+            // this first open; later write opens are refused by the read-only mount.
+            return reply.error(Errno::ENOSYS);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // Keep the page cache across opens, and skip the FLUSH round trip on
+        // every close (there is nothing to flush on a read-only mount).
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH);
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -219,15 +244,14 @@ impl Filesystem for ShoalFs {
         // Readahead: a read that starts where the last one ended is sequential;
         // the window of blocks fetched ahead doubles up to MAX_WINDOW.
         let window = {
-            let mut open = self.open.lock().expect("open lock");
-            match open.get_mut(&fh.0) {
-                Some(f) if f.ino == ino.0 => {
-                    f.window = if offset == f.next_offset { (f.window * 2).min(MAX_WINDOW) } else { 1 };
-                    f.next_offset = end;
-                    f.window
-                }
-                _ => 1,
+            let mut streams = self.streams.lock().expect("streams lock");
+            if streams.len() >= MAX_STREAMS {
+                streams.clear();
             }
+            let f = streams.entry(ino.0).or_insert(Stream { next_offset: u64::MAX, window: 1 });
+            f.window = if offset == f.next_offset { (f.window * 2).min(MAX_WINDOW) } else { 1 };
+            f.next_offset = end;
+            f.window
         };
         let reader = self.reader.clone();
         let t = Instant::now();
@@ -257,23 +281,26 @@ impl Filesystem for ShoalFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.open.lock().expect("open lock").remove(&fh.0);
         reply.ok();
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Nothing to flush: ENOSYS makes the kernel stop sending FLUSH on close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.view().ns.get(ino.0) {
-            Some(n) if n.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            // The kernel may cache directory listings across opens.
+            Some(n) if n.is_dir() => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+            }
             Some(_) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
         }

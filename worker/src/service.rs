@@ -264,6 +264,7 @@ impl Worker for WorkerService {
             evictions: sc.evictions.load(Ordering::Relaxed),
             demotions: sc.demotions.load(Ordering::Relaxed),
             corrupt_dropped: c.corrupt_dropped.load(Ordering::Relaxed),
+            pinned_blocks: s.store.pinned_count() as u64,
         }))
     }
 }
