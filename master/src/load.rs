@@ -34,6 +34,14 @@ fn unix_ms() -> i64 {
 struct JobHandle {
     job: Mutex<LoadJob>,
     cancel: CancellationToken,
+    /// Cancelled when the job has finished (whatever its state).
+    done: CancellationToken,
+}
+
+impl JobHandle {
+    fn new(job: LoadJob) -> Arc<Self> {
+        Arc::new(JobHandle { job: Mutex::new(job), cancel: CancellationToken::new(), done: CancellationToken::new() })
+    }
 }
 
 /// One selected file and its dataset path.
@@ -141,7 +149,7 @@ impl Loads {
             ..Default::default()
         };
         self.meta.put_job(&job)?;
-        let handle = Arc::new(JobHandle { job: Mutex::new(job), cancel: CancellationToken::new() });
+        let handle = JobHandle::new(job);
         self.jobs.lock().expect("jobs lock").insert(id, handle.clone());
         let snapshot = Self::totals(&handle, &info, &files);
         tokio::spawn(self.clone().run(handle, info, files));
@@ -180,7 +188,7 @@ impl Loads {
             tokio::time::sleep(Duration::from_secs(1)).await;
             for job in pending {
                 let spec = job.spec.clone().unwrap_or_default();
-                let handle = Arc::new(JobHandle { job: Mutex::new(job.clone()), cancel: CancellationToken::new() });
+                let handle = JobHandle::new(job.clone());
                 this.jobs.lock().expect("jobs lock").insert(job.id.clone(), handle.clone());
                 let Some(info) = datasets(&spec.dataset) else {
                     this.finish(&handle, LoadState::Failed, format!("dataset {:?} no longer exists", spec.dataset));
@@ -218,6 +226,7 @@ impl Loads {
         if let Err(e) = self.meta.put_job(&job) {
             warn!(job = %job.id, error = %e, "cannot persist load job");
         }
+        handle.done.cancel();
         info!(job = %job.id, state = ?state, files_done = job.files_done, files_failed = job.files_failed, "load job finished");
     }
 
@@ -395,6 +404,18 @@ impl Loads {
             .collect();
         all.sort_by_key(|j| j.started_unix_ms);
         Ok(all)
+    }
+
+    /// Resolves when the job finishes (at once if it is not running here).
+    pub fn finished(&self, id: &str) -> CancellationToken {
+        match self.jobs.lock().expect("jobs lock").get(id) {
+            Some(h) => h.done.clone(),
+            None => {
+                let t = CancellationToken::new();
+                t.cancel();
+                t
+            }
+        }
     }
 
     pub fn cancel(&self, id: &str) -> Result<LoadJob> {

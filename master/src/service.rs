@@ -505,6 +505,7 @@ impl Master for MasterService {
         self.loads.get(&id)?;
         let loads = self.loads.clone();
         let (tx, rx) = mpsc::channel(4);
+        let finished = self.loads.finished(&id);
         tokio::spawn(async move {
             loop {
                 let job = loads.get(&id).map_err(Status::from);
@@ -512,7 +513,11 @@ impl Master for MasterService {
                 if tx.send(job).await.is_err() || done {
                     return;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                // Progress four times a second, and the final state at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    _ = finished.cancelled() => {}
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
