@@ -87,14 +87,7 @@ struct Cluster {
 fn cluster(mem: &str, ssd: &str, worker_env: &[(&str, &str)]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), mem, ssd),
-        worker_env,
-        &root.join("worker.log"),
-    );
+    let (master, worker) = master_and_worker(&root, mem, ssd, worker_env);
     Cluster { _dir: dir, root, master, worker }
 }
 

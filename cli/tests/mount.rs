@@ -76,14 +76,7 @@ fn mounted(worker_env: &[(&str, &str)], build: impl FnOnce(&Path)) -> Mounted {
     let src = root.join("src");
     std::fs::create_dir_all(&src).unwrap();
     build(&src);
-    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), "64MiB", "1GiB"),
-        worker_env,
-        &root.join("worker.log"),
-    );
+    let (master, worker) = master_and_worker(&root, "64MiB", "1GiB", worker_env);
     let (code, out, err) =
         cli(&["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
     assert_eq!(code, 0, "{out}{err}");

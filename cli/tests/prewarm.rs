@@ -50,14 +50,7 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
         blocks += (len as u64).div_ceil(BLOCK as u64);
         want.push((format!("s{}/x{i:02}.bin", i % 2), data));
     }
-    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), "64MiB", "1GiB"),
-        &[],
-        &root.join("worker.log"),
-    );
+    let (master, worker) = master_and_worker(root, "64MiB", "1GiB", &[]);
     let ep = format!("endpoint={}", s3.endpoint);
     let (code, _, err) = cli(&[
         "dataset",
@@ -154,15 +147,8 @@ async fn master_killed_mid_prewarm_resumes_without_refetching() {
     let root = dir.path();
     let src = root.join("src");
     let blocks = gen_files(&src, 60);
-    let mut master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
     let slow = [("SHOAL_FAILPOINT", "worker::before_store_read:sleep-80")];
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), "64MiB", "1GiB"),
-        &slow,
-        &root.join("worker.log"),
-    );
+    let (mut master, worker) = master_and_worker(root, "64MiB", "1GiB", &slow);
     let (code, _, err) =
         cli(&["dataset", "create", "r", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
     assert_eq!(code, 0, "{err}");
@@ -202,14 +188,7 @@ async fn a_failing_object_fails_its_file_and_the_command() {
     let root = dir.path();
     let src = root.join("src");
     let blocks = gen_files(&src, 12);
-    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), "64MiB", "1GiB"),
-        &[],
-        &root.join("worker.log"),
-    );
+    let (master, worker) = master_and_worker(root, "64MiB", "1GiB", &[]);
     let (code, _, err) =
         cli(&["dataset", "create", "f", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
     assert_eq!(code, 0, "{err}");
@@ -269,15 +248,8 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
         d
     };
     let (p, q, t) = (make("p", 4, 2), make("q", 12, 2), make("t", 2, 2));
-    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
     // 1 MiB of cache in all: the pinned 512 KiB must survive 1.5 MiB of other reads.
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), "256KiB", "768KiB"),
-        &[],
-        &root.join("worker.log"),
-    );
+    let (master, worker) = master_and_worker(root, "256KiB", "768KiB", &[]);
     let m = master.addr.as_str();
     let create = |name: &str, src: &Path, extra: &[&str]| {
         let mut args = vec!["dataset", "create", name, src.to_str().unwrap(), "--block-size", "64KiB", "--master", m];

@@ -168,6 +168,20 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A master and a worker (id `w1`, tiers under `root/w`) on free loopback ports,
+/// logging to `root/master.log` and `root/worker.log`.
+pub fn master_and_worker(root: &Path, mem: &str, ssd: &str, worker_env: &[(&str, &str)]) -> (Proc, Proc) {
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), mem, ssd),
+        worker_env,
+        &root.join("worker.log"),
+    );
+    (master, worker)
+}
+
 /// Run a CLI command; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(SHOAL).args(args).output().expect("run shoal");
