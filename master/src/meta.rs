@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prost::Message;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB,
+};
 use shoal_proto::master::{DatasetInfo, FileKind, Inode, LoadJob};
 
 use crate::error::{MasterError, Result};
@@ -70,8 +72,20 @@ impl MetaStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
-        let cfs =
-            [CF_DATASETS, CF_INODES, CF_DENTRIES, CF_JOBS].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        // Point lookups (a dentry, an inode) dominate: bloom filters skip SST files
+        // that cannot hold the key, and one shared block cache keeps hot blocks.
+        let cache = Cache::new_lru_cache(256 << 20);
+        let cf_opts = || {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o
+        };
+        let cfs = [CF_DATASETS, CF_INODES, CF_DENTRIES, CF_JOBS].map(|n| ColumnFamilyDescriptor::new(n, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let next_dataset_id = AtomicU64::new(read_counter(&db, KEY_NEXT_DATASET, 1)?);
         // Inode numbers share this counter; 1 is every dataset's root.
