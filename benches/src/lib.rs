@@ -59,6 +59,7 @@ impl Servers {
             master: master_addr.clone(),
             advertise: None,
             tiers,
+            watermarks: Default::default(),
         };
         tokio::spawn(shoal_worker::serve(wcfg, wl, stop.clone()));
         let mut m = shoal_fuse::master_client(&master_addr)?;

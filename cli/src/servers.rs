@@ -52,6 +52,12 @@ pub struct WorkerArgs {
     /// Address for Prometheus `/metrics` ("" to disable).
     #[arg(long, env = "SHOAL_METRICS_LISTEN", default_value = "0.0.0.0:9701")]
     pub metrics_listen: String,
+    /// Share of a tier's quota past which inserts evict at once.
+    #[arg(long, default_value_t = 0.95)]
+    pub high_watermark: f64,
+    /// Share of a tier's quota that eviction brings usage down to.
+    #[arg(long, default_value_t = 0.85)]
+    pub low_watermark: f64,
 }
 
 /// `500ms`, `15s`, `2m`, `1h`, or plain seconds.
@@ -123,6 +129,7 @@ pub async fn run_worker(args: WorkerArgs) -> Result<()> {
         master: args.master.clone(),
         advertise: args.advertise.clone(),
         tiers: args.tiers.clone(),
+        watermarks: shoal_worker::block_store::Watermarks { high: args.high_watermark, low: args.low_watermark },
     };
     let stop = shutdown_on_signals();
     crate::metrics_http::serve(Some(&args.metrics_listen), "worker", stop.clone()).await?;

@@ -146,6 +146,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         master: master_addr.clone(),
         advertise: None,
         tiers,
+        watermarks: Default::default(),
     };
     let worker_task = tokio::spawn(shoal_worker::serve(worker_cfg, worker_listener, stop.clone()));
 

@@ -265,9 +265,17 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
     // worker learns the policy with a heartbeat; blocks cached before are covered).
     assert_eq!(cli(&["prewarm", "t", "--master", m]).0, 0);
     assert_eq!(usage(&master.addr, "t").await.total_blocks, 4);
-    wait_for("the TTL to free t's blocks", || {
+    wait_for("t's blocks in the location map", || {
         let a = master.addr.clone();
-        async move { usage(&a, "t").await.cached_blocks == 0 }
+        async move { usage(&a, "t").await.cached_blocks == 4 }
+    })
+    .await;
+    wait_for("the TTL to free t's blocks on the worker and in the map", || {
+        let (a, w) = (master.addr.clone(), worker.addr.clone());
+        async move {
+            let held = worker_stats(&w).await.tiers.iter().map(|t| t.blocks).sum::<u64>();
+            held == 0 && usage(&a, "t").await.cached_blocks == 0
+        }
     })
     .await;
     let s = worker_stats(&worker.addr).await;

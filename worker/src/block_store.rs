@@ -1,8 +1,10 @@
 //! The tiered block store: an ordered list of tiers (MEM first, then SSD), each a
-//! [`TierDir`] indexed by a `moka` cache weighted by bytes. When a tier's cache
-//! passes its high watermark, `moka` evicts by W-TinyLFU; an evicted MEM block is
-//! demoted to the next tier, an evicted block of the last tier is deleted. Usage
-//! never exceeds a tier's quota: space is reserved before a file is written.
+//! [`TierDir`] indexed by a `moka` cache weighted by bytes whose capacity is the
+//! tier's low watermark. Once usage passes the high watermark, an insert runs the
+//! cache's maintenance at once, and `moka` evicts by W-TinyLFU down to the low
+//! watermark; an evicted MEM block is demoted to the next tier, an evicted block of
+//! the last tier is deleted. Usage never exceeds a tier's quota: space is reserved
+//! before a file is written.
 //!
 //! Blocks of pinned datasets live outside the caches (in `pinned`), so no
 //! eviction can touch them; they still count against their tier's quota. Blocks of
@@ -23,8 +25,31 @@ use tracing::{debug, warn};
 use crate::error::WorkerError;
 use crate::tier::{BlockFile, TierDir, TierKind, TierSpec};
 
-/// Share of the quota at which a tier starts evicting.
-pub const HIGH_WATERMARK: f64 = 0.95;
+/// When a tier evicts, as shares of its quota: past `high`, inserts evict at once,
+/// down to `low`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Watermarks {
+    pub high: f64,
+    pub low: f64,
+}
+
+impl Default for Watermarks {
+    fn default() -> Self {
+        Watermarks { high: 0.95, low: 0.85 }
+    }
+}
+
+impl Watermarks {
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        if !(0.0 < self.low && self.low <= self.high && self.high <= 1.0) {
+            return Err(WorkerError::Config(format!(
+                "watermarks must satisfy 0 < low ({}) <= high ({}) <= 1",
+                self.low, self.high
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Added and removed blocks since the last heartbeat, netted: a block is in at
 /// most one list, by its last change (added then evicted is `removed`).
@@ -63,6 +88,8 @@ pub struct Policy {
 
 struct Tier {
     dir: Arc<TierDir>,
+    /// Bytes past which an insert evicts at once.
+    high: u64,
     index: moka::sync::Cache<BlockId, Arc<BlockFile>>,
     hits: AtomicU64,
 }
@@ -107,6 +134,11 @@ impl BlockStore {
     /// Open the tiers in the order given (fastest first), dropping partial files
     /// and indexing the complete ones.
     pub fn open(specs: &[TierSpec]) -> Result<Self, WorkerError> {
+        Self::open_with(specs, Watermarks::default())
+    }
+
+    pub fn open_with(specs: &[TierSpec], marks: Watermarks) -> Result<Self, WorkerError> {
+        marks.validate()?;
         if specs.is_empty() {
             return Err(WorkerError::Config("at least one --tier is required".into()));
         }
@@ -124,9 +156,10 @@ impl BlockStore {
             let listener_counters = counters.clone();
             let listener_moving = moving.clone();
             let listener_evicting = evicting.clone();
-            let high = ((spec.quota as f64) * HIGH_WATERMARK) as u64;
+            let high = ((spec.quota as f64) * marks.high) as u64;
+            let low = ((spec.quota as f64) * marks.low) as u64;
             let index = moka::sync::Cache::builder()
-                .max_capacity(high.max(1))
+                .max_capacity(low.max(1))
                 .weigher(|_, f: &Arc<BlockFile>| f.len.min(u32::MAX as u64) as u32)
                 .eviction_listener(move |id: Arc<BlockId>, file: Arc<BlockFile>, cause| {
                     if listener_moving.lock().expect("moving lock").contains(&*id) {
@@ -164,7 +197,7 @@ impl BlockStore {
                     }
                 })
                 .build();
-            built.push(Tier { dir, index, hits: AtomicU64::new(0) });
+            built.push(Tier { dir, high, index, hits: AtomicU64::new(0) });
         }
         built.reverse();
         let store = Self {
@@ -251,10 +284,14 @@ impl BlockStore {
                 self.pinned.lock().expect("pinned lock").insert(id, (pos, file.clone()));
                 return Ok(Some(Cached { tier: t.dir.kind, file }));
             }
-            t.index.insert(id, file);
+            t.index.insert(id, file.clone());
+            if t.dir.used() <= t.high {
+                return Ok(Some(Cached { tier: t.dir.kind, file }));
+            }
+            // Past the high watermark: evict down to the low one now. The
+            // admission policy may send the new block straight to a lower tier
+            // (or out): report where it really is.
             t.index.run_pending_tasks();
-            // The admission policy may have sent the new block straight to a lower
-            // tier (or out): report where it really is.
             return Ok(self.get_quiet(id));
         }
         Ok(None)
@@ -512,6 +549,23 @@ mod tests {
         let held5 = store.all_blocks().iter().filter(|b| b.file_id == 5).count();
         assert_eq!(store.expire(SystemTime::now() + Duration::from_secs(61)), held5);
         assert!(store.all_blocks().iter().all(|b| b.file_id != 5));
+    }
+
+    #[test]
+    fn crossing_the_high_watermark_evicts_down_to_the_low_one() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(&specs(d.path(), 10_000, 100_000)).unwrap();
+        for i in 0..9u32 {
+            store.insert(BlockId::new(3, i), 3, &[1u8; 1000]).unwrap();
+            assert!(store.tier_stats()[0].3 <= 9_500);
+        }
+        // The tenth block takes usage past 95%: eviction brings it under 85% at once.
+        store.insert(BlockId::new(3, 9), 3, &[1u8; 1000]).unwrap();
+        let s = store.tier_stats();
+        assert!(s[0].3 <= 8_500, "MEM at {} bytes after crossing the high watermark", s[0].3);
+        assert_eq!(store.all_blocks().len(), 10, "evicted blocks were demoted, not lost");
+        let bad = Watermarks { high: 0.5, low: 0.9 };
+        assert!(BlockStore::open_with(&specs(d.path(), 10_000, 100_000), bad).is_err());
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub advertise: Option<String>,
     /// Tiers, fastest first.
     pub tiers: Vec<TierSpec>,
+    /// When tiers evict.
+    pub watermarks: block_store::Watermarks,
 }
 
 /// A lazily connected client of the master (the worker starts without it).
@@ -162,8 +164,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let tiers = config.tiers.clone();
+    let marks = config.watermarks;
     let store = Arc::new(
-        tokio::task::spawn_blocking(move || BlockStore::open(&tiers))
+        tokio::task::spawn_blocking(move || BlockStore::open_with(&tiers, marks))
             .await
             .map_err(|e| WorkerError::Config(e.to_string()))??,
     );
