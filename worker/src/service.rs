@@ -100,7 +100,7 @@ impl WorkerService {
     async fn fetch(&self, r: &CheckedRef) -> Result<Fetched, Status> {
         let store = self.0.store.clone();
         let id = r.id;
-        if let Some(c) = blocking(move || store.get(id)).await? {
+        if let Some(c) = store.get(id) {
             if let Some(data) = self.read_cached(&c).await {
                 self.0.counters.hits.fetch_add(1, Ordering::Relaxed);
                 metrics::HITS.with_label_values(&[c.tier.as_str()]).inc();
@@ -120,14 +120,16 @@ impl WorkerService {
         // Another request may have filled it between our miss and our flight.
         let store = self.0.store.clone();
         let id = r.id;
-        if let Some(c) = blocking(move || store.get(id)).await? {
+        if let Some(c) = store.get(id) {
             if let Some(data) = self.read_cached(&c).await {
                 return Ok(Fetched { source: c.tier.as_str(), cached: Some(c), data });
             }
         }
         self.0.counters.misses.fetch_add(1, Ordering::Relaxed);
         metrics::MISSES.inc();
-        blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
+        if crate::tier::fail_point_armed("worker::before_store_read") {
+            blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
+        }
         let under = self.0.datasets.store(&r.dataset, r.dataset_id).await?;
         let data = under.read(&r.path, r.offset, r.len).await.map_err(WorkerError::from)?;
         self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +182,7 @@ impl Worker for WorkerService {
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["open_local"]).start_timer();
         let store = self.0.store.clone();
         let id = checked.id;
-        let mut cached = blocking(move || store.get(id)).await?;
+        let mut cached = store.get(id);
         if cached.is_none() && r.fill {
             cached = self.fetch(&checked).await?.cached;
         }
@@ -205,7 +207,7 @@ impl Worker for WorkerService {
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["cache_block"]).start_timer();
         let store = self.0.store.clone();
         let id = checked.id;
-        if let Some(c) = blocking(move || store.get(id)).await? {
+        if let Some(c) = store.get(id) {
             return Ok(Response::new(CacheBlockResponse {
                 already_cached: true,
                 length: c.file.len,

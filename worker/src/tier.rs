@@ -194,14 +194,22 @@ fn parse_block_name(path: &Path) -> Option<(BlockId, u32, u32)> {
 /// Named fault-injection points for tests: `SHOAL_FAILPOINT=name:action` where
 /// action is `sleep-MS` or `abort`. Costs one environment read per call and is
 /// only consulted where a test needs to stop a worker mid-operation.
-pub fn fail_point(name: &str) -> io::Result<()> {
+fn fail_spec() -> &'static Option<(String, String)> {
     static SPEC: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
-    let spec = SPEC.get_or_init(|| {
+    SPEC.get_or_init(|| {
         std::env::var("SHOAL_FAILPOINT")
             .ok()
             .and_then(|v| v.rsplit_once(':').map(|(a, b)| (a.to_string(), b.to_string())))
-    });
-    if let Some((point, action)) = spec {
+    })
+}
+
+/// Whether a fault is configured at `name` (cheap: no I/O, no allocation).
+pub fn fail_point_armed(name: &str) -> bool {
+    fail_spec().as_ref().is_some_and(|(p, _)| p == name)
+}
+
+pub fn fail_point(name: &str) -> io::Result<()> {
+    if let Some((point, action)) = fail_spec() {
         if point == name {
             if let Some(ms) = action.strip_prefix("sleep-") {
                 std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
