@@ -3,7 +3,7 @@
 //! 100,000-file directory tree (first sync and an unchanged re-sync).
 //!
 //! cargo bench -p shoal-benches --bench prewarm_sync [-- --quick]
-//! (needs `moto_server` on PATH; `.ci/run` installs it)
+//! (needs python3 with moto; `.ci/run` installs it)
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -64,12 +64,12 @@ async fn sync_bench(dir: &Path, files: usize) -> (f64, f64) {
 
 async fn prewarm_bench(dir: &Path, objects: usize, size: usize, parallel: usize) -> (f64, f64) {
     let port = free_port();
-    let mut moto = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let mut moto = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("moto_server on PATH");
+        .expect("python3 with moto (pip install 'moto[server]')");
     let endpoint = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

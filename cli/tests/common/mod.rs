@@ -287,12 +287,12 @@ pub struct S3Server {
 impl S3Server {
     pub fn start(log: &Path) -> S3Server {
         let port = free_port();
-        let proc = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let proc = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
-            .expect("moto_server must be installed (pip install 'moto[server]'; .ci/run does it)");
+            .expect("python3 with moto must be installed (pip install 'moto[server]'; .ci/run does it)");
         let addr = format!("127.0.0.1:{port}");
         wait_for_sync("moto_server to listen", || TcpStream::connect(&addr).is_ok());
         S3Server { proc, endpoint: format!("http://{addr}") }
