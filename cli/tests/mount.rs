@@ -316,3 +316,29 @@ fn a_sync_interval_follows_the_store_by_itself() {
         serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v["file_count"] == 2 && v["total_bytes"] == 3)
     });
 }
+
+#[test]
+fn cached_reads_go_on_with_the_master_down() {
+    let mut m = mounted(&[], |src| {
+        for i in 0..6 {
+            std::fs::write(src.join(format!("f{i}")), content(i, 3 * BLOCK + 5)).unwrap();
+        }
+    });
+    let (code, _, err) = cli(&["prewarm", "ds", "--master", &m.master.addr]);
+    assert_eq!(code, 0, "{err}");
+    assert!(shoal_fuse::is_mounted(&m.mnt));
+    // Read one file so the mount knows its worker, then take the master away.
+    assert_eq!(std::fs::read(m.mnt.join("f0")).unwrap(), std::fs::read(m.src.join("f0")).unwrap());
+    m.master.kill9();
+    for i in 0..6 {
+        let got = std::fs::read(m.mnt.join(format!("f{i}"))).expect("cached data is readable without the master");
+        assert_eq!(sha256(&got), sha256(&std::fs::read(m.src.join(format!("f{i}"))).unwrap()), "f{i}");
+    }
+    assert_eq!(walk(&m.mnt), walk(&m.src), "metadata is served from the mount's memory");
+    // Every byte came from the worker's tiers: the store saw only the prewarm.
+    let addr = m.worker.as_ref().unwrap().addr.clone();
+    let reads = tokio::runtime::Runtime::new().unwrap().block_on(async move {
+        worker_client(&addr).await.stats(shoal_proto::worker::StatsRequest {}).await.unwrap().into_inner().store_reads
+    });
+    assert_eq!(reads, 6 * 4, "one store read per block, all during the prewarm");
+}
