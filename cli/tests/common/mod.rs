@@ -179,7 +179,18 @@ pub fn master_and_worker(root: &Path, mem: &str, ssd: &str, worker_env: &[(&str,
         worker_env,
         &root.join("worker.log"),
     );
+    wait_until_registered(&master.addr, &worker.addr);
     (master, worker)
+}
+
+/// Wait until the master lists the worker at `worker_addr` as alive.
+pub fn wait_until_registered(master: &str, worker_addr: &str) {
+    wait_for_sync("the worker to register", || {
+        let (_, out, _) = cli(&["workers", "-o", "json", "--master", master]);
+        serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| {
+            v.as_array().is_some_and(|ws| ws.iter().any(|w| w["address"] == worker_addr && w["alive"] == true))
+        })
+    });
 }
 
 /// Run a CLI command; returns (exit code, stdout, stderr).
