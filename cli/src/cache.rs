@@ -93,6 +93,7 @@ fn job_json(j: &LoadJob) -> serde_json::Value {
         "files_total": j.files_total, "files_done": j.files_done, "files_failed": j.files_failed,
         "bytes_total": j.bytes_total, "bytes_done": j.bytes_done,
         "blocks_total": j.blocks_total, "blocks_done": j.blocks_done, "blocks_already_cached": j.blocks_already_cached,
+        "blocks_cached_at_end": j.blocks_cached_at_end,
         "failures": j.failures.iter().map(|f| json!({"path": f.path, "error": f.error})).collect::<Vec<_>>(),
         "started_unix_ms": j.started_unix_ms, "finished_unix_ms": j.finished_unix_ms, "message": j.message,
     })

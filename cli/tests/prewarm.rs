@@ -75,6 +75,7 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
     assert_eq!(job["state"], "completed");
     assert_eq!(job["blocks_done"].as_u64(), Some(blocks));
     assert_eq!(job["files_done"].as_u64(), Some(24));
+    assert_eq!(job["blocks_cached_at_end"].as_u64(), Some(blocks), "the final count comes from the location map");
 
     // Through the master (after the worker's next heartbeat) and the worker.
     wait_for("every block in the location map", || {
@@ -259,7 +260,7 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
     };
     create("p", &p, &["--pin"]);
     create("q", &q, &[]);
-    create("t", &t, &["--ttl", "2s"]);
+    create("t", &t, &["--ttl", "3s"]);
 
     // TTL: t's blocks are freed about two seconds after they were cached (the
     // worker learns the policy with a heartbeat; blocks cached before are covered).
@@ -310,5 +311,5 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["pinned"], false);
     let (_, out, _) = cli(&["dataset", "show", "t", "-o", "json", "--master", m]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["ttl_seconds"], 2);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["ttl_seconds"], 3);
 }

@@ -57,17 +57,37 @@ pub struct Loads {
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
     clients: Mutex<HashMap<String, WorkerClient<Channel>>>,
     resumed: AtomicBool,
+    /// How long workers take to report new blocks (a few heartbeats).
+    report_lag: Duration,
 }
 
 impl Loads {
-    pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>) -> Arc<Self> {
+    pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat: Duration) -> Arc<Self> {
         Arc::new(Self {
             meta,
             members,
             jobs: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             resumed: AtomicBool::new(false),
+            report_lag: (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(30)),
         })
+    }
+
+    /// Count the job's blocks the location map shows cached, waiting (bounded by
+    /// a few heartbeats) for the workers' reports to catch up with `want`.
+    async fn count_cached(&self, files: &[FileTask], bs: u64, want: u64) -> u64 {
+        let blocks: Vec<BlockId> = files
+            .iter()
+            .flat_map(|f| (0..ids::block_count(f.inode.size, bs) as u32).map(|i| BlockId::new(f.inode.file_id, i)))
+            .collect();
+        let deadline = Instant::now() + self.report_lag;
+        loop {
+            let cached = blocks.iter().filter(|b| !self.members.holders(**b).is_empty()).count() as u64;
+            if cached >= want || Instant::now() >= deadline {
+                return cached;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn client(&self, addr: &str) -> Option<WorkerClient<Channel>> {
@@ -368,12 +388,26 @@ impl Loads {
             }
         }
         drop(results);
+        // The honest count: what the location map shows cached now, not only what
+        // workers confirmed while writing (a full tier may have evicted some since).
+        let done = handle.job.lock().expect("job lock").blocks_done;
+        let at_end = if cancelled { 0 } else { self.count_cached(&files, bs, done).await };
         let (state, msg) = {
-            let j = handle.job.lock().expect("job lock");
+            let mut j = handle.job.lock().expect("job lock");
+            j.blocks_cached_at_end = at_end;
             if cancelled {
                 (LoadState::Cancelled, "cancelled".to_string())
             } else if j.files_failed > 0 {
                 (LoadState::Failed, format!("{} of {} files failed to load", j.files_failed, j.files_total))
+            } else if at_end < j.blocks_total {
+                (
+                    LoadState::Failed,
+                    format!(
+                        "only {at_end} of {} blocks are cached at the end: {} were evicted again (is the cache smaller than the data?)",
+                        j.blocks_total,
+                        j.blocks_total - at_end
+                    ),
+                )
             } else {
                 (
                     LoadState::Completed,

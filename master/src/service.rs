@@ -56,7 +56,7 @@ impl State {
             create_lock: tokio::sync::Mutex::new(()),
             syncing: Mutex::new(Default::default()),
             stores: Mutex::new(HashMap::new()),
-            loads: Loads::new(meta.clone(), members.clone()),
+            loads: Loads::new(meta.clone(), members.clone(), std::time::Duration::from_millis(heartbeat_interval_ms)),
             sync_attempts: Mutex::new(HashMap::new()),
             meta,
             members,
