@@ -244,6 +244,7 @@ fn shoal_up_serves_a_demo_and_ctrl_c_leaves_no_mount() {
         "mounted at ",
     );
     let mnt = PathBuf::from(&up.addr);
+    let _unmount = MountGuard(mnt.clone());
     assert!(shoal_fuse::is_mounted(&mnt));
     let src = data.join("demo-source");
     let walked = walk(&src);

@@ -103,6 +103,7 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
     assert!(before as u64 >= blocks, "moto logged the prewarm's GETs ({before})");
     let mnt = root.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
+    let _unmount = MountGuard(mnt.clone());
     let mut mount = Proc::start_until(
         &["mount", "pw", mnt.to_str().unwrap(), "--master", &master.addr, "--metrics-listen", "127.0.0.1:0"],
         &[],

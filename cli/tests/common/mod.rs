@@ -168,6 +168,17 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Unmounts (lazily) on drop, so a failing test leaves no mount behind.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if shoal_fuse::is_mounted(&self.0) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
+        }
+    }
+}
+
 /// A master and a worker (id `w1`, tiers under `root/w`) on free loopback ports,
 /// logging to `root/master.log` and `root/worker.log`.
 pub fn master_and_worker(root: &Path, mem: &str, ssd: &str, worker_env: &[(&str, &str)]) -> (Proc, Proc) {
