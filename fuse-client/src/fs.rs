@@ -1,13 +1,13 @@
 //! The FUSE filesystem: a read-only POSIX view of one dataset. Metadata calls are
 //! answered from the in-memory [`Namespace`] with long kernel TTLs; reads are
-//! handed to tokio tasks so many run at once; files open with `FOPEN_KEEP_CACHE`
-//! so a second epoch is served by the page cache. Every call that would change
+//! handed to tokio tasks so many run at once; opens are zero-message (the kernel
+//! opens files without asking us and keeps their page cache, as with
+//! `FOPEN_KEEP_CACHE`) so a second epoch is served by the page cache. Every call that would change
 //! anything returns `EROFS` (the mount is also read-only in the kernel).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -76,9 +76,7 @@ pub struct ShoalFs {
     ttl: Duration,
     uid: u32,
     gid: u32,
-    next_fh: AtomicU64,
     streams: Mutex<HashMap<u64, Stream>>,
-    zero_message_open: bool,
 }
 
 impl std::fmt::Debug for ShoalFs {
@@ -97,17 +95,7 @@ fn errno_of(e: &ReadError) -> Errno {
 impl ShoalFs {
     pub fn new(view: SharedView, reader: Arc<Reader>, rt: Handle, ttl: Duration) -> Self {
         let (uid, gid) = (nix_uid(), nix_gid());
-        Self {
-            view,
-            reader,
-            rt,
-            ttl,
-            uid,
-            gid,
-            next_fh: AtomicU64::new(1),
-            streams: Mutex::new(HashMap::new()),
-            zero_message_open: true,
-        }
+        Self { view, reader, rt, ttl, uid, gid, streams: Mutex::new(HashMap::new()) }
     }
 
     fn view(&self) -> Arc<View> {
@@ -208,17 +196,12 @@ impl Filesystem for ShoalFs {
             self.reader.prefetch(&node.inode, path, 0);
         }
         metrics::op("open", true, Instant::now());
-        if self.zero_message_open {
-            // ENOSYS to a valid open tells the kernel to open files without asking
-            // us from now on (and to keep their page cache): a warm epoch then
-            // makes no round trip per file at all. Errors above still apply to
-            // this first open; later write opens are refused by the read-only mount.
-            return reply.error(Errno::ENOSYS);
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        // Keep the page cache across opens, and skip the FLUSH round trip on
-        // every close (there is nothing to flush on a read-only mount).
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH);
+        // ENOSYS to a valid open tells the kernel to open files without asking us
+        // from now on (and to keep their page cache, as FOPEN_KEEP_CACHE would): a
+        // warm epoch then makes no round trip per file at all. Errors above still
+        // apply to this first open; later write opens are refused by the read-only
+        // mount.
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(

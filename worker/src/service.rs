@@ -98,9 +98,8 @@ impl WorkerService {
     /// The block's bytes: from the cache, or read through from the store once
     /// however many requests ask for it at the same time.
     async fn fetch(&self, r: &CheckedRef) -> Result<Fetched, Status> {
-        let store = self.0.store.clone();
         let id = r.id;
-        if let Some(c) = store.get(id) {
+        if let Some(c) = self.0.store.get(id) {
             if let Some(data) = self.read_cached(&c).await {
                 self.0.counters.hits.fetch_add(1, Ordering::Relaxed);
                 metrics::HITS.with_label_values(&[c.tier.as_str()]).inc();
@@ -118,9 +117,8 @@ impl WorkerService {
 
     async fn fill(&self, r: CheckedRef) -> Result<Fetched, Status> {
         // Another request may have filled it between our miss and our flight.
-        let store = self.0.store.clone();
         let id = r.id;
-        if let Some(c) = store.get(id) {
+        if let Some(c) = self.0.store.get(id) {
             if let Some(data) = self.read_cached(&c).await {
                 return Ok(Fetched { source: c.tier.as_str(), cached: Some(c), data });
             }
@@ -180,9 +178,7 @@ impl Worker for WorkerService {
         let r = req.get_ref();
         let checked = check_ref(r.block.as_ref())?;
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["open_local"]).start_timer();
-        let store = self.0.store.clone();
-        let id = checked.id;
-        let mut cached = store.get(id);
+        let mut cached = self.0.store.get(checked.id);
         if cached.is_none() && r.fill {
             cached = self.fetch(&checked).await?.cached;
         }
@@ -205,9 +201,7 @@ impl Worker for WorkerService {
     async fn cache_block(&self, req: Request<CacheBlockRequest>) -> Result<Response<CacheBlockResponse>, Status> {
         let checked = check_ref(req.get_ref().block.as_ref())?;
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["cache_block"]).start_timer();
-        let store = self.0.store.clone();
-        let id = checked.id;
-        if let Some(c) = store.get(id) {
+        if let Some(c) = self.0.store.get(checked.id) {
             return Ok(Response::new(CacheBlockResponse {
                 already_cached: true,
                 length: c.file.len,
