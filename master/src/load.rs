@@ -82,7 +82,7 @@ impl Loads {
             .collect();
         let deadline = Instant::now() + self.report_lag;
         loop {
-            let cached = blocks.iter().filter(|b| !self.members.holders(**b).is_empty()).count() as u64;
+            let cached = self.members.count_cached(blocks.iter().copied());
             if cached >= want || Instant::now() >= deadline {
                 return cached;
             }

@@ -163,6 +163,12 @@ impl Membership {
             .collect()
     }
 
+    /// How many of `blocks` are cached on some worker (one lock, no allocation).
+    pub fn count_cached(&self, blocks: impl IntoIterator<Item = BlockId>) -> u64 {
+        let inner = self.inner.read().expect("membership lock");
+        blocks.into_iter().filter(|b| inner.locations.contains_key(b)).count() as u64
+    }
+
     /// Workers holding one block.
     pub fn holders(&self, block: BlockId) -> Vec<String> {
         let inner = self.inner.read().expect("membership lock");

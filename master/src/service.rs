@@ -248,7 +248,7 @@ impl MasterService {
             u.total_bytes += f.inode.size;
             for index in 0..shoal_core::ids::block_count(f.inode.size, bs) as u32 {
                 u.total_blocks += 1;
-                if !self.members.holders(shoal_core::BlockId::new(f.inode.file_id, index)).is_empty() {
+                if self.members.count_cached([shoal_core::BlockId::new(f.inode.file_id, index)]) == 1 {
                     u.cached_blocks += 1;
                     u.cached_bytes += shoal_core::ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
                 }
