@@ -110,21 +110,8 @@ async fn prewarm_bench(dir: &Path, objects: usize, size: usize, parallel: usize)
         ..Default::default()
     };
     m.create_dataset(CreateDatasetRequest { spec: Some(ds), sync: true }).await.unwrap();
-    let t = Instant::now();
-    let job = m
-        .start_load(LoadSpec { dataset: "pw".into(), parallel: parallel as u32, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut watch = m.watch_load(GetLoadRequest { id: job.id }).await.unwrap().into_inner();
-    let mut last = None;
-    while let Some(j) = watch.message().await.unwrap() {
-        last = Some(j);
-    }
-    let secs = t.elapsed().as_secs_f64();
-    let last = last.unwrap();
-    assert_eq!(last.state, LoadState::Completed as i32, "{last:?}");
-    let shoal = last.bytes_done as f64 / secs / 1e6;
+    let (secs, bytes) = shoal_benches::prewarm(&servers.master_addr, "pw", &[], parallel as u32).await.unwrap();
+    let shoal = bytes as f64 / secs / 1e6;
     servers.shutdown();
     let _ = moto.kill();
     let _ = moto.wait();

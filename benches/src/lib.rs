@@ -1,6 +1,13 @@
 //! Helpers shared by shoal's benchmarks: an in-process cluster (master, worker,
 //! mount) built from the same library code the `shoal` binary runs, page-cache
-//! dropping, and deterministic data generation.
+//! dropping, and deterministic data generation; and, in its modules, the harness
+//! that measures shoal against the file systems a user would pick instead.
+
+pub mod data;
+pub mod peers;
+pub mod remote;
+pub mod report;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,15 +98,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Start everything under `dir` (state, tiers, mount point) over `source`.
+    /// Start everything under `dir` (state, tiers, mount point) over a local `source`.
     pub async fn start(dir: &Path, source: &Path, mem: &str, ssd: &str, block_size: u64) -> Result<Cluster> {
+        let mount = MountSpec { uri: source.to_string_lossy().into_owned(), options: Default::default() };
+        Cluster::start_over(dir, mount, mem, ssd, block_size).await
+    }
+
+    /// Start everything under `dir` over any store the dataset `mount` names.
+    pub async fn start_over(dir: &Path, mount: MountSpec, mem: &str, ssd: &str, block_size: u64) -> Result<Cluster> {
         let servers = Servers::start(dir, mem, ssd).await?;
         let (master_addr, stop) = (servers.master_addr.clone(), servers.stop.clone());
         let node = NODE.to_string();
         let mut m = shoal_fuse::master_client(&master_addr)?;
         let spec = DatasetSpec {
             name: "bench".into(),
-            mount: Some(MountSpec { uri: source.to_string_lossy().into_owned(), options: Default::default() }),
+            mount: Some(mount),
             cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
             sync_interval_seconds: 0,
         };
@@ -116,9 +129,16 @@ impl Cluster {
             cache_bytes: 512 << 20,
             threads: 4,
             refresh: Duration::ZERO,
+            dir_prefetch: 2,
         })
         .await?;
         Ok(Cluster { master_addr, mount: Some(mount), mountpoint, stop })
+    }
+
+    /// Prewarm `paths` of the mounted dataset (all when empty), `parallel` blocks
+    /// in flight; returns the seconds taken and the bytes loaded.
+    pub async fn prewarm(&self, paths: &[&str], parallel: u32) -> Result<(f64, u64)> {
+        prewarm(&self.master_addr, "bench", paths, parallel).await
     }
 
     pub fn shutdown(mut self) {
@@ -128,4 +148,26 @@ impl Cluster {
         self.stop.cancel();
         let _ = std::fs::remove_dir_all(format!("/dev/shm/shoal-bench-{}", std::process::id()));
     }
+}
+
+/// Run a prewarm job of `dataset` to its end; returns seconds and bytes loaded.
+pub async fn prewarm(master: &str, dataset: &str, paths: &[&str], parallel: u32) -> Result<(f64, u64)> {
+    let mut m = shoal_fuse::master_client(master)?;
+    let t = std::time::Instant::now();
+    let spec = LoadSpec {
+        dataset: dataset.into(),
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+        parallel,
+        ..Default::default()
+    };
+    let job = m.start_load(spec).await.context("start prewarm")?.into_inner();
+    let mut watch = m.watch_load(GetLoadRequest { id: job.id }).await?.into_inner();
+    let mut last = None;
+    while let Some(j) = watch.message().await? {
+        last = Some(j);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let last = last.context("the prewarm job sent no progress")?;
+    anyhow::ensure!(last.state == LoadState::Completed as i32, "prewarm ended as {last:?}");
+    Ok((secs, last.bytes_done))
 }

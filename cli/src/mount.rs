@@ -41,6 +41,10 @@ pub struct MountArgs {
     /// How often to check for a re-synced namespace and show it (0s: never).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub refresh_interval: Duration,
+    /// After this many cold reads of small (single-block) files in one directory,
+    /// ask the workers to cache the directory's other small files (0: never).
+    #[arg(long, default_value_t = 2)]
+    pub dir_prefetch: u32,
     /// Address for Prometheus `/metrics` (off unless given).
     #[arg(long, env = "SHOAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -72,6 +76,7 @@ pub fn options(args: &MountArgs) -> Result<shoal_fuse::MountOptions> {
         cache_bytes: shoal_core::size::parse_size(&args.cache_size)?,
         threads: args.threads,
         refresh: args.refresh_interval,
+        dir_prefetch: args.dir_prefetch,
     })
 }
 

@@ -199,6 +199,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
             cache_bytes: 512 << 20,
             threads: 4,
             refresh: Duration::from_secs(10),
+            dir_prefetch: 2,
         };
         let handle = shoal_fuse::mount(opts).await.context("mount")?;
         let mut out = std::io::stdout().lock();

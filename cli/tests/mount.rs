@@ -343,3 +343,44 @@ fn cached_reads_go_on_with_the_master_down() {
     });
     assert_eq!(reads, 6 * 4, "one store read per block, all during the prewarm");
 }
+
+/// Two cold reads of small files in a directory make the workers cache the
+/// directory's other small files; multi-block files and other directories stay
+/// untouched, and the prefetched files then read byte for byte without the store.
+#[test]
+fn reading_two_files_of_a_directory_prefetches_the_rest() {
+    let m = mounted(&[], |src| {
+        for d in ["a", "b"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+            for i in 0..20u64 {
+                std::fs::write(src.join(format!("{d}/f{i:02}")), content(i + 100, 10_000 + i as usize)).unwrap();
+            }
+        }
+        std::fs::write(src.join("a/big"), content(7, 3 * BLOCK)).unwrap();
+    });
+    let addr = m.worker.as_ref().unwrap().addr.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store_reads = || {
+        let addr = addr.clone();
+        rt.block_on(async move {
+            worker_client(&addr)
+                .await
+                .stats(shoal_proto::worker::StatsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .store_reads
+        })
+    };
+    for f in ["a/f00", "a/f01"] {
+        assert_eq!(std::fs::read(m.mnt.join(f)).unwrap(), std::fs::read(m.src.join(f)).unwrap(), "{f}");
+    }
+    // a/f00 and a/f01 by the reads, a/f02..a/f19 by the prefetch.
+    wait_for_sync("the directory prefetch", || store_reads() >= 20);
+    for i in 0..20 {
+        let f = format!("a/f{i:02}");
+        let got = std::fs::read(m.mnt.join(&f)).unwrap();
+        assert_eq!(sha256(&got), sha256(&std::fs::read(m.src.join(&f)).unwrap()), "{f}");
+    }
+    assert_eq!(store_reads(), 20, "a/big and b/ are not prefetched, and no prefetched file was fetched again");
+}

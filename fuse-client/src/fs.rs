@@ -16,6 +16,7 @@ use fuser::{
     OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use shoal_proto::master::Inode;
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
@@ -38,6 +39,8 @@ struct Stream {
 
 /// Inodes whose read state is kept; beyond it the table starts over.
 const MAX_STREAMS: usize = 65536;
+/// Files of one directory a directory prefetch asks for at most.
+const MAX_DIR_PREFETCH: usize = 100_000;
 
 /// One namespace snapshot and the dataset paths of its files.
 #[derive(Debug, Default)]
@@ -77,6 +80,10 @@ pub struct ShoalFs {
     uid: u32,
     gid: u32,
     streams: Mutex<HashMap<u64, Stream>>,
+    /// Cold small-file reads per directory before the rest of it is prefetched
+    /// (0: never); a directory whose prefetch started is marked `u32::MAX`.
+    dir_prefetch: u32,
+    dir_reads: Mutex<HashMap<u64, u32>>,
 }
 
 impl std::fmt::Debug for ShoalFs {
@@ -93,9 +100,57 @@ fn errno_of(e: &ReadError) -> Errno {
 }
 
 impl ShoalFs {
-    pub fn new(view: SharedView, reader: Arc<Reader>, rt: Handle, ttl: Duration) -> Self {
+    pub fn new(view: SharedView, reader: Arc<Reader>, rt: Handle, ttl: Duration, dir_prefetch: u32) -> Self {
         let (uid, gid) = (nix_uid(), nix_gid());
-        Self { view, reader, rt, ttl, uid, gid, streams: Mutex::new(HashMap::new()) }
+        let (streams, dir_reads) = (Mutex::new(HashMap::new()), Mutex::new(HashMap::new()));
+        Self { view, reader, rt, ttl, uid, gid, streams, dir_prefetch, dir_reads }
+    }
+
+    /// Directory prefetch: the `dir_prefetch`-th cold read of a whole small
+    /// (single-block) file in a directory asks the workers to cache every other
+    /// small file there. A data loader reading a dataset in shuffled order touches
+    /// every directory early, so the epoch runs at the store's bandwidth instead
+    /// of one round trip per file; a job that reads one file of a directory costs
+    /// nothing extra.
+    fn note_cold_read(&self, v: &View, inode: &Inode) {
+        if self.dir_prefetch == 0 || inode.size == 0 || inode.size > self.reader.block_size() {
+            return;
+        }
+        if self.reader.is_cached(inode, 0) {
+            return;
+        }
+        {
+            let mut dirs = self.dir_reads.lock().expect("dir reads lock");
+            if dirs.len() >= MAX_STREAMS {
+                dirs.retain(|_, n| *n == u32::MAX);
+            }
+            let n = dirs.entry(inode.parent).or_insert(0);
+            if *n == u32::MAX {
+                return;
+            }
+            *n += 1;
+            if *n < self.dir_prefetch {
+                return;
+            }
+            *n = u32::MAX;
+        }
+        let Some(dir) = v.ns.get(inode.parent) else { return };
+        let bs = self.reader.block_size();
+        let files: Vec<(Inode, String)> = dir
+            .children
+            .iter()
+            .filter(|(_, ino)| *ino != inode.ino)
+            .filter_map(|(_, ino)| {
+                let n = v.ns.get(*ino)?;
+                (!n.is_dir() && n.inode.size > 0 && n.inode.size <= bs)
+                    .then(|| Some((n.inode.clone(), v.paths.get(ino)?.clone())))
+                    .flatten()
+            })
+            .take(MAX_DIR_PREFETCH)
+            .collect();
+        debug!(dir = inode.parent, files = files.len(), "directory prefetch");
+        let _guard = self.rt.enter();
+        self.reader.prefetch_files(files);
     }
 
     fn view(&self) -> Arc<View> {
@@ -222,6 +277,9 @@ impl Filesystem for ShoalFs {
         }
         let Some(path) = v.paths.get(&ino.0).cloned() else { return reply.error(Errno::ENOENT) };
         let inode = node.inode.clone();
+        if offset == 0 {
+            self.note_cold_read(&v, &inode);
+        }
         let bs = self.reader.block_size();
         let end = (offset + u64::from(size)).min(inode.size);
         // Readahead: a read that starts where the last one ended is sequential;

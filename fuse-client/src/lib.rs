@@ -56,6 +56,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// How often to check the master for a re-synced namespace (zero: never).
     pub refresh: Duration,
+    /// Cold reads of small files in a directory after which the rest of its
+    /// small files are prefetched into the workers (0: never).
+    pub dir_prefetch: u32,
 }
 
 /// A live mount. Dropping it does not unmount; call [`MountHandle::unmount`].
@@ -198,7 +201,8 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
         Reader::new(dataset.clone(), master, &ReaderConfig { node: opts.node.clone(), cache_bytes: opts.cache_bytes });
     reader.refresh_workers().await;
     reader.spawn_refresh(Duration::from_secs(3));
-    let filesystem = fs::ShoalFs::new(view.clone(), reader.clone(), tokio::runtime::Handle::current(), opts.ttl);
+    let filesystem =
+        fs::ShoalFs::new(view.clone(), reader.clone(), tokio::runtime::Handle::current(), opts.ttl, opts.dir_prefetch);
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![

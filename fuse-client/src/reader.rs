@@ -4,7 +4,9 @@
 //! hashing (which reads it through from the store and caches it), the next-ranked
 //! workers, and finally the under-store itself. A cache outage slows reads; it
 //! never fails them. Fetched blocks are kept in a bounded in-process cache, and
-//! concurrent reads of one block share one fetch.
+//! concurrent reads of one block share one fetch. Directory prefetch asks the
+//! owning workers to cache a directory's small files ahead of the reads that a
+//! data loader's shuffled epoch will make of them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,11 +14,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use shoal_core::{ids, placement, BlockId, StoreSpec, UnderStore};
 use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::{BlockLocationsRequest, DatasetInfo, Inode, ListWorkersRequest, WorkerInfo};
 use shoal_proto::worker::worker_client::WorkerClient;
-use shoal_proto::worker::{BlockRef, OpenLocalRequest, ReadBlockRequest};
+use shoal_proto::worker::{BlockRef, CacheBlockRequest, OpenLocalRequest, ReadBlockRequest};
 use tokio::sync::OnceCell;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
@@ -47,6 +50,9 @@ pub struct ReaderConfig {
     pub cache_bytes: u64,
 }
 
+/// Small files a mount's directory prefetches have in flight at once.
+pub const DIR_PREFETCH_PARALLEL: usize = 32;
+
 pub struct Reader {
     dataset: DatasetInfo,
     name: String,
@@ -58,6 +64,7 @@ pub struct Reader {
     cache: moka::future::Cache<BlockId, Bytes>,
     node: String,
     master_down_until: Mutex<Option<Instant>>,
+    prefetch_slots: tokio::sync::Semaphore,
     pub counters: SourceCounters,
 }
 
@@ -93,6 +100,7 @@ impl Reader {
             cache,
             node: config.node.clone(),
             master_down_until: Mutex::new(None),
+            prefetch_slots: tokio::sync::Semaphore::new(DIR_PREFETCH_PARALLEL),
             counters: SourceCounters::default(),
         })
     }
@@ -180,6 +188,56 @@ impl Reader {
         tokio::spawn(async move {
             let _ = this.block(&inode, &path, index).await;
         });
+    }
+
+    /// Whether a block is in this process's cache.
+    pub fn is_cached(&self, inode: &Inode, index: u32) -> bool {
+        self.cache.contains_key(&BlockId::new(inode.file_id, index))
+    }
+
+    /// Ask each single-block file's owning worker to cache it, without moving
+    /// the bytes here: reads that follow find them in the worker's tiers.
+    /// [`DIR_PREFETCH_PARALLEL`] requests are in flight per mount.
+    pub fn prefetch_files(self: &Arc<Self>, files: Vec<(Inode, String)>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(files)
+                .for_each_concurrent(DIR_PREFETCH_PARALLEL, |(inode, path)| {
+                    let this = this.clone();
+                    async move {
+                        let Ok(_slot) = this.prefetch_slots.acquire().await else { return };
+                        if this.is_cached(&inode, 0) {
+                            return;
+                        }
+                        let result = match this.cache_on_owner(&inode, &path).await {
+                            Ok(true) => "cached",
+                            Ok(false) => "loaded",
+                            Err(e) => {
+                                debug!(path, error = %e, "directory prefetch failed");
+                                "failed"
+                            }
+                        };
+                        crate::metrics::DIR_PREFETCH.with_label_values(&[result]).inc();
+                    }
+                })
+                .await;
+        });
+    }
+
+    /// `CacheBlock` of a file's first block on its owner; true if it was cached already.
+    async fn cache_on_owner(&self, inode: &Inode, path: &str) -> Result<bool, String> {
+        let id = BlockId::new(inode.file_id, 0);
+        let owner = {
+            let workers = self.workers.read().expect("workers lock");
+            let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
+            let first = ranked.first().copied();
+            workers.iter().find(|w| Some(w.id.as_str()) == first).cloned()
+        };
+        let w = owner.ok_or("no worker is known")?;
+        let mut c = self.client(&w.address).ok_or("bad worker address")?;
+        let r = self.block_ref(inode, path, 0);
+        let resp = c.cache_block(CacheBlockRequest { block: Some(r) }).await.map_err(|s| s.message().to_string())?;
+        Ok(resp.into_inner().already_cached)
     }
 
     /// One whole block, from the cache or fetched once for all concurrent readers.

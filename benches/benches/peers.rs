@@ -1,0 +1,390 @@
+//! shoal against the alternatives a user would pick, over one remote-like S3 store,
+//! in one run: the local copy (the limit), bindfs over it (the cost of FUSE alone),
+//! direct parallel GETs, `rclone mount --vfs-cache-mode full`, `s3fs -o use_cache`,
+//! and shoal cold, warm and prewarmed. Workloads: a shuffled data-loader epoch (two
+//! epochs), sequential streaming with 1 and 4 readers, random 256 KiB reads, a
+//! `find`+`stat` walk, and prewarm against a raw parallel download.
+//!
+//! ```text
+//! cargo bench -p shoal-benches --bench peers [-- --quick] [--scale F] [--delay-ms N]
+//!     [--mbit N] [--readers N] [--seed N] [--max-run SECS] [--parallel N]
+//!     [--systems local,bindfs,direct,rclone,s3fs,shoal,prewarmed] [--no-write]
+//! ```
+//!
+//! Root only: it creates a network namespace, mounts FUSE file systems and drops
+//! the kernel's page cache. Results go to `benches/RESULTS.md` (between the
+//! `peers` or `peers-quick` markers) and charts to `benches/results/`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use shoal_benches::data::{self, Dataset, Object};
+use shoal_benches::peers::{ensure_installed, PeerMount};
+use shoal_benches::remote::{self, Network, RemoteStore, ACCESS_KEY, BUCKET, SECRET_KEY};
+use shoal_benches::report::{self, Metric, Phase, Role, Row, Workload};
+use shoal_benches::workload::{self, direct, shuffled, Sample};
+use shoal_benches::{drop_page_cache, Cluster};
+
+#[derive(Debug, Clone)]
+struct Args {
+    quick: bool,
+    scale: f64,
+    net: Network,
+    readers: usize,
+    seed: u64,
+    max_run: Duration,
+    parallel: usize,
+    systems: Vec<String>,
+    write: bool,
+}
+
+const ALL_SYSTEMS: &[&str] = &["local", "bindfs", "direct", "rclone", "s3fs", "shoal", "prewarmed"];
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        quick: false,
+        scale: 1.0,
+        net: Network { delay: Duration::from_millis(5), mbit: 2000 },
+        readers: 8,
+        seed: 42,
+        max_run: Duration::from_secs(25),
+        parallel: 32,
+        systems: ALL_SYSTEMS.iter().map(|s| s.to_string()).collect(),
+        write: true,
+    };
+    let mut it = std::env::args().skip(1);
+    let mut scale = None;
+    let mut max_run = None;
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--bench" => {} // passed by `cargo bench`
+            "--quick" => a.quick = true,
+            "--no-write" => a.write = false,
+            "--scale" => scale = Some(val()?.parse()?),
+            "--delay-ms" => a.net.delay = Duration::from_secs_f64(val()?.parse::<f64>()? / 1e3),
+            "--mbit" => a.net.mbit = val()?.parse()?,
+            "--readers" => a.readers = val()?.parse()?,
+            "--seed" => a.seed = val()?.parse()?,
+            "--max-run" => max_run = Some(Duration::from_secs_f64(val()?.parse()?)),
+            "--parallel" => a.parallel = val()?.parse()?,
+            "--systems" => {
+                a.systems = val()?.split(',').map(str::to_string).collect();
+                if let Some(bad) = a.systems.iter().find(|s| !ALL_SYSTEMS.contains(&s.as_str())) {
+                    bail!("unknown system {bad:?}; known: {}", ALL_SYSTEMS.join(","));
+                }
+            }
+            other => bail!("unknown argument {other:?} (see the top of benches/benches/peers.rs)"),
+        }
+    }
+    a.scale = scale.unwrap_or(if a.quick { 0.1 } else { 1.0 });
+    a.max_run = max_run.unwrap_or(Duration::from_secs(if a.quick { 6 } else { 25 }));
+    Ok(a)
+}
+
+/// The workloads' results, filled system by system.
+struct Results {
+    walk: Workload,
+    epoch: Workload,
+    seq1: Workload,
+    seq4: Workload,
+    random: Workload,
+    prewarm: Workload,
+}
+
+impl Results {
+    fn new(ds: &Dataset, readers: usize) -> Results {
+        let (n, mib) = (ds.images.len(), Dataset::bytes(&ds.images) >> 20);
+        let shard = ds.shards[0].size >> 20;
+        Results {
+            walk: Workload::new(
+                &format!("Metadata walk: find + stat of {n} image files"),
+                "walk",
+                Metric::Ops,
+                "entries/s",
+            ),
+            epoch: Workload::new(
+                &format!("Data-loader epoch: {readers} readers, {n} files ({mib} MiB) in shuffled order"),
+                "epoch",
+                Metric::Ops,
+                "files/s",
+            ),
+            seq1: Workload::new(
+                &format!("Sequential read, 1 reader, one {shard} MiB shard"),
+                "seq1",
+                Metric::Bytes,
+                "reads/s",
+            ),
+            seq4: Workload::new(
+                &format!("Sequential read, 4 readers, four {shard} MiB shards"),
+                "seq4",
+                Metric::Bytes,
+                "reads/s",
+            ),
+            random: Workload::new(
+                &format!("Random 256 KiB reads, 4 jobs, three {shard} MiB shards"),
+                "random",
+                Metric::Bytes,
+                "reads/s",
+            ),
+            prewarm: Workload::new("Prewarm versus raw parallel download", "prewarm", Metric::Bytes, "objects/s"),
+        }
+    }
+
+    fn all(&self) -> [&Workload; 6] {
+        [&self.epoch, &self.seq1, &self.seq4, &self.random, &self.walk, &self.prewarm]
+    }
+}
+
+fn push(w: &mut Workload, system: &str, role: Role, phase: Phase, sample: Sample) {
+    eprintln!(
+        "  {:<44} {:<22} {:>9} {}/s {:>8.1} MB/s{}",
+        w.slug,
+        format!("{system} {phase:?}"),
+        report::thousands(sample.ops_per_sec()),
+        if w.metric == Metric::Ops { w.unit.trim_end_matches("/s") } else { "op" },
+        sample.mb_per_sec(),
+        if sample.complete { "" } else { " (time cap)" }
+    );
+    w.rows.push(Row { system: system.into(), role, phase, sample });
+}
+
+/// Which shards each workload reads, so every cold run touches data no earlier
+/// run on the same mount has read.
+fn shard_sets(shards: &[Object]) -> (&[Object], &[Object], &[Object]) {
+    (&shards[0..1], &shards[1..5], &shards[5..8])
+}
+
+/// The whole sequence against a directory: walk, epochs, sequential, random.
+/// `first` is the phase of the first pass (cold, or prewarmed).
+fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, root: &Path, system: &str, role: Role, first: Phase) -> Result<()> {
+    let cap = a.max_run;
+    if first == Phase::Cold {
+        drop_page_cache();
+        push(&mut r.walk, system, role, Phase::Cold, workload::walk(&root.join("images"))?);
+        push(&mut r.walk, system, role, Phase::Warm, workload::walk(&root.join("images"))?);
+    }
+    drop_page_cache();
+    let order = shuffled(ds.images.len(), a.seed);
+    let e1 = workload::epoch(root, &ds.images, &order, a.readers, cap)?;
+    let done = e1.ops as usize;
+    push(&mut r.epoch, system, role, first, e1);
+    let order2: Vec<usize> = shuffled(done, a.seed + 1).into_iter().map(|i| order[i]).collect();
+    if first == Phase::Cold {
+        push(&mut r.epoch, system, role, Phase::Warm, workload::epoch(root, &ds.images, &order2, a.readers, cap)?);
+    }
+    let (s1, s4, sr) = shard_sets(&ds.shards);
+    for (w, set) in [(&mut r.seq1, s1), (&mut r.seq4, s4)] {
+        drop_page_cache();
+        push(w, system, role, first, workload::sequential(root, set, cap)?);
+        if first == Phase::Cold {
+            push(w, system, role, Phase::Warm, workload::sequential(root, set, cap)?);
+        }
+    }
+    drop_page_cache();
+    push(&mut r.random, system, role, first, workload::random(root, sr, 4, cap, a.seed)?);
+    if first == Phase::Cold {
+        push(&mut r.random, system, role, Phase::Warm, workload::random(root, sr, 4, cap, a.seed)?);
+    }
+    Ok(())
+}
+
+fn s3_operator(endpoint: &str) -> Result<opendal::Operator> {
+    let spec = shoal_core::StoreSpec::parse(&format!("s3://{BUCKET}"), &s3_options(endpoint).into_iter().collect())?;
+    Ok(opendal::Operator::via_iter(spec.service, spec.config)?)
+}
+
+fn s3_options(endpoint: &str) -> std::collections::HashMap<String, String> {
+    [("endpoint", endpoint), ("access_key_id", ACCESS_KEY), ("secret_access_key", SECRET_KEY), ("region", "us-east-1")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn run_direct(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str) -> Result<()> {
+    let op = s3_operator(endpoint)?;
+    let (sys, role, cap) = ("direct GET", Role::Peer, a.max_run);
+    push(&mut r.walk, sys, role, Phase::Cold, direct::walk(&op, "images/").await?);
+    push(&mut r.walk, sys, role, Phase::Warm, direct::walk(&op, "images/").await?);
+    let order = shuffled(ds.images.len(), a.seed);
+    let e1 = direct::epoch(&op, &ds.images, &order, a.readers, cap).await?;
+    let order2: Vec<usize> = shuffled(e1.ops as usize, a.seed + 1).into_iter().map(|i| order[i]).collect();
+    push(&mut r.epoch, sys, role, Phase::Cold, e1);
+    push(&mut r.epoch, sys, role, Phase::Warm, direct::epoch(&op, &ds.images, &order2, a.readers, cap).await?);
+    let (s1, s4, sr) = shard_sets(&ds.shards);
+    for phase in [Phase::Cold, Phase::Warm] {
+        push(&mut r.seq1, sys, role, phase, direct::sequential(&op, s1, cap).await?);
+    }
+    for phase in [Phase::Cold, Phase::Warm] {
+        push(&mut r.seq4, sys, role, phase, direct::sequential(&op, s4, cap).await?);
+    }
+    for phase in [Phase::Cold, Phase::Warm] {
+        push(&mut r.random, sys, role, phase, direct::random(&op, sr, 4, cap, a.seed).await?);
+    }
+    // The raw download the prewarm rows are compared with.
+    for (what, set) in [("images", &ds.images), ("shards", &ds.shards)] {
+        let s = direct::download(&op, set, a.parallel).await?;
+        push(&mut r.prewarm, &format!("raw download, {what}"), Role::Peer, Phase::Cold, s);
+    }
+    Ok(())
+}
+
+fn shoal_cluster(rt: &tokio::runtime::Runtime, dir: &Path, endpoint: &str, total: u64) -> Result<Cluster> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let mount = shoal_proto::master::MountSpec { uri: format!("s3://{BUCKET}"), options: s3_options(endpoint) };
+    // MEM tier for up to 6 GiB, the rest on the SSD tier.
+    let mem = format!("{}MiB", (total >> 20).min(6 << 10) + 64);
+    let ssd = format!("{}MiB", (total >> 20) * 2 + 64);
+    rt.block_on(Cluster::start_over(dir, mount, &mem, &ssd, 8 << 20))
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .map_or("?".into(), |kb| format!("{} GiB", kb >> 20));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, {mem} RAM, Linux {}", kernel.trim())
+}
+
+fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--delay-proxy") {
+        // Started by RemoteStore inside the store's namespace.
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let delay = Duration::from_micros(argv[4].parse()?);
+        return rt.block_on(remote::delay_proxy(argv[2].parse()?, argv[3].parse()?, delay));
+    }
+    let a = parse_args()?;
+    let started = Instant::now();
+    let has = |s: &str| a.systems.iter().any(|x| x == s);
+    let base = PathBuf::from("/var/tmp/shoal-peers");
+    let skipped = ensure_installed();
+    if !skipped.is_empty() {
+        eprintln!("skipping (not installed): {}", skipped.join(", "));
+    }
+    let spec = data::Spec::scaled(a.seed, a.scale);
+    eprintln!("dataset: {spec:?}");
+    let ds = data::generate(&base.join(format!("data-{}", if a.quick { "quick" } else { "full" })), &spec)?;
+    let total = Dataset::bytes(&ds.images) + Dataset::bytes(&ds.shards);
+    let store = RemoteStore::start(&ds.store_root, &a.net, &remote::s3_server_binary()?, &std::env::current_exe()?)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The store answers through the namespace before anything is measured.
+    let op = s3_operator(&store.endpoint)?;
+    rt.block_on(op.stat(&ds.images[0].key)).context("the benchmark store does not answer")?;
+
+    let mut r = Results::new(&ds, a.readers);
+    let mnt = base.join("mnt");
+    let local = ds.local();
+    if has("local") {
+        eprintln!("local disk");
+        run_fs(&mut r, &a, &ds, &local, "local disk", Role::Local, Phase::Cold)?;
+    }
+    if has("bindfs") && !skipped.contains(&"bindfs") {
+        eprintln!("bindfs");
+        let m = PeerMount::bindfs(&local, &mnt.join("bindfs"))?;
+        run_fs(&mut r, &a, &ds, &m.mountpoint, "bindfs (local copy)", Role::Other, Phase::Cold)?;
+    }
+    if has("direct") {
+        eprintln!("direct GETs");
+        rt.block_on(run_direct(&mut r, &a, &ds, &store.endpoint))?;
+    }
+    if has("rclone") && !skipped.contains(&"rclone") {
+        eprintln!("rclone");
+        let m = PeerMount::rclone(&store.endpoint, &mnt.join("rclone"), &base.join("cache/rclone"))?;
+        run_fs(&mut r, &a, &ds, &m.mountpoint, "rclone vfs full", Role::Peer, Phase::Cold)?;
+    }
+    if has("s3fs") && !skipped.contains(&"s3fs") {
+        eprintln!("s3fs");
+        let m = PeerMount::s3fs(&store.endpoint, &mnt.join("s3fs"), &base.join("cache/s3fs"))?;
+        run_fs(&mut r, &a, &ds, &m.mountpoint, "s3fs use_cache", Role::Peer, Phase::Cold)?;
+    }
+    if has("shoal") {
+        eprintln!("shoal");
+        let c = shoal_cluster(&rt, &base.join("shoal"), &store.endpoint, total)?;
+        let res = run_fs(&mut r, &a, &ds, &c.mountpoint, "shoal", Role::Other, Phase::Cold);
+        c.shutdown();
+        res?;
+    }
+    if has("prewarmed") {
+        eprintln!("shoal prewarmed");
+        let c = shoal_cluster(&rt, &base.join("shoal"), &store.endpoint, total)?;
+        let res = (|| -> Result<()> {
+            for (what, set) in [("images", &ds.images), ("shards", &ds.shards)] {
+                let (secs, bytes) = rt.block_on(c.prewarm(&[&format!("/{what}")], a.parallel as u32))?;
+                anyhow::ensure!(bytes == Dataset::bytes(set), "prewarm of {what} loaded {bytes} bytes");
+                let s = Sample { ops: set.len() as u64, bytes, secs, lat: Vec::new(), complete: true };
+                push(&mut r.prewarm, &format!("shoal prewarm, {what}"), Role::Other, Phase::Cold, s);
+            }
+            run_fs(&mut r, &a, &ds, &c.mountpoint, "shoal", Role::Other, Phase::Prewarmed)
+        })();
+        c.shutdown();
+        res?;
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(base.join("shoal"));
+
+    let elapsed = started.elapsed();
+    let mut md = String::new();
+    let cmd = format!(
+        "cargo bench -p shoal-benches --bench peers{}",
+        std::env::args().skip(1).filter(|x| x != "--bench").fold(String::new(), |s, x| s + " " + &x)
+    );
+    let cmd = cmd.replacen("peers ", "peers -- ", 1);
+    md.push_str(&format!(
+        "```\n{cmd}\n```\n\nRun on {} ({}), {:.0} s in all. Store: s3s-fs in its own network namespace behind \
+         a veth pair, {} ms each way, {} Mbit/s each way. Dataset (seed {}): {} image files ({} MiB) in {} \
+         directories, {} shards of {} MiB. {} readers in the epoch; every run is capped at {:.0} s (a capped \
+         run reports what it finished). Peers skipped: {}.\n\n",
+        today(),
+        machine(),
+        elapsed.as_secs_f64(),
+        a.net.delay.as_secs_f64() * 1e3,
+        a.net.mbit,
+        a.seed,
+        ds.images.len(),
+        Dataset::bytes(&ds.images) >> 20,
+        spec.image_dirs,
+        ds.shards.len(),
+        spec.shard_size >> 20,
+        a.readers,
+        a.max_run.as_secs_f64(),
+        if skipped.is_empty() { "none".to_string() } else { skipped.join(", ") },
+    ));
+    let charts = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&charts)?;
+    let font = report::load_font();
+    let suffix = if a.quick { "-quick" } else { "" };
+    for w in r.all() {
+        if w.rows.is_empty() {
+            continue;
+        }
+        md.push_str(&w.markdown());
+        if font {
+            let png = charts.join(format!("peers{suffix}-{}.png", w.slug));
+            w.chart(&png)?;
+            md.push_str(&format!("\n![{}](results/{})\n", w.title, png.file_name().unwrap().to_string_lossy()));
+        }
+        md.push('\n');
+    }
+    println!("{md}");
+    if a.write {
+        report::replace_section(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md"),
+            &format!("peers{suffix}"),
+            md.trim_end(),
+        )?;
+    }
+    Ok(())
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
