@@ -467,3 +467,50 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let names: Vec<_> = v.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["good"], "failed commands must not change state");
 }
+
+/// A block a worker newly caches reaches the master's location map well before
+/// the next heartbeat (here 60 s away): the worker reports early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newly_cached_blocks_reach_the_master_before_the_next_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let master = Proc::start(
+        &[
+            "master",
+            "--data-dir",
+            root.join("m").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "60s",
+        ],
+        &[],
+        &root.join("master.log"),
+    );
+    let worker =
+        start_worker(&master.addr, "127.0.0.1:0", &tiers(&root.join("w"), "64MiB", "64MiB"), &[], &root.join("w.log"));
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), content(3, 2 * BLOCK)).unwrap();
+    let mut m = master_client(&master.addr).await;
+    wait_worker_alive(&mut m).await;
+    let (code, _, err) =
+        cli(&["dataset", "create", "early", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let (info, ns) = namespace(&mut m, "early").await;
+    let mut w = worker_client(&worker.addr).await;
+    let t = std::time::Instant::now();
+    assert_eq!(read_block(&mut w, block_ref(&info, "/f", &ns["/f"], 1)).await, content(3, 2 * BLOCK)[BLOCK..]);
+    let req = BlockLocationsRequest { dataset: "early".into(), ino: ns["/f"].ino };
+    loop {
+        let blocks = m.get_block_locations(req.clone()).await.unwrap().into_inner().blocks;
+        if blocks.iter().any(|b| b.index == 1 && b.worker_ids == ["w1"]) {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "the master did not hear of the block before the heartbeat"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -85,12 +85,19 @@ fn tier_infos(store: &BlockStore) -> Vec<TierInfo> {
         .collect()
 }
 
+/// How long a heartbeat waits after a block is newly cached, so that a burst of
+/// new blocks (a prewarm) goes out in one report.
+pub const EARLY_REPORT_DELAY: Duration = Duration::from_millis(100);
+
 /// Register and heartbeat until `shutdown`; re-register with a full report
-/// whenever the master asks (e.g. after it restarted).
+/// whenever the master asks (e.g. after it restarted). Newly cached blocks
+/// (`report_soon`) bring the next heartbeat forward to [`EARLY_REPORT_DELAY`], so
+/// mounts and prewarm jobs see them without waiting out the interval.
 async fn report_loop(
     mut master: MasterClient<Channel>,
     me: WorkerInfo,
     store: Arc<BlockStore>,
+    report_soon: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut interval = Duration::from_secs(3);
@@ -150,6 +157,7 @@ async fn report_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = report_soon.notified(), if registered => tokio::time::sleep(EARLY_REPORT_DELAY.min(wait)).await,
         }
         if !registered {
             continue;
@@ -181,7 +189,7 @@ pub async fn serve(
     let master = master_client(&config.master)?;
     let service = WorkerService::new(config.id.clone(), store.clone(), datasets::Datasets::new(master.clone()));
     let me = WorkerInfo { id: config.id.clone(), node: config.node.clone(), address: advertise, ..Default::default() };
-    let reporter = tokio::spawn(report_loop(master, me, store, shutdown.clone()));
+    let reporter = tokio::spawn(report_loop(master, me, store, service.0.report_soon.clone(), shutdown.clone()));
     info!(addr = %local, id = %config.id, "worker serving");
     let result = tonic::transport::Server::builder()
         .add_service(

@@ -51,6 +51,9 @@ pub struct State {
     datasets: Datasets,
     inflight: Mutex<HashMap<BlockId, Flight>>,
     pub counters: Counters,
+    /// Woken when a block is newly cached, so the master hears of it within
+    /// [`crate::EARLY_REPORT_DELAY`] rather than a whole heartbeat interval.
+    pub report_soon: Arc<tokio::sync::Notify>,
 }
 
 /// The worker's gRPC service; cheap to clone.
@@ -69,6 +72,7 @@ impl WorkerService {
             datasets,
             inflight: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            report_soon: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 
@@ -139,6 +143,8 @@ impl WorkerService {
         let cached = blocking(move || store.insert(id, dataset, &d)).await?.map_err(Status::from)?;
         if cached.is_none() {
             warn!(block = %id, "no tier has room; serving the block uncached");
+        } else {
+            self.0.report_soon.notify_one();
         }
         Ok(Fetched { cached, data, source: "store" })
     }
