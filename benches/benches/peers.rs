@@ -162,8 +162,8 @@ fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, root: &Path, system: &str, ro
     let cap = a.max_run;
     if first == Phase::Cold {
         drop_page_cache();
-        push(&mut r.walk, system, role, Phase::Cold, workload::walk(&root.join("images"))?);
-        push(&mut r.walk, system, role, Phase::Warm, workload::walk(&root.join("images"))?);
+        push(&mut r.walk, system, role, Phase::Cold, workload::walk(&root.join("images"), cap)?);
+        push(&mut r.walk, system, role, Phase::Warm, workload::walk(&root.join("images"), cap)?);
     }
     drop_page_cache();
     let order = shuffled(ds.images.len(), a.seed);

@@ -249,13 +249,19 @@ fn fio_random(root: &Path, files: &[Object], jobs: usize, limit: Duration, seed:
     })
 }
 
-/// `find` + `stat`: walk the tree under `root`, one `lstat` per entry.
-pub fn walk(root: &Path) -> Result<Sample> {
+/// `find` + `stat`: walk the tree under `root`, one `lstat` per entry, until
+/// done or `limit` has passed.
+pub fn walk(root: &Path, limit: Duration) -> Result<Sample> {
     let start = Instant::now();
     let mut out = Sample { complete: true, ..Default::default() };
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            if start.elapsed() > limit {
+                out.complete = false;
+                out.secs = start.elapsed().as_secs_f64();
+                return Ok(out);
+            }
             let path = e?.path();
             let t = Instant::now();
             let md = std::fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
@@ -466,7 +472,7 @@ mod tests {
         assert_eq!((e.ops, e.bytes), (40, Dataset::bytes(&ds.images)));
         let s = sequential(&root, &ds.shards, Duration::from_secs(600)).unwrap();
         assert_eq!((s.bytes, s.ops), (4 << 20, 4));
-        let w = walk(&root).unwrap();
+        let w = walk(&root, Duration::from_secs(600)).unwrap();
         // 2 top directories, 4 image directories, 40 images, 2 shards.
         assert_eq!((w.ops, w.bytes), (48, Dataset::bytes(&ds.images) + (4 << 20)));
         let r = random(&root, &ds.shards, 2, Duration::from_secs(600), 5).unwrap();

@@ -32,7 +32,8 @@ pub struct MountArgs {
     /// between syncs).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub attr_timeout: Duration,
-    /// Bytes of blocks the mount keeps in memory.
+    /// Bytes of blocks the mount keeps in memory: its block cache, and as much
+    /// again at most for blocks of large files being streamed.
     #[arg(long, default_value = "512MiB")]
     pub cache_size: String,
     /// Threads serving FUSE requests.

@@ -65,7 +65,38 @@ pub struct Reader {
     node: String,
     master_down_until: Mutex<Option<Instant>>,
     prefetch_slots: tokio::sync::Semaphore,
+    /// Blocks of large (multi-block) files fetched for a read or by readahead,
+    /// newest last, held whatever the cache decides to admit: moka's TinyLFU
+    /// rejects new blocks once the cache is full of small files read twice, and a
+    /// stream would then map and checksum its block again for every kernel read.
+    streaming: Mutex<Streaming>,
     pub counters: SourceCounters,
+}
+
+#[derive(Default)]
+struct Streaming {
+    blocks: std::collections::VecDeque<(BlockId, Bytes)>,
+    bytes: u64,
+    budget: u64,
+}
+
+impl Streaming {
+    fn get(&self, id: BlockId) -> Option<Bytes> {
+        self.blocks.iter().rev().find(|(b, _)| *b == id).map(|(_, d)| d.clone())
+    }
+
+    fn put(&mut self, id: BlockId, data: Bytes) {
+        if self.blocks.iter().any(|(b, _)| *b == id) {
+            return;
+        }
+        self.bytes += data.len() as u64;
+        self.blocks.push_back((id, data));
+        while self.bytes > self.budget && self.blocks.len() > 1 {
+            if let Some((_, old)) = self.blocks.pop_front() {
+                self.bytes -= old.len() as u64;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Reader {
@@ -101,6 +132,7 @@ impl Reader {
             node: config.node.clone(),
             master_down_until: Mutex::new(None),
             prefetch_slots: tokio::sync::Semaphore::new(DIR_PREFETCH_PARALLEL),
+            streaming: Mutex::new(Streaming { budget: config.cache_bytes.max(block_size), ..Default::default() }),
             counters: SourceCounters::default(),
         })
     }
@@ -177,8 +209,10 @@ impl Reader {
 
     /// Start fetching a block into the cache without waiting for it.
     pub fn prefetch(self: &Arc<Self>, inode: &Inode, path: &str, index: u32) {
+        let id = BlockId::new(inode.file_id, index);
         if ids::block_range(inode.size, self.block_size, index).is_none()
-            || self.cache.contains_key(&BlockId::new(inode.file_id, index))
+            || self.cache.contains_key(&id)
+            || self.streaming.lock().expect("streaming lock").get(id).is_some()
         {
             return;
         }
@@ -243,7 +277,17 @@ impl Reader {
     /// One whole block, from the cache or fetched once for all concurrent readers.
     pub async fn block(&self, inode: &Inode, path: &str, index: u32) -> Result<Bytes, ReadError> {
         let id = BlockId::new(inode.file_id, index);
-        self.cache.try_get_with(id, self.fetch(inode, path, index)).await.map_err(|e| (*e).clone())
+        let large = inode.size > self.block_size;
+        if large {
+            if let Some(b) = self.streaming.lock().expect("streaming lock").get(id) {
+                return Ok(b);
+            }
+        }
+        let b = self.cache.try_get_with(id, self.fetch(inode, path, index)).await.map_err(|e| (*e).clone())?;
+        if large {
+            self.streaming.lock().expect("streaming lock").put(id, b.clone());
+        }
+        Ok(b)
     }
 
     async fn fetch(&self, inode: &Inode, path: &str, index: u32) -> Result<Bytes, ReadError> {
@@ -405,5 +449,27 @@ impl Reader {
                 Some(ReadError::AllSourcesFailed { path: path.to_string(), index, last: e.to_string() })
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_blocks_stay_within_their_budget_newest_kept() {
+        let mut s = Streaming { budget: 3 << 20, ..Default::default() };
+        for i in 0..5u32 {
+            s.put(BlockId::new(7, i), Bytes::from(vec![i as u8; 1 << 20]));
+        }
+        assert_eq!((s.blocks.len(), s.bytes), (3, 3 << 20));
+        assert!(s.get(BlockId::new(7, 1)).is_none(), "the oldest blocks go first");
+        assert_eq!(s.get(BlockId::new(7, 4)).unwrap()[0], 4);
+        // A block already held is not held twice.
+        s.put(BlockId::new(7, 4), Bytes::from(vec![9u8; 1 << 20]));
+        assert_eq!((s.blocks.len(), s.get(BlockId::new(7, 4)).unwrap()[0]), (3, 4));
+        // One block larger than the budget is still held (a stream needs it).
+        s.put(BlockId::new(8, 0), Bytes::from(vec![1u8; 5 << 20]));
+        assert_eq!(s.blocks.len(), 1);
     }
 }
