@@ -234,8 +234,8 @@ fn shoal_cluster(rt: &tokio::runtime::Runtime, dir: &Path, endpoint: &str, total
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let mount = shoal_proto::master::MountSpec { uri: format!("s3://{BUCKET}"), options: s3_options(endpoint) };
-    // MEM tier for up to 6 GiB, the rest on the SSD tier.
-    let mem = format!("{}MiB", (total >> 20).min(6 << 10) + 64);
+    // A MEM tier that holds the dataset (up to 12 GiB), and an SSD tier behind it.
+    let mem = format!("{}MiB", ((total >> 20) + (total >> 23)).min(12 << 10) + 64);
     let ssd = format!("{}MiB", (total >> 20) * 2 + 64);
     rt.block_on(Cluster::start_over(dir, mount, &mem, &ssd, 8 << 20))
 }
@@ -262,6 +262,12 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let has = |s: &str| a.systems.iter().any(|x| x == s);
     let base = PathBuf::from("/var/tmp/shoal-peers");
+    // Mounts left behind by an interrupted run would make this one fail.
+    for m in ["mnt/bindfs", "mnt/rclone", "mnt/s3fs", "shoal/mnt"] {
+        if shoal_benches::peers::is_mounted(&base.join(m)) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(base.join(m)).status();
+        }
+    }
     let skipped = ensure_installed();
     if !skipped.is_empty() {
         eprintln!("skipping (not installed): {}", skipped.join(", "));

@@ -73,14 +73,17 @@ impl PeerMount {
     }
 
     /// `rclone mount --vfs-cache-mode full` of the bucket, with the same 1-hour
-    /// metadata timeouts shoal uses.
+    /// metadata timeouts shoal uses and server-side modification times.
     pub fn rclone(endpoint: &str, mountpoint: &Path, cache: &Path) -> Result<PeerMount> {
         let mut cmd = Command::new("rclone");
         cmd.args(["mount", &format!(":s3:{BUCKET}"), &mountpoint.to_string_lossy()])
             .args(["--config", "/dev/null", "--s3-provider", "Other", "--s3-endpoint", endpoint])
             .args(["--s3-access-key-id", ACCESS_KEY, "--s3-secret-access-key", SECRET_KEY, "--s3-region", "us-east-1"])
             .args(["--read-only", "--vfs-cache-mode", "full", "--cache-dir", &cache.to_string_lossy()])
-            .args(["--vfs-cache-max-size", "200G", "--dir-cache-time", "1h", "--attr-timeout", "1h"]);
+            .args(["--vfs-cache-max-size", "200G", "--dir-cache-time", "1h", "--attr-timeout", "1h"])
+            // Modification times from the listing: without it rclone makes a HEAD
+            // request per file to read its own mtime metadata.
+            .arg("--use-server-modtime");
         PeerMount::spawn(cmd, mountpoint, Some(cache.to_path_buf()))
     }
 

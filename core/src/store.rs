@@ -155,12 +155,19 @@ impl UnderStore {
     /// Read `len` bytes at `offset` of `path`. Fails if the object is shorter than
     /// the range (it changed since it was listed).
     pub async fn read(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, CoreError> {
+        self.read_ranges(path, offset, len, true).await
+    }
+
+    /// [`UnderStore::read`], with `split` saying whether a range over 2 MiB is
+    /// fetched as parallel sub-ranges (lower latency for one waiting reader) or as
+    /// one request (less overhead when many blocks are in flight, as in prewarm).
+    pub async fn read_ranges(&self, path: &str, offset: u64, len: u64, split: bool) -> Result<Bytes, CoreError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
         let store_path = to_store_path(path);
         let mut req = self.op.read_with(&store_path).range(offset..offset + len);
-        if len as usize > PARALLEL_READ_CHUNK {
+        if split && len as usize > PARALLEL_READ_CHUNK {
             req = req.chunk(PARALLEL_READ_CHUNK).concurrent(PARALLEL_READS);
         }
         let t = std::time::Instant::now();

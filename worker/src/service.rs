@@ -101,7 +101,9 @@ impl WorkerService {
 
     /// The block's bytes: from the cache, or read through from the store once
     /// however many requests ask for it at the same time.
-    async fn fetch(&self, r: &CheckedRef) -> Result<Fetched, Status> {
+    /// A block from the tiers, or read through from the store once for all
+    /// concurrent callers. `split`: see [`shoal_core::UnderStore::read_ranges`].
+    async fn fetch(&self, r: &CheckedRef, split: bool) -> Result<Fetched, Status> {
         let id = r.id;
         if let Some(c) = self.0.store.get(id) {
             if let Some(data) = self.read_cached(&c).await {
@@ -111,7 +113,7 @@ impl WorkerService {
             }
         }
         let cell = self.0.inflight.lock().expect("inflight lock").entry(id).or_default().clone();
-        let result = cell.get_or_init(|| self.fill(r.clone())).await.clone();
+        let result = cell.get_or_init(|| self.fill(r.clone(), split)).await.clone();
         let mut inflight = self.0.inflight.lock().expect("inflight lock");
         if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             inflight.remove(&id);
@@ -119,7 +121,7 @@ impl WorkerService {
         result
     }
 
-    async fn fill(&self, r: CheckedRef) -> Result<Fetched, Status> {
+    async fn fill(&self, r: CheckedRef, split: bool) -> Result<Fetched, Status> {
         // Another request may have filled it between our miss and our flight.
         let id = r.id;
         if let Some(c) = self.0.store.get(id) {
@@ -133,7 +135,7 @@ impl WorkerService {
             blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
         }
         let under = self.0.datasets.store(&r.dataset, r.dataset_id).await?;
-        let data = under.read(&r.path, r.offset, r.len).await.map_err(WorkerError::from)?;
+        let data = under.read_ranges(&r.path, r.offset, r.len, split).await.map_err(WorkerError::from)?;
         self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
         self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         metrics::STORE_READ_BYTES.inc_by(data.len() as u64);
@@ -169,7 +171,7 @@ impl Worker for WorkerService {
             n => (r.offset + n).min(checked.len),
         };
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["read_block"]).start_timer();
-        let fetched = self.fetch(&checked).await?;
+        let fetched = self.fetch(&checked, true).await?;
         let data = fetched.data.slice(r.offset as usize..end as usize);
         metrics::SERVED_BYTES.with_label_values(&[fetched.source]).inc_by(data.len() as u64);
         let chunks: Vec<Result<ReadBlockChunk, Status>> = (0..data.len())
@@ -186,7 +188,7 @@ impl Worker for WorkerService {
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["open_local"]).start_timer();
         let mut cached = self.0.store.get(checked.id);
         if cached.is_none() && r.fill {
-            cached = self.fetch(&checked).await?.cached;
+            cached = self.fetch(&checked, true).await?.cached;
         }
         Ok(Response::new(match cached {
             Some(c) => {
@@ -214,7 +216,9 @@ impl Worker for WorkerService {
                 tier: c.tier.as_str().into(),
             }));
         }
-        let f = self.fetch(&checked).await?;
+        // Prewarm and directory prefetch keep many blocks in flight: one request
+        // per block is enough to fill the link, and cheaper than four.
+        let f = self.fetch(&checked, false).await?;
         let c = f.cached.ok_or_else(|| Status::resource_exhausted("no cache tier has room for the block"))?;
         Ok(Response::new(CacheBlockResponse {
             already_cached: false,
