@@ -90,7 +90,8 @@ struct Results {
     seq1: Workload,
     seq4: Workload,
     random: Workload,
-    prewarm: Workload,
+    /// Prewarm of the images and of the shards, each against a raw download.
+    prewarm: [Workload; 2],
 }
 
 impl Results {
@@ -128,12 +129,19 @@ impl Results {
                 Metric::Bytes,
                 "reads/s",
             ),
-            prewarm: Workload::new("Prewarm versus raw parallel download", "prewarm", Metric::Bytes, "objects/s"),
+            prewarm: [("images", "prewarm-images"), ("shards", "prewarm-shards")].map(|(what, slug)| {
+                Workload::new(
+                    &format!("Prewarm of the {what} versus a raw parallel download of the same bytes"),
+                    slug,
+                    Metric::Bytes,
+                    "objects/s",
+                )
+            }),
         }
     }
 
-    fn all(&self) -> [&Workload; 6] {
-        [&self.epoch, &self.seq1, &self.seq4, &self.random, &self.walk, &self.prewarm]
+    fn all(&self) -> [&Workload; 7] {
+        [&self.epoch, &self.seq1, &self.seq4, &self.random, &self.walk, &self.prewarm[0], &self.prewarm[1]]
     }
 }
 
@@ -223,9 +231,9 @@ async fn run_direct(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str) -> 
         push(&mut r.random, sys, role, phase, direct::random(&op, sr, 4, cap, a.seed).await?);
     }
     // The raw download the prewarm rows are compared with.
-    for (what, set) in [("images", &ds.images), ("shards", &ds.shards)] {
+    for (w, set) in r.prewarm.iter_mut().zip([&ds.images, &ds.shards]) {
         let s = direct::download(&op, set, a.parallel).await?;
-        push(&mut r.prewarm, &format!("raw download, {what}"), Role::Peer, Phase::Cold, s);
+        push(w, "raw parallel download", Role::Peer, Phase::Cold, s);
     }
     Ok(())
 }
@@ -280,7 +288,13 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The store answers through the namespace before anything is measured.
     let op = s3_operator(&store.endpoint)?;
-    rt.block_on(op.stat(&ds.images[0].key)).context("the benchmark store does not answer")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = rt.block_on(op.stat(&ds.images[0].key)) {
+        if Instant::now() > deadline {
+            return Err(e).context("the benchmark store does not answer");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let mut r = Results::new(&ds, a.readers);
     let mnt = base.join("mnt");
@@ -319,11 +333,11 @@ fn main() -> Result<()> {
         eprintln!("shoal prewarmed");
         let c = shoal_cluster(&rt, &base.join("shoal"), &store.endpoint, total)?;
         let res = (|| -> Result<()> {
-            for (what, set) in [("images", &ds.images), ("shards", &ds.shards)] {
+            for (w, (what, set)) in r.prewarm.iter_mut().zip([("images", &ds.images), ("shards", &ds.shards)]) {
                 let (secs, bytes) = rt.block_on(c.prewarm(&[&format!("/{what}")], a.parallel as u32))?;
                 anyhow::ensure!(bytes == Dataset::bytes(set), "prewarm of {what} loaded {bytes} bytes");
                 let s = Sample { ops: set.len() as u64, bytes, secs, lat: Vec::new(), complete: true };
-                push(&mut r.prewarm, &format!("shoal prewarm, {what}"), Role::Other, Phase::Cold, s);
+                push(w, "shoal prewarm", Role::Other, Phase::Cold, s);
             }
             run_fs(&mut r, &a, &ds, &c.mountpoint, "shoal", Role::Other, Phase::Prewarmed)
         })();
