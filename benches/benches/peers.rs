@@ -178,7 +178,7 @@ fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, root: &Path, system: &str, ro
     let e1 = workload::epoch(root, &ds.images, &order, a.readers, cap)?;
     let done = e1.ops as usize;
     push(&mut r.epoch, system, role, first, e1);
-    let order2: Vec<usize> = shuffled(done, a.seed + 1).into_iter().map(|i| order[i]).collect();
+    let order2 = workload::reshuffled(&order[..done], a.seed + 1);
     if first == Phase::Cold {
         push(&mut r.epoch, system, role, Phase::Warm, workload::epoch(root, &ds.images, &order2, a.readers, cap)?);
     }
@@ -217,7 +217,7 @@ async fn run_direct(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str) -> 
     push(&mut r.walk, sys, role, Phase::Warm, direct::walk(&op, "images/").await?);
     let order = shuffled(ds.images.len(), a.seed);
     let e1 = direct::epoch(&op, &ds.images, &order, a.readers, cap).await?;
-    let order2: Vec<usize> = shuffled(e1.ops as usize, a.seed + 1).into_iter().map(|i| order[i]).collect();
+    let order2 = workload::reshuffled(&order[..e1.ops as usize], a.seed + 1);
     push(&mut r.epoch, sys, role, Phase::Cold, e1);
     push(&mut r.epoch, sys, role, Phase::Warm, direct::epoch(&op, &ds.images, &order2, a.readers, cap).await?);
     let (s1, s4, sr) = shard_sets(&ds.shards);
@@ -272,7 +272,7 @@ fn main() -> Result<()> {
     let base = PathBuf::from("/var/tmp/shoal-peers");
     // Mounts left behind by an interrupted run would make this one fail.
     for m in ["mnt/bindfs", "mnt/rclone", "mnt/s3fs", "shoal/mnt"] {
-        if shoal_benches::peers::is_mounted(&base.join(m)) {
+        if shoal_fuse::is_mounted(&base.join(m)) {
             let _ = std::process::Command::new("umount").arg("-l").arg(base.join(m)).status();
         }
     }

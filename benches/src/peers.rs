@@ -38,13 +38,6 @@ pub struct PeerMount {
     cache: Option<PathBuf>,
 }
 
-pub fn is_mounted(path: &Path) -> bool {
-    let want = path.to_string_lossy();
-    std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(&want)))
-        .unwrap_or(false)
-}
-
 impl PeerMount {
     fn spawn(mut cmd: Command, mountpoint: &Path, cache: Option<PathBuf>) -> Result<PeerMount> {
         std::fs::create_dir_all(mountpoint)?;
@@ -60,7 +53,7 @@ impl PeerMount {
             cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
         let mut m = PeerMount { mountpoint: mountpoint.to_path_buf(), child, cache };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_mounted(mountpoint) {
+        while !shoal_fuse::is_mounted(mountpoint) {
             if let Ok(Some(st)) = m.child.try_wait() {
                 bail!("{name} exited ({st}) before mounting {}", mountpoint.display());
             }

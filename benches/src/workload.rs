@@ -35,6 +35,24 @@ impl Sample {
     pub fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / self.secs.max(1e-9) / 1e6
     }
+    /// The sum of per-stream results `(bytes, latencies, finished)`, over the
+    /// time since `start`.
+    fn merge<E>(
+        start: Instant,
+        parts: impl IntoIterator<Item = Result<(u64, Vec<Duration>, bool), E>>,
+    ) -> Result<Sample, E> {
+        let mut out = Sample { complete: true, ..Default::default() };
+        for part in parts {
+            let (bytes, lat, done) = part?;
+            out.bytes += bytes;
+            out.ops += lat.len() as u64;
+            out.lat.extend(lat);
+            out.complete &= done;
+        }
+        out.secs = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
     /// Latency quantile `q` (0..=1), in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         if self.lat.is_empty() {
@@ -56,6 +74,12 @@ pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
         order.swap(i, (x >> 33) as usize % (i + 1));
     }
     order
+}
+
+/// The files of `done` (a finished prefix of an epoch's order) in a new order:
+/// the second epoch.
+pub fn reshuffled(done: &[usize], seed: u64) -> Vec<usize> {
+    shuffled(done.len(), seed).into_iter().map(|i| done[i]).collect()
 }
 
 /// `readers` threads take files in `order` and read each whole, as a data loader's
@@ -138,16 +162,7 @@ pub fn sequential(root: &Path, files: &[Object], limit: Duration) -> Result<Samp
             .collect();
         handles.into_iter().map(|h| h.join().expect("reader panicked")).collect()
     });
-    let mut out = Sample { complete: true, ..Default::default() };
-    for r in results {
-        let (b, l, done) = r?;
-        out.bytes += b;
-        out.ops += l.len() as u64;
-        out.lat.extend(l);
-        out.complete &= done;
-    }
-    out.secs = start.elapsed().as_secs_f64();
-    Ok(out)
+    Sample::merge(start, results)
 }
 
 /// Reads each random-read job makes: together a quarter of `files`' bytes, so a
@@ -159,52 +174,53 @@ pub fn random_reads_per_job(files: &[Object], jobs: usize) -> u64 {
 
 const RANDOM_BS: u64 = 256 << 10;
 
+/// The ranges random-read job `job` reads, `(file, offset)`, in order: the same
+/// for every system, given the seed.
+fn random_ranges(files: &[Object], seed: u64, job: usize) -> impl Iterator<Item = (usize, u64)> + '_ {
+    let mut x = seed ^ ((job as u64 + 1) * 0x9E37_79B9);
+    std::iter::repeat_with(move || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let f = (x >> 40) as usize % files.len();
+        (f, ((x >> 8) % (files[f].size / RANDOM_BS)) * RANDOM_BS)
+    })
+}
+
 /// Random 256 KiB reads, `jobs` at a time, [`random_reads_per_job`] each, stopping
 /// at `limit`: with fio when it is installed, else with `pread` from threads.
 pub fn random(root: &Path, files: &[Object], jobs: usize, limit: Duration, seed: u64) -> Result<Sample> {
     if which("fio") {
         return fio_random(root, files, jobs, limit, seed);
     }
-    const BS: u64 = RANDOM_BS;
     let per_job = random_reads_per_job(files, jobs);
     let start = Instant::now();
     let deadline = start + limit;
-    let results: Vec<Result<(u64, Vec<Duration>)>> = std::thread::scope(|s| {
+    let results: Vec<Result<(u64, Vec<Duration>, bool)>> = std::thread::scope(|s| {
         (0..jobs)
             .map(|j| {
-                s.spawn(move || -> Result<(u64, Vec<Duration>)> {
+                s.spawn(move || -> Result<(u64, Vec<Duration>, bool)> {
                     use std::os::unix::fs::FileExt;
                     let handles = files
                         .iter()
-                        .map(|o| std::fs::File::open(root.join(&o.key)).map(|f| (f, o.size)))
+                        .map(|o| std::fs::File::open(root.join(&o.key)))
                         .collect::<std::io::Result<Vec<_>>>()?;
-                    let mut buf = vec![0u8; BS as usize];
-                    let (mut x, mut total, mut lat) = (seed ^ ((j as u64 + 1) * 0x9E37_79B9), 0u64, Vec::new());
-                    while Instant::now() < deadline && (lat.len() as u64) < per_job {
-                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        let (f, size) = &handles[(x >> 40) as usize % handles.len()];
-                        let off = ((x >> 8) % (size / BS)) * BS;
+                    let mut buf = vec![0u8; RANDOM_BS as usize];
+                    let mut lat = Vec::new();
+                    for (f, off) in random_ranges(files, seed, j) {
+                        if Instant::now() >= deadline || lat.len() as u64 >= per_job {
+                            break;
+                        }
                         let t = Instant::now();
-                        f.read_exact_at(&mut buf, off)?;
+                        handles[f].read_exact_at(&mut buf, off)?;
                         lat.push(t.elapsed());
-                        total += BS;
                     }
-                    Ok((total, lat))
+                    let n = lat.len() as u64;
+                    Ok((n * RANDOM_BS, lat, n == per_job))
                 })
             })
             .map(|h| h.join().expect("reader panicked"))
             .collect()
     });
-    let mut out = Sample { complete: true, ..Default::default() };
-    for r in results {
-        let (b, l) = r?;
-        out.complete &= l.len() as u64 == per_job;
-        out.bytes += b;
-        out.ops += l.len() as u64;
-        out.lat.extend(l);
-    }
-    out.secs = start.elapsed().as_secs_f64();
-    Ok(out)
+    Sample::merge(start, results)
 }
 
 fn fio_random(root: &Path, files: &[Object], jobs: usize, limit: Duration, seed: u64) -> Result<Sample> {
@@ -344,15 +360,7 @@ pub mod direct {
             Ok((total, lat, total == o.size))
         }))
         .await?;
-        let mut out = Sample { complete: true, ..Default::default() };
-        for (b, l, done) in per_file {
-            out.bytes += b;
-            out.ops += l.len() as u64;
-            out.lat.extend(l);
-            out.complete &= done;
-        }
-        out.secs = start.elapsed().as_secs_f64();
-        Ok(out)
+        Sample::merge(start, per_file.into_iter().map(Ok::<_, anyhow::Error>))
     }
 
     /// Random 256 KiB range GETs, `jobs` in flight, as many as [`super::random`].
@@ -362,11 +370,12 @@ pub mod direct {
         let deadline = start + limit;
         let reads = random_reads_per_job(files, jobs);
         let per_job = futures::future::try_join_all((0..jobs).map(|j| async move {
-            let (mut x, mut lat) = (seed ^ ((j as u64 + 1) * 0x9E37_79B9), Vec::new());
-            while Instant::now() < deadline && (lat.len() as u64) < reads {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let o = &files[(x >> 40) as usize % files.len()];
-                let off = ((x >> 8) % (o.size / BS)) * BS;
+            let mut lat = Vec::new();
+            for (f, off) in random_ranges(files, seed, j) {
+                if Instant::now() >= deadline || lat.len() as u64 >= reads {
+                    break;
+                }
+                let o = &files[f];
                 let t = Instant::now();
                 let b = op.read_with(&o.key).range(off..off + BS).await?;
                 if b.len() as u64 != BS {
@@ -374,17 +383,11 @@ pub mod direct {
                 }
                 lat.push(t.elapsed());
             }
-            Ok::<_, anyhow::Error>(lat)
+            let n = lat.len() as u64;
+            Ok::<_, anyhow::Error>((n * BS, lat, n == reads))
         }))
         .await?;
-        let lat: Vec<Duration> = per_job.into_iter().flatten().collect();
-        Ok(Sample {
-            ops: lat.len() as u64,
-            bytes: lat.len() as u64 * BS,
-            secs: start.elapsed().as_secs_f64(),
-            complete: lat.len() as u64 == reads * jobs as u64,
-            lat,
-        })
+        Sample::merge(start, per_job.into_iter().map(Ok::<_, anyhow::Error>))
     }
 
     /// A recursive LIST of `prefix`: the object store's `find`.
