@@ -4,6 +4,7 @@
 
 mod cache;
 mod client;
+mod csi;
 mod exit;
 mod metrics_http;
 mod mount;
@@ -46,6 +47,8 @@ enum Command {
     Umount(mount::UmountArgs),
     /// Run a master, a worker and a mount in one process (first try, demos).
     Up(up::UpArgs),
+    /// Run the CSI node plugin (driver csi.shoal.io) for Kubernetes pods.
+    Csi(csi::CsiArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -56,7 +59,10 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Master(_) | Command::Worker(_) | Command::Mount(_) | Command::Up(_));
+    let is_server = matches!(
+        cli.command,
+        Command::Master(_) | Command::Worker(_) | Command::Mount(_) | Command::Up(_) | Command::Csi(_)
+    );
     init_tracing(if is_server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
             Command::Mount(args) => mount::run_mount(args).await,
             Command::Umount(args) => mount::run_umount(args),
             Command::Up(args) => up::run_up(args).await,
+            Command::Csi(args) => csi::run_csi(args).await,
         }
     });
     match result {

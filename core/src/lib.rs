@@ -4,6 +4,7 @@
 //! - [`uri`]: parsing a dataset's store URI and options into an OpenDAL service config;
 //! - [`store`]: the under-store (`UnderStore`), OpenDAL with retry and timeout layers;
 //! - [`size`]: human byte sizes (`8MiB`) for flags.
+//! - [`mounts`]: whether a path is a mount point.
 //!
 //! This crate imports nothing else of shoal and owns no process state.
 
@@ -11,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod mapped;
 pub mod metrics;
+pub mod mounts;
 pub mod placement;
 pub mod size;
 pub mod store;

@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod reader;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,13 +98,7 @@ pub fn master_client(addr: &str) -> Result<MasterClient<Channel>, MountError> {
     Ok(MasterClient::new(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
 
-/// Whether `path` is a mount point in `/proc/mounts`.
-pub fn is_mounted(path: &Path) -> bool {
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str())))
-        .unwrap_or(false)
-}
+pub use shoal_core::mounts::is_mounted;
 
 async fn load_namespace(
     master: &mut MasterClient<Channel>,

@@ -1,5 +1,6 @@
 //! shoal's wire protocol: the generated tonic/prost code for the master and worker
-//! services. Owns nothing but the `.proto` files in `proto/`; no logic lives here.
+//! services, and for the CSI services the node plugin serves. Owns nothing but the
+//! `.proto` files in `proto/` and `csi/`; no logic lives here.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -9,6 +10,11 @@ pub mod master {
 
 pub mod worker {
     tonic::include_proto!("shoal.worker");
+}
+
+/// The Container Storage Interface (spec v1.3.0, `csi/csi.proto`).
+pub mod csi {
+    tonic::include_proto!("csi.v1");
 }
 
 /// Largest gRPC message either side accepts (a block chunk is at most 4 MiB).

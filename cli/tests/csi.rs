@@ -1,0 +1,381 @@
+//! End-to-end tests of the CSI node plugin: `shoal csi` as its own process on a
+//! unix socket, a real gRPC client speaking the CSI spec to it, real FUSE mounts
+//! and bind mounts, files read through pods' target paths and compared by sha256.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper_util::rt::TokioIo;
+use shoal_proto::csi::controller_client::ControllerClient;
+use shoal_proto::csi::identity_client::IdentityClient;
+use shoal_proto::csi::node_client::NodeClient;
+use shoal_proto::csi::volume_capability::access_mode::Mode;
+use shoal_proto::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use shoal_proto::csi::*;
+use tonic::transport::{Channel, Endpoint};
+
+const BLOCK: usize = 64 * 1024;
+
+/// A node: master, worker, a dataset `ds`, and the CSI plugin serving on a socket.
+struct Node {
+    dir: tempfile::TempDir,
+    src: PathBuf,
+    state: PathBuf,
+    kubelet: PathBuf,
+    socket: PathBuf,
+    master: Proc,
+    _worker: Proc,
+    csi: Option<Proc>,
+}
+
+impl Node {
+    fn start() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let src = root.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        write_tree(&src, &tree_spec(BLOCK, false));
+        std::fs::write(src.join("multi/big.bin"), content(7, 2 * 1024 * 1024 + 3)).unwrap();
+        let (master, worker) = master_and_worker(&root, "64MiB", "256MiB", &[]);
+        let (code, out, err) =
+            cli(&["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
+        assert_eq!(code, 0, "{out}{err}");
+        let kubelet = root.join("kubelet");
+        std::fs::create_dir_all(&kubelet).unwrap();
+        let mut node = Node {
+            state: root.join("state"),
+            socket: root.join("csi/csi.sock"),
+            kubelet,
+            src,
+            master,
+            _worker: worker,
+            csi: None,
+            dir,
+        };
+        node.start_csi();
+        node
+    }
+
+    fn start_csi(&mut self) {
+        let endpoint = format!("unix://{}", self.socket.display());
+        let runs = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("csi-"))
+            .count();
+        let log = self.dir.path().join(format!("csi-{runs}.log"));
+        self.csi = Some(Proc::start_until(
+            &[
+                "csi",
+                "--endpoint",
+                &endpoint,
+                "--node-id",
+                "node-a",
+                "--master",
+                &self.master.addr,
+                "--state-dir",
+                self.state.to_str().unwrap(),
+                "--target-root",
+                self.kubelet.to_str().unwrap(),
+                "--mount-arg=--refresh-interval=0s",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+            &log,
+            "shoal csi serving ",
+        ));
+    }
+
+    async fn channel(&self) -> Channel {
+        let socket = self.socket.clone();
+        Endpoint::try_from("http://csi.invalid")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            }))
+            .await
+            .unwrap()
+    }
+
+    async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel().await)
+    }
+
+    fn target(&self, pod: &str) -> PathBuf {
+        self.kubelet.join(format!("pods/{pod}/volumes/kubernetes.io~csi/ds/mount"))
+    }
+
+    /// Mount points under this node's directory, from the kernel's table.
+    fn mounts(&self) -> Vec<String> {
+        let root = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    fn fuse_mounts(&self) -> usize {
+        let staging = self.state.join("mounts").to_string_lossy().into_owned();
+        self.mounts().iter().filter(|m| m.starts_with(&staging)).count()
+    }
+
+    /// The recorded FUSE process of `ds`.
+    fn fuse_pid(&self) -> Option<i32> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.state.join("state.json")).ok()?).ok()?;
+        state["volumes"]["ds"]["pid"].as_i64().map(|p| p as i32)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // FUSE processes run in their own process groups and outlive the plugin.
+        if let Some(pid) = self.fuse_pid() {
+            let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = std::process::Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+fn mount_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+fn publish_req(volume: &str, target: &Path) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: volume.to_string(),
+        target_path: target.to_string_lossy().into_owned(),
+        volume_capability: Some(mount_cap(Mode::MultiNodeReaderOnly)),
+        readonly: true,
+        volume_context: [("dataset".to_string(), "ds".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fn unpublish_req(target: &Path) -> NodeUnpublishVolumeRequest {
+    NodeUnpublishVolumeRequest { volume_id: "ds".into(), target_path: target.to_string_lossy().into_owned() }
+}
+
+/// sha256 of every file under `root`, by relative path.
+fn checksums(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, sha256(&std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_share_one_fuse_mount_and_the_last_unpublish_leaves_nothing() {
+    let node = Node::start();
+    let mut csi = node.node().await;
+    let want = checksums(&node.src);
+    assert_eq!(want.len(), 8, "the tree has its eight files");
+
+    let (p1, p2) = (node.target("pod-1"), node.target("pod-2"));
+    csi.node_publish_volume(publish_req("pv-ds", &p1)).await.unwrap();
+    assert_eq!(checksums(&p1), want, "pod 1 reads the dataset byte for byte");
+    assert_eq!(node.fuse_mounts(), 1);
+
+    csi.node_publish_volume(publish_req("pv-ds", &p2)).await.unwrap();
+    assert_eq!(checksums(&p2), want, "pod 2 reads the dataset byte for byte");
+    assert_eq!(node.fuse_mounts(), 1, "one FUSE mount for the dataset on this node");
+    assert_eq!(node.mounts().len(), 3, "the FUSE mount and two binds: {:?}", node.mounts());
+    // Publishing the same target again is a no-op.
+    csi.node_publish_volume(publish_req("pv-ds", &p1)).await.unwrap();
+    assert_eq!(node.mounts().len(), 3);
+    // The volume is read-only.
+    let err = std::fs::write(p1.join("new-file"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    csi.node_unpublish_volume(unpublish_req(&p1)).await.unwrap();
+    assert!(!shoal_fuse::is_mounted(&p1));
+    assert!(!p1.exists(), "the target directory is removed");
+    assert_eq!(node.fuse_mounts(), 1, "pod 2 still uses the FUSE mount");
+    assert_eq!(checksums(&p2), want);
+
+    csi.node_unpublish_volume(unpublish_req(&p2)).await.unwrap();
+    assert_eq!(node.mounts(), Vec::<String>::new(), "no mount left");
+    // Unpublishing again is a no-op.
+    csi.node_unpublish_volume(unpublish_req(&p2)).await.unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["volumes"], serde_json::json!({}));
+
+    let metrics = node.csi.as_ref().unwrap().metrics();
+    assert_eq!(metric(&metrics, "shoal_csi_publishes_total"), 2.0);
+    assert_eq!(metric(&metrics, "shoal_csi_fuse_mounts"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_fuse_process_is_restarted_and_every_target_serves_again() {
+    let mut node = Node::start();
+    let mut csi = node.node().await;
+    let want = checksums(&node.src);
+    let (p1, p2) = (node.target("pod-1"), node.target("pod-2"));
+    csi.node_publish_volume(publish_req("pv-ds", &p1)).await.unwrap();
+    csi.node_publish_volume(publish_req("pv-ds", &p2)).await.unwrap();
+    let old = node.fuse_pid().expect("a FUSE process is recorded");
+
+    let killed = Instant::now();
+    std::process::Command::new("kill").arg("-9").arg(old.to_string()).status().unwrap();
+    wait_for_sync("both targets to serve reads again", || {
+        [&p1, &p2].iter().all(|p| std::fs::read(p.join("multi/big.bin")).is_ok_and(|b| b.len() == 2 * 1024 * 1024 + 3))
+    });
+    let recovery = killed.elapsed();
+    println!("FUSE recovery after kill -9: {} ms", recovery.as_millis());
+    assert!(recovery < Duration::from_secs(30), "recovered in {recovery:?}");
+    let new = node.fuse_pid().unwrap();
+    assert_ne!(new, old, "a new FUSE process");
+    assert_eq!(checksums(&p1), want);
+    assert_eq!(checksums(&p2), want);
+    assert_eq!(node.fuse_mounts(), 1);
+    assert_eq!(node.mounts().len(), 3, "{:?}", node.mounts());
+    let metrics = node.csi.as_ref().unwrap().metrics();
+    assert_eq!(metric(&metrics, "shoal_csi_fuse_restarts_total"), 1.0);
+
+    // kill -9 the plugin itself: the mounts outlive it, and a new plugin adopts
+    // them (same FUSE process) and can unpublish them.
+    node.csi.as_mut().unwrap().kill9();
+    assert_eq!(checksums(&p1), want, "pods keep reading while the plugin is down");
+    node.start_csi();
+    let mut csi = node.node().await;
+    assert_eq!(node.fuse_pid(), Some(new), "the running FUSE process is adopted");
+    csi.node_unpublish_volume(unpublish_req(&p1)).await.unwrap();
+    csi.node_unpublish_volume(unpublish_req(&p2)).await.unwrap();
+    assert_eq!(node.mounts(), Vec::<String>::new(), "no mount left");
+    wait_for_sync("the FUSE process to exit", || !Path::new(&format!("/proc/{new}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_with_the_right_code_and_nothing_is_mounted() {
+    let node = Node::start();
+    let mut csi = node.node().await;
+    let good = node.target("pod-1");
+    let with = |f: &dyn Fn(&mut NodePublishVolumeRequest)| {
+        let mut r = publish_req("pv-ds", &good);
+        f(&mut r);
+        r
+    };
+    let cases: Vec<(&str, NodePublishVolumeRequest, tonic::Code)> = vec![
+        (
+            "no volume id",
+            with(&|r| {
+                r.volume_id.clear();
+                r.volume_context.clear();
+            }),
+            tonic::Code::InvalidArgument,
+        ),
+        ("no target", with(&|r| r.target_path.clear()), tonic::Code::InvalidArgument),
+        ("relative target", with(&|r| r.target_path = "pods/x/mount".into()), tonic::Code::InvalidArgument),
+        (
+            "escaping target",
+            with(&|r| r.target_path = format!("{}/pods/../../../etc", node.kubelet.display())),
+            tonic::Code::InvalidArgument,
+        ),
+        ("target outside kubelet", with(&|r| r.target_path = "/tmp/shoal-csi-x".into()), tonic::Code::InvalidArgument),
+        (
+            "NUL in target",
+            with(&|r| r.target_path = format!("{}/pods/a\0b", node.kubelet.display())),
+            tonic::Code::InvalidArgument,
+        ),
+        ("no capability", with(&|r| r.volume_capability = None), tonic::Code::InvalidArgument),
+        (
+            "writer access mode",
+            with(&|r| r.volume_capability = Some(mount_cap(Mode::SingleNodeWriter))),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "block access",
+            with(&|r| {
+                r.volume_capability = Some(VolumeCapability {
+                    access_type: Some(AccessType::Block(BlockVolume {})),
+                    access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
+                })
+            }),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "hostile dataset name",
+            with(&|r| {
+                r.volume_context.insert("dataset".into(), "../../etc".into());
+            }),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "unknown dataset",
+            with(&|r| {
+                r.volume_context.insert("dataset".into(), "nope".into());
+            }),
+            tonic::Code::NotFound,
+        ),
+    ];
+    for (what, req, code) in cases {
+        let err = csi.node_publish_volume(req).await.expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        assert!(!err.message().is_empty(), "{what}: the error says what was wrong");
+    }
+    for (what, target, volume) in [
+        ("no volume id", good.to_string_lossy().into_owned(), ""),
+        ("relative target", "pods/x".to_string(), "ds"),
+        ("escaping target", format!("{}/../x", node.kubelet.display()), "ds"),
+    ] {
+        let err = csi
+            .node_unpublish_volume(NodeUnpublishVolumeRequest { volume_id: volume.into(), target_path: target })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "unpublish {what}: {}", err.message());
+    }
+    assert_eq!(node.mounts(), Vec::<String>::new(), "nothing was mounted");
+    assert!(!good.exists(), "no target directory was made");
+    assert_eq!(std::fs::read_dir(node.state.join("mounts")).unwrap().count(), 0, "no FUSE mount directory");
+
+    // Identity and controller.
+    let ch = node.channel().await;
+    let info = IdentityClient::new(ch.clone()).get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.name, "csi.shoal.io");
+    let node_info = csi.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(node_info.node_id, "node-a");
+    let mut ctl = ControllerClient::new(ch);
+    let listed = ctl.list_volumes(ListVolumesRequest::default()).await.unwrap().into_inner();
+    let ids: Vec<String> =
+        listed.entries.iter().filter_map(|e| e.volume.as_ref().map(|v| v.volume_id.clone())).collect();
+    assert_eq!(ids, vec!["ds".to_string()]);
+    let validate = |mode: Mode, volume: &str| ValidateVolumeCapabilitiesRequest {
+        volume_id: volume.into(),
+        volume_capabilities: vec![mount_cap(mode)],
+        ..Default::default()
+    };
+    let ok = ctl.validate_volume_capabilities(validate(Mode::MultiNodeReaderOnly, "ds")).await.unwrap().into_inner();
+    assert!(ok.confirmed.is_some());
+    let refused =
+        ctl.validate_volume_capabilities(validate(Mode::MultiNodeMultiWriter, "ds")).await.unwrap().into_inner();
+    assert!(refused.confirmed.is_none() && refused.message.contains("read-only"), "{}", refused.message);
+    let missing = ctl.validate_volume_capabilities(validate(Mode::MultiNodeReaderOnly, "nope")).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let create = ctl.create_volume(CreateVolumeRequest::default()).await.unwrap_err();
+    assert_eq!(create.code(), tonic::Code::Unimplemented);
+}

@@ -1,0 +1,405 @@
+//! The node's published volumes. One FUSE mount per dataset (its own `shoal mount`
+//! process, mounted under the state directory), bind-mounted into the target path
+//! of every pod that uses it, and unmounted with the last of them. A supervisor
+//! restarts a FUSE process that dies and binds every affected target path again.
+//! What is published is recorded in `state.json`, so a restarted driver takes its
+//! mounts back (they outlive it: each runs in its own process group).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use shoal_core::mounts::is_mounted;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::{metrics, Config, CsiError};
+
+/// How long a new FUSE process may take to show up in the mount table.
+const MOUNT_DEADLINE: Duration = Duration::from_secs(60);
+/// How often the supervisor looks at the FUSE processes.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+/// Wait before retrying a FUSE process that failed to start (doubles to a minute).
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The FUSE process serving one dataset.
+enum Fuse {
+    /// Started by this driver.
+    Child(Child),
+    /// Found running from an earlier life of the driver.
+    Adopted(i32),
+}
+
+impl Fuse {
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Fuse::Child(c) => c.id().map(|p| p as i32),
+            Fuse::Adopted(p) => Some(*p),
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        match self {
+            Fuse::Child(c) => !matches!(c.try_wait(), Ok(None)),
+            Fuse::Adopted(p) => !pid_alive(*p),
+        }
+    }
+}
+
+struct Volume {
+    staging: PathBuf,
+    targets: BTreeSet<PathBuf>,
+    fuse: Option<Fuse>,
+    /// Backoff after a failed start: no attempt before this.
+    retry_at: Option<(Instant, Duration)>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Record {
+    volumes: BTreeMap<String, RecordVolume>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordVolume {
+    pid: Option<i32>,
+    targets: BTreeSet<PathBuf>,
+}
+
+/// What one FUSE process looks like from outside, for status and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeStatus {
+    pub dataset: String,
+    pub pid: Option<i32>,
+    pub targets: Vec<PathBuf>,
+}
+
+pub struct Volumes {
+    cfg: Arc<Config>,
+    volumes: Mutex<BTreeMap<String, Volume>>,
+}
+
+impl Volumes {
+    /// Open the state directory and take back what an earlier driver published:
+    /// live FUSE processes are adopted, dead ones restarted, and missing binds made
+    /// again (by the supervisor, which the caller starts with [`Volumes::supervise`]).
+    pub async fn open(cfg: Arc<Config>) -> Result<Arc<Volumes>, CsiError> {
+        for dir in [cfg.state_dir.join("mounts"), cfg.state_dir.join("logs")] {
+            std::fs::create_dir_all(&dir).map_err(|e| CsiError::Io(format!("create {}: {e}", dir.display())))?;
+        }
+        let record: Record = match std::fs::read(cfg.state_dir.join("state.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!(error = %e, "state.json is unreadable; starting with no volumes");
+                Record::default()
+            }),
+            Err(_) => Record::default(),
+        };
+        let mut volumes = BTreeMap::new();
+        for (dataset, rec) in record.volumes {
+            let staging = staging_dir(&cfg, &dataset);
+            let fuse = rec.pid.filter(|p| pid_alive(*p) && is_mounted(&staging)).map(Fuse::Adopted);
+            info!(%dataset, adopted = fuse.is_some(), targets = rec.targets.len(), "volume from an earlier run");
+            volumes.insert(dataset, Volume { staging, targets: rec.targets, fuse, retry_at: None });
+        }
+        let this = Arc::new(Volumes { cfg, volumes: Mutex::new(volumes) });
+        this.refresh_gauge().await;
+        Ok(this)
+    }
+
+    /// Restart dead FUSE processes and re-bind their targets, forever.
+    pub async fn supervise(self: Arc<Self>) {
+        loop {
+            {
+                let mut volumes = self.volumes.lock().await;
+                for (dataset, vol) in volumes.iter_mut() {
+                    if let Err(e) = self.heal(dataset, vol).await {
+                        warn!(%dataset, error = %e, "recovering the volume failed; will retry");
+                    }
+                }
+                self.save(&volumes);
+            }
+            tokio::time::sleep(SUPERVISE_EVERY).await;
+        }
+    }
+
+    /// Make `dataset` visible at `target`. Idempotent; on failure nothing new is
+    /// left mounted.
+    pub async fn publish(&self, dataset: &str, target: &Path, readonly: bool) -> Result<(), CsiError> {
+        let mut volumes = self.volumes.lock().await;
+        let vol = volumes.entry(dataset.to_string()).or_insert_with(|| Volume {
+            staging: staging_dir(&self.cfg, dataset),
+            targets: BTreeSet::new(),
+            fuse: None,
+            retry_at: None,
+        });
+        if vol.targets.contains(target) && is_mounted(target) {
+            return Ok(());
+        }
+        let result = self.publish_into(dataset, vol, target, readonly).await;
+        if result.is_err() && vol.targets.is_empty() {
+            self.stop(dataset, vol).await;
+            volumes.remove(dataset);
+        }
+        self.save(&volumes);
+        drop(volumes);
+        self.refresh_gauge().await;
+        result
+    }
+
+    async fn publish_into(
+        &self,
+        dataset: &str,
+        vol: &mut Volume,
+        target: &Path,
+        readonly: bool,
+    ) -> Result<(), CsiError> {
+        if !self.fuse_alive(vol) {
+            self.start_fuse(dataset, vol).await?;
+        }
+        std::fs::create_dir_all(target).map_err(|e| CsiError::Io(format!("create {}: {e}", target.display())))?;
+        bind(&vol.staging, target, readonly)?;
+        vol.targets.insert(target.to_path_buf());
+        metrics::PUBLISHED.inc();
+        info!(%dataset, target = %target.display(), "published");
+        Ok(())
+    }
+
+    /// Remove `target`; the dataset's FUSE mount goes with its last target.
+    /// Idempotent: an unknown target is only made sure to be unmounted.
+    pub async fn unpublish(&self, target: &Path) -> Result<(), CsiError> {
+        let mut volumes = self.volumes.lock().await;
+        let owner = volumes.iter().find(|(_, v)| v.targets.contains(target)).map(|(d, _)| d.clone());
+        unmount(target)?;
+        let _ = std::fs::remove_dir(target);
+        if let Some(dataset) = owner {
+            let vol = volumes.get_mut(&dataset).expect("found above");
+            vol.targets.remove(target);
+            info!(%dataset, target = %target.display(), "unpublished");
+            if vol.targets.is_empty() {
+                self.stop(&dataset, vol).await;
+                volumes.remove(&dataset);
+            }
+        }
+        self.save(&volumes);
+        drop(volumes);
+        self.refresh_gauge().await;
+        Ok(())
+    }
+
+    /// Each dataset's FUSE process and target paths.
+    pub async fn status(&self) -> Vec<VolumeStatus> {
+        let volumes = self.volumes.lock().await;
+        volumes
+            .iter()
+            .map(|(d, v)| VolumeStatus {
+                dataset: d.clone(),
+                pid: v.fuse.as_ref().and_then(Fuse::pid),
+                targets: v.targets.iter().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// One supervisor pass over a volume: a dead FUSE process is replaced and
+    /// every target bound again; missing binds are made again.
+    async fn heal(&self, dataset: &str, vol: &mut Volume) -> Result<(), CsiError> {
+        let dead = match vol.fuse.as_mut() {
+            Some(f) => f.exited() || !is_mounted(&vol.staging),
+            None => true,
+        };
+        if dead {
+            if let Some((at, _)) = vol.retry_at {
+                if Instant::now() < at {
+                    return Ok(());
+                }
+            }
+            if vol.fuse.take().is_some() {
+                warn!(%dataset, "the FUSE process died; restarting it");
+            }
+            for t in &vol.targets {
+                unmount(t)?;
+            }
+            let started = Instant::now();
+            self.start_fuse(dataset, vol).await?;
+            metrics::RESTARTS.inc();
+            info!(%dataset, ms = started.elapsed().as_millis() as u64, "FUSE process restarted");
+        }
+        for t in &vol.targets {
+            if !is_mounted(t) {
+                std::fs::create_dir_all(t).map_err(|e| CsiError::Io(format!("create {}: {e}", t.display())))?;
+                bind(&vol.staging, t, true)?;
+                info!(%dataset, target = %t.display(), "target bound again");
+            }
+        }
+        Ok(())
+    }
+
+    fn fuse_alive(&self, vol: &mut Volume) -> bool {
+        vol.fuse.as_mut().is_some_and(|f| !f.exited()) && is_mounted(&vol.staging)
+    }
+
+    /// Start `shoal mount` for the dataset on its staging directory and wait for it
+    /// to be mounted. A failure is backed off before the supervisor retries.
+    async fn start_fuse(&self, dataset: &str, vol: &mut Volume) -> Result<(), CsiError> {
+        if let Some(mut old) = vol.fuse.take() {
+            terminate(&mut old).await;
+        }
+        unmount(&vol.staging)?;
+        std::fs::create_dir_all(&vol.staging)
+            .map_err(|e| CsiError::Io(format!("create {}: {e}", vol.staging.display())))?;
+        let result = self.spawn_and_wait(dataset, &vol.staging).await;
+        match result {
+            Ok(child) => {
+                vol.fuse = Some(Fuse::Child(child));
+                vol.retry_at = None;
+                Ok(())
+            }
+            Err(e) => {
+                let wait = vol.retry_at.map(|(_, w)| (w * 2).min(RETRY_MAX)).unwrap_or(RETRY_FIRST);
+                vol.retry_at = Some((Instant::now() + wait, wait));
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn_and_wait(&self, dataset: &str, staging: &Path) -> Result<Child, CsiError> {
+        let log_path = self.cfg.state_dir.join("logs").join(format!("{dataset}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| CsiError::Io(format!("open {}: {e}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(|e| CsiError::Io(e.to_string()))?;
+        let mut cmd = Command::new(&self.cfg.shoal_bin);
+        cmd.arg("mount")
+            .arg(dataset)
+            .arg(staging)
+            .arg("--master")
+            .arg(&self.cfg.master)
+            .arg("--node")
+            .arg(&self.cfg.node_id)
+            .arg("-o")
+            .arg("allow_other")
+            .args(&self.cfg.mount_args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child =
+            cmd.spawn().map_err(|e| CsiError::Io(format!("start {}: {e}", self.cfg.shoal_bin.display())))?;
+        let deadline = Instant::now() + MOUNT_DEADLINE;
+        loop {
+            if is_mounted(staging) {
+                return Ok(child);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let tail = log_tail(&log_path);
+                return Err(CsiError::Mount(format!("shoal mount of {dataset:?} exited with {status}: {tail}")));
+            }
+            if Instant::now() > deadline {
+                let mut f = Fuse::Child(child);
+                terminate(&mut f).await;
+                return Err(CsiError::Mount(format!("shoal mount of {dataset:?} did not mount within 60 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn stop(&self, dataset: &str, vol: &mut Volume) {
+        if let Some(mut f) = vol.fuse.take() {
+            terminate(&mut f).await;
+        }
+        if let Err(e) = unmount(&vol.staging) {
+            warn!(%dataset, error = %e, "unmounting the FUSE mount failed");
+        }
+        let _ = std::fs::remove_dir(&vol.staging);
+        info!(%dataset, "FUSE mount stopped");
+    }
+
+    fn save(&self, volumes: &BTreeMap<String, Volume>) {
+        let record = Record {
+            volumes: volumes
+                .iter()
+                .map(|(d, v)| {
+                    (d.clone(), RecordVolume { pid: v.fuse.as_ref().and_then(Fuse::pid), targets: v.targets.clone() })
+                })
+                .collect(),
+        };
+        let path = self.cfg.state_dir.join("state.json");
+        let tmp = path.with_extension("json.tmp");
+        let res = serde_json::to_vec_pretty(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            warn!(error = %e, "cannot record the published volumes");
+        }
+    }
+
+    async fn refresh_gauge(&self) {
+        let volumes = self.volumes.lock().await;
+        metrics::VOLUMES.set(volumes.len() as i64);
+        metrics::TARGETS.set(volumes.values().map(|v| v.targets.len() as i64).sum());
+    }
+}
+
+fn staging_dir(cfg: &Config, dataset: &str) -> PathBuf {
+    cfg.state_dir.join("mounts").join(dataset)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true)
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), CsiError> {
+    let err = |e| CsiError::Mount(format!("bind {} on {}: {e}", source.display(), target.display()));
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+    if readonly {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            return Err(err(e));
+        }
+    }
+    Ok(())
+}
+
+/// Detach whatever is mounted on `path` (every layer), if anything.
+fn unmount(path: &Path) -> Result<(), CsiError> {
+    while is_mounted(path) {
+        umount2(path, MntFlags::MNT_DETACH).map_err(|e| CsiError::Mount(format!("unmount {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// SIGTERM (the mount unmounts itself), then SIGKILL after 10 s.
+async fn terminate(f: &mut Fuse) {
+    let Some(pid) = f.pid() else { return };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.exited() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !f.exited() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if let Fuse::Child(c) = f {
+            let _ = c.wait().await;
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
