@@ -8,6 +8,7 @@ mod csi;
 mod exit;
 mod metrics_http;
 mod mount;
+mod operator;
 mod servers;
 mod up;
 
@@ -49,6 +50,9 @@ enum Command {
     Up(up::UpArgs),
     /// Run the CSI node plugin (driver csi.shoal.io) for Kubernetes pods.
     Csi(csi::CsiArgs),
+    /// The Kubernetes operator (Dataset and DataLoad resources) and its CRDs.
+    #[command(subcommand)]
+    Operator(operator::OperatorCmd),
 }
 
 fn init_tracing(default: &str) {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::Umount(args) => mount::run_umount(args),
             Command::Up(args) => up::run_up(args).await,
             Command::Csi(args) => csi::run_csi(args).await,
+            Command::Operator(cmd) => operator::run(cmd).await,
         }
     });
     match result {

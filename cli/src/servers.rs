@@ -60,19 +60,7 @@ pub struct WorkerArgs {
     pub low_watermark: f64,
 }
 
-/// `500ms`, `15s`, `2m`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 15s, 2m)"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
-    })
-}
+pub use shoal_core::size::parse_duration;
 
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

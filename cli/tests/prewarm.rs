@@ -86,6 +86,11 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
     let s = worker_stats(&worker.addr).await;
     assert_eq!(s.tiers.iter().map(|t| t.blocks).sum::<u64>(), blocks);
     assert_eq!(s.store_reads, blocks);
+    // Per worker (what the operator's node labels and the scheduler read).
+    let u = usage(&master.addr, "pw").await;
+    assert_eq!(u.workers.len(), 1, "{:?}", u.workers);
+    assert_eq!((u.workers[0].cached_blocks, u.workers[0].cached_bytes), (blocks, u.total_bytes));
+    assert_eq!(u.workers[0].node, std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim());
     let (code, out, _) = cli(&["status", "-o", "json", "--master", &master.addr]);
     assert_eq!(code, 0);
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -2,7 +2,7 @@
 //! capabilities. A request that fails here is answered `InvalidArgument` before
 //! anything is mounted.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use shoal_proto::csi::volume_capability::access_mode::Mode;
 use shoal_proto::csi::volume_capability::AccessType;
@@ -44,11 +44,9 @@ pub fn target_path(raw: &str, root: &Path) -> Result<PathBuf, CsiError> {
     if !path.is_absolute() {
         return Err(CsiError::Invalid(format!("target_path {raw:?} is not absolute")));
     }
-    if let Some(bad) = path.components().find(|c| !matches!(c, Component::RootDir | Component::Normal(_))) {
-        return Err(CsiError::Invalid(format!(
-            "target_path {raw:?} has a {:?} component",
-            bad.as_os_str().to_string_lossy()
-        )));
+    // By segment: `Path::components` would quietly drop a `.`.
+    if let Some(bad) = raw.split('/').find(|seg| *seg == "." || *seg == "..") {
+        return Err(CsiError::Invalid(format!("target_path {raw:?} has a {bad:?} component")));
     }
     if path.components().any(|c| c.as_os_str().len() > 255) {
         return Err(CsiError::Invalid(format!("target_path {raw:?} has a name longer than 255 bytes")));

@@ -34,22 +34,22 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 enum Fuse {
     /// Started by this driver.
     Child(Child),
-    /// Found running from an earlier life of the driver.
-    Adopted(i32),
+    /// Found running from an earlier life of the driver, serving this directory.
+    Adopted(i32, PathBuf),
 }
 
 impl Fuse {
     fn pid(&self) -> Option<i32> {
         match self {
             Fuse::Child(c) => c.id().map(|p| p as i32),
-            Fuse::Adopted(p) => Some(*p),
+            Fuse::Adopted(p, _) => Some(*p),
         }
     }
 
     fn exited(&mut self) -> bool {
         match self {
             Fuse::Child(c) => !matches!(c.try_wait(), Ok(None)),
-            Fuse::Adopted(p) => !pid_alive(*p),
+            Fuse::Adopted(p, staging) => !serves(*p, staging),
         }
     }
 }
@@ -104,7 +104,10 @@ impl Volumes {
         let mut volumes = BTreeMap::new();
         for (dataset, rec) in record.volumes {
             let staging = staging_dir(&cfg, &dataset);
-            let fuse = rec.pid.filter(|p| pid_alive(*p) && is_mounted(&staging)).map(Fuse::Adopted);
+            let fuse = rec
+                .pid
+                .filter(|p| serves(*p, &staging) && is_mounted(&staging))
+                .map(|p| Fuse::Adopted(p, staging.clone()));
             info!(%dataset, adopted = fuse.is_some(), targets = rec.targets.len(), "volume from an earlier run");
             volumes.insert(dataset, Volume { staging, targets: rec.targets, fuse, retry_at: None });
         }
@@ -354,11 +357,19 @@ fn staging_dir(cfg: &Config, dataset: &str) -> PathBuf {
     cfg.state_dir.join("mounts").join(dataset)
 }
 
-fn pid_alive(pid: i32) -> bool {
+/// Whether `pid` is a live `shoal mount` of `staging`. A recorded pid may have
+/// been reused by another process (after a reboot or in a new PID namespace), so
+/// its command line must name the staging directory.
+fn serves(pid: i32, staging: &Path) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let want = staging.as_os_str().as_encoded_bytes();
     kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
-            .unwrap_or(true)
+        && !zombie
+        && cmdline.split(|b| *b == 0).any(|arg| arg == b"mount")
+        && cmdline.split(|b| *b == 0).any(|arg| arg == want)
 }
 
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), CsiError> {

@@ -244,16 +244,32 @@ impl MasterService {
         let bs = load::block_size(&info);
         let files = load::select_files(&self.meta, &info, &[], "")?;
         let mut u = CacheUsage { dataset: dataset.to_string(), ..Default::default() };
+        let mut per_worker: BTreeMap<String, NodeCache> = BTreeMap::new();
         for f in &files {
             u.total_bytes += f.inode.size;
             for index in 0..shoal_core::ids::block_count(f.inode.size, bs) as u32 {
                 u.total_blocks += 1;
-                if self.members.count_cached([shoal_core::BlockId::new(f.inode.file_id, index)]) == 1 {
-                    u.cached_blocks += 1;
-                    u.cached_bytes += shoal_core::ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
+                let holders = self.members.holders(shoal_core::BlockId::new(f.inode.file_id, index));
+                if holders.is_empty() {
+                    continue;
+                }
+                let len = shoal_core::ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
+                u.cached_blocks += 1;
+                u.cached_bytes += len;
+                for w in holders {
+                    let e =
+                        per_worker.entry(w.clone()).or_insert_with(|| NodeCache { worker_id: w, ..Default::default() });
+                    e.cached_blocks += 1;
+                    e.cached_bytes += len;
                 }
             }
         }
+        for w in self.members.workers() {
+            if let Some(e) = per_worker.get_mut(&w.id) {
+                e.node = w.node;
+            }
+        }
+        u.workers = per_worker.into_values().collect();
         Ok(u)
     }
 }
