@@ -9,6 +9,7 @@ mod exit;
 mod metrics_http;
 mod mount;
 mod operator;
+mod scheduler;
 mod servers;
 mod up;
 
@@ -50,6 +51,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run the CSI node plugin (driver csi.shoal.io) for Kubernetes pods.
     Csi(csi::CsiArgs),
+    /// Cache- and GPU-aware placement: kube-scheduler extender and mutating webhook.
+    Scheduler(scheduler::SchedulerArgs),
     /// The Kubernetes operator (Dataset and DataLoad resources) and its CRDs.
     #[command(subcommand)]
     Operator(operator::OperatorCmd),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run_up(args).await,
             Command::Csi(args) => csi::run_csi(args).await,
             Command::Operator(cmd) => operator::run(cmd).await,
+            Command::Scheduler(args) => scheduler::run(args).await,
         }
     });
     match result {

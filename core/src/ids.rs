@@ -107,6 +107,22 @@ pub fn blocks_for_range(
     })
 }
 
+/// Prefix of the node labels that mark where a dataset is cached.
+pub const NODE_LABEL_PREFIX: &str = "dataset.shoal.io/";
+
+/// The label a node carries (`=true`) while its worker caches part of the dataset
+/// named `master_name` (`<namespace>.<name>` for a Kubernetes Dataset): the name
+/// itself, or a hash of it when it is longer than a label name may be (63).
+pub fn dataset_node_label(master_name: &str) -> String {
+    if master_name.len() <= 63 {
+        format!("{NODE_LABEL_PREFIX}{master_name}")
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(master_name.as_bytes());
+        format!("{NODE_LABEL_PREFIX}h-{}", hex::encode(&digest[..8]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

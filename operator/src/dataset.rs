@@ -31,8 +31,7 @@ use crate::crd::{Dataset, DatasetStatus};
 use crate::{condition, Ctx, Error, FIELD_MANAGER};
 
 pub const FINALIZER: &str = "shoal.io/cleanup";
-/// Label prefix for nodes whose worker caches part of a dataset.
-pub const NODE_LABEL_PREFIX: &str = "dataset.shoal.io/";
+pub use shoal_core::ids::NODE_LABEL_PREFIX;
 /// The nominal size of a dataset's PV and PVC. Kubernetes does not enforce it for
 /// CSI volumes, and a PVC cannot shrink, so it does not follow the dataset's size
 /// (that is in the Dataset's status).
@@ -49,17 +48,9 @@ pub fn pv_name(ns: &str, name: &str) -> String {
     format!("shoal.{ns}.{name}")
 }
 
-/// The node label key for a dataset: `dataset.shoal.io/<ns>.<name>`, or a hash
-/// of it when that is longer than a label name may be (63 characters).
+/// The node label key for a dataset (see [`shoal_core::ids::dataset_node_label`]).
 pub fn node_label(ns: &str, name: &str) -> String {
-    let full = master_name(ns, name);
-    if full.len() <= 63 {
-        format!("{NODE_LABEL_PREFIX}{full}")
-    } else {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(full.as_bytes());
-        format!("{NODE_LABEL_PREFIX}h-{}", hex::encode(&digest[..8]))
-    }
+    shoal_core::ids::dataset_node_label(&master_name(ns, name))
 }
 
 /// The master's `DatasetSpec` for a resource, credentials (already read from
