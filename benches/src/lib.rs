@@ -7,6 +7,7 @@ pub mod data;
 pub mod peers;
 pub mod remote;
 pub mod report;
+pub mod sim;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use crate::servers::{bind, parse_duration, shutdown_on_signals};
 #[derive(Args, Debug)]
 pub struct SchedulerArgs {
     /// Address for the extender (`/filter`, `/prioritize`) and webhook (`/mutate`).
-    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: String,
     /// Master address, host:port.
     #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700")]
@@ -28,6 +28,13 @@ pub struct SchedulerArgs {
     /// How often to read the cache view from the master.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub refresh_interval: Duration,
+    /// PEM certificate to serve HTTPS with (with --tls-key); the API server calls
+    /// webhooks only over HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Address for Prometheus `/metrics` ("" to disable).
     #[arg(long, env = "SHOAL_METRICS_LISTEN", default_value = "0.0.0.0:9704")]
     pub metrics_listen: String,
@@ -39,6 +46,7 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
     let cfg = shoal_scheduler::Config {
         master: args.master,
         refresh: args.refresh_interval,
+        tls: args.tls_cert.zip(args.tls_key),
         weights: shoal_scheduler::score::Weights {
             data: args.weight_data,
             gpu: args.weight_gpu,

@@ -115,11 +115,12 @@ pub fn filter(state: &State, args: &ExtenderArgs) -> ExtenderFilterResult {
 pub fn prioritize(state: &State, args: &ExtenderArgs, weights: Weights) -> Vec<HostPriority> {
     let needs = state.needs(&args.pod);
     let view = state.cache();
-    candidates(args)
+    let nodes: Vec<(String, Gpus)> =
+        candidates(args).into_iter().map(|(name, node)| (name.clone(), gpus_of(state, &name, node))).collect();
+    let refs: Vec<(&str, Gpus)> = nodes.iter().map(|(n, g)| (n.as_str(), *g)).collect();
+    score::score_nodes(&view, &needs, &refs, weights)
         .into_iter()
-        .map(|(name, node)| {
-            let gpus = gpus_of(state, &name, node);
-            HostPriority { score: score::score(&view, &needs, &name, gpus, weights), host: name }
-        })
+        .zip(nodes)
+        .map(|(score, (host, _))| HostPriority { host, score })
         .collect()
 }

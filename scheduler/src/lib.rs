@@ -133,6 +133,9 @@ pub struct Config {
     /// How often the cache view is read from the master.
     pub refresh: std::time::Duration,
     pub weights: Weights,
+    /// PEM certificate and key: serve HTTPS (the API server calls webhooks only
+    /// over HTTPS); plain HTTP without them.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Poll the master, watch the cluster's PVCs and pods, and serve the routes on
@@ -151,10 +154,39 @@ pub async fn run(
     let poller = tokio::spawn(state::poll_master(state.clone(), master, cfg.refresh));
     let client = kube::Client::try_default().await?;
     let watcher = tokio::spawn(state::watch_cluster(state.clone(), client));
-    let result = axum::serve(listener, router(state, cfg.weights)).with_graceful_shutdown(stop).await;
+    let result = serve_http(listener, router(state, cfg.weights), cfg.tls, stop).await;
     poller.abort();
     watcher.abort();
-    result.map_err(SchedulerError::Serve)
+    result
+}
+
+/// Serve `app` on `listener`, over TLS when a certificate and key are given,
+/// until `stop` resolves.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    let Some((cert, key)) = tls else {
+        return axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(SchedulerError::Serve);
+    };
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key).await.map_err(|e| {
+        SchedulerError::Config(format!("TLS certificate {} / key {}: {e}", cert.display(), key.display()))
+    })?;
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        stop.await;
+        shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let std_listener = listener.into_std().map_err(SchedulerError::Serve)?;
+    axum_server::from_tcp_rustls(std_listener, config)
+        .map_err(SchedulerError::Serve)?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .map_err(SchedulerError::Serve)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -119,25 +119,37 @@ pub fn data_score(view: &CacheView, pod: &PodNeeds, node: &str) -> f64 {
     share / (1.0 + members as f64)
 }
 
-/// The node's score, 0..=[`MAX_SCORE`].
-pub fn score(view: &CacheView, pod: &PodNeeds, node: &str, gpus: Gpus, w: Weights) -> i64 {
-    let s = if pod.datasets.is_empty() {
+/// Every candidate node's score, 0..=[`MAX_SCORE`]. The data part is relative to
+/// the candidate that caches most of the pod's data (a dataset spread over twenty
+/// nodes puts 5% on each; that node is still the best place to read it), the GPU
+/// part is [`gpu_fit`].
+pub fn score_nodes(view: &CacheView, pod: &PodNeeds, nodes: &[(&str, Gpus)], w: Weights) -> Vec<i64> {
+    let to_int = |s: f64| (s * MAX_SCORE as f64).round().clamp(0.0, MAX_SCORE as f64) as i64;
+    if pod.datasets.is_empty() {
         // Nothing to read locally: only GPU fit, and (when configured) keep the
         // free GPUs of cache nodes for the pods that read their data.
-        let fit = gpu_fit(pod.gpus, gpus);
-        if w.steer_plain_pods && view.is_cache_node(node) {
-            fit * 0.5
-        } else {
-            fit
-        }
-    } else {
-        let total = w.data + w.gpu;
-        if total <= 0.0 {
-            return 0;
-        }
-        (w.data * data_score(view, pod, node) + w.gpu * gpu_fit(pod.gpus, gpus)) / total
-    };
-    (s * MAX_SCORE as f64).round().clamp(0.0, MAX_SCORE as f64) as i64
+        return nodes
+            .iter()
+            .map(|(name, gpus)| {
+                let fit = gpu_fit(pod.gpus, *gpus);
+                to_int(if w.steer_plain_pods && view.is_cache_node(name) { fit * 0.5 } else { fit })
+            })
+            .collect();
+    }
+    let data: Vec<f64> = nodes.iter().map(|(name, _)| data_score(view, pod, name)).collect();
+    let best = data.iter().copied().fold(0.0, f64::max);
+    let total = w.data + w.gpu;
+    if total <= 0.0 {
+        return vec![0; nodes.len()];
+    }
+    nodes
+        .iter()
+        .zip(data)
+        .map(|((_, gpus), d)| {
+            let d = if best > 0.0 { d / best } else { 0.0 };
+            to_int((w.data * d + w.gpu * gpu_fit(pod.gpus, *gpus)) / total)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -172,37 +184,44 @@ mod tests {
         assert_eq!(gpu_fit(1, g(0, 0)), 0.0);
     }
 
+    fn free(requested: u64) -> Gpus {
+        Gpus { allocatable: 8, requested }
+    }
+
     #[test]
-    fn scores_weigh_data_and_gpus() {
+    fn scores_weigh_data_relative_to_the_best_node_and_gpus() {
         let v = view();
         let pod = PodNeeds { datasets: vec!["ml.imagenet".into()], gpus: 4, ..Default::default() };
         let w = Weights::default();
-        // a: (2*0.6 + 1*0.5)/3 = 0.567 → 6; b: (2*0.3 + 1*1.0)/3 = 0.533 → 5; c: 0.5/3 → 2.
-        assert_eq!(score(&v, &pod, "a", Gpus { allocatable: 8, requested: 0 }, w), 6);
-        assert_eq!(score(&v, &pod, "b", Gpus { allocatable: 8, requested: 4 }, w), 5);
-        assert_eq!(score(&v, &pod, "c", Gpus { allocatable: 8, requested: 0 }, w), 2);
+        // Data 0.6 / 0.3 / 0 → 1 / 0.5 / 0. a: (2*1 + 0.5)/3 → 8; b: (2*0.5 + 1)/3 → 7;
+        // c: 0.5/3 → 2.
+        let nodes = [("a", free(0)), ("b", free(4)), ("c", free(0))];
+        assert_eq!(score_nodes(&v, &pod, &nodes, w), vec![8, 7, 2]);
+        // An unknown dataset: only GPU fit counts.
+        let other = PodNeeds { datasets: vec!["ml.none".into()], gpus: 4, ..Default::default() };
+        assert_eq!(score_nodes(&v, &other, &nodes, w), vec![2, 3, 2]);
     }
 
     #[test]
     fn gang_members_spread_over_the_cache_nodes() {
         let v = view();
         let mut pod = PodNeeds { datasets: vec!["ml.imagenet".into()], gpus: 8, ..Default::default() };
-        let free = Gpus { allocatable: 8, requested: 0 };
         let w = Weights { data: 1.0, gpu: 0.0, steer_plain_pods: false };
-        assert_eq!(score(&v, &pod, "a", free, w), 6);
+        let nodes = [("a", free(0)), ("b", free(0)), ("c", free(0))];
+        assert_eq!(score_nodes(&v, &pod, &nodes, w), vec![10, 5, 0]);
         pod.gang_nodes.insert("a".into(), 1);
-        assert_eq!(score(&v, &pod, "a", free, w), 3, "a's cache is already read by a member");
-        assert_eq!(score(&v, &pod, "b", free, w), 3);
+        assert_eq!(score_nodes(&v, &pod, &nodes, w), vec![10, 10, 0], "a's cache is already half read by a member");
+        pod.gang_nodes.insert("a".into(), 2);
+        assert_eq!(score_nodes(&v, &pod, &nodes, w), vec![7, 10, 0]);
     }
 
     #[test]
     fn plain_pods_avoid_cache_nodes_only_when_asked() {
         let v = view();
         let pod = PodNeeds { gpus: 8, ..Default::default() };
-        let free = Gpus { allocatable: 8, requested: 0 };
-        assert_eq!(score(&v, &pod, "a", free, Weights::default()), 10);
+        let nodes = [("a", free(0)), ("c", free(0))];
+        assert_eq!(score_nodes(&v, &pod, &nodes, Weights::default()), vec![10, 10]);
         let steer = Weights { steer_plain_pods: true, ..Weights::default() };
-        assert_eq!(score(&v, &pod, "a", free, steer), 5);
-        assert_eq!(score(&v, &pod, "c", free, steer), 10);
+        assert_eq!(score_nodes(&v, &pod, &nodes, steer), vec![5, 10]);
     }
 }

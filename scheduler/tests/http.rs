@@ -99,20 +99,22 @@ async fn prioritize_scores_cache_share_and_gpu_fit() {
     let addr = serve(cluster(), Weights::default()).await;
     let (status, body) = post(&addr, "/prioritize", &args(pod("train-0", 4, json!({}), json!({}))));
     assert_eq!(status, 200, "{body}");
-    // gpu-a: (2*0.6 + 1*(1-4/8))/3 = 0.567 → 6; gpu-b: (2*0.3 + 1*1.0)/3 = 0.533 → 5;
+    // Data relative to the best node: gpu-a 0.6 → 1, gpu-b 0.3 → 0.5, gpu-c 0.
+    // gpu-a: (2*1 + 1*(1-4/8))/3 = 0.833 → 8; gpu-b: (2*0.5 + 1*1.0)/3 = 0.667 → 7;
     // gpu-c: (0 + 0.5)/3 = 0.167 → 2.
     let got: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         got,
-        json!([{"host": "gpu-a", "score": 6}, {"host": "gpu-b", "score": 5}, {"host": "gpu-c", "score": 2}])
+        json!([{"host": "gpu-a", "score": 8}, {"host": "gpu-b", "score": 7}, {"host": "gpu-c", "score": 2}])
     );
 
     // An 8-GPU pod does not fit gpu-b (4 free): its GPU part is 0 there.
+    // gpu-a: (2 + 1)/3 → 10; gpu-b: (1 + 0)/3 → 3; gpu-c: (0 + 1)/3 → 3.
     let (_, body) = post(&addr, "/prioritize", &args(pod("train-1", 8, json!({}), json!({}))));
     let got: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         got,
-        json!([{"host": "gpu-a", "score": 7}, {"host": "gpu-b", "score": 2}, {"host": "gpu-c", "score": 3}])
+        json!([{"host": "gpu-a", "score": 10}, {"host": "gpu-b", "score": 3}, {"host": "gpu-c", "score": 3}])
     );
 }
 
@@ -130,15 +132,18 @@ async fn gang_members_are_spread_over_the_cache_nodes() {
     let addr = serve(state, Weights { data: 1.0, gpu: 0.0, steer_plain_pods: false }).await;
     let (_, body) = post(&addr, "/prioritize", &args(pod("job-1", 0, json!({"shoal.io/pod-group": "job"}), json!({}))));
     let got: Value = serde_json::from_str(&body).unwrap();
-    // gpu-a's 60% is already read by job-0: 0.6/2 → 3; gpu-b 0.3 → 3; gpu-c 0.
+    // gpu-a's 60% is half read by job-0 already: 0.6/2 = 0.3, as good as gpu-b's 0.3.
     assert_eq!(
         got,
-        json!([{"host": "gpu-a", "score": 3}, {"host": "gpu-b", "score": 3}, {"host": "gpu-c", "score": 0}])
+        json!([{"host": "gpu-a", "score": 10}, {"host": "gpu-b", "score": 10}, {"host": "gpu-c", "score": 0}])
     );
-    // Not in the gang: gpu-a is best.
+    // Not in the gang: gpu-a is best, gpu-b half as good.
     let (_, body) = post(&addr, "/prioritize", &args(pod("solo", 0, json!({}), json!({}))));
     let got: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(got[0], json!({"host": "gpu-a", "score": 6}));
+    assert_eq!(
+        got,
+        json!([{"host": "gpu-a", "score": 10}, {"host": "gpu-b", "score": 5}, {"host": "gpu-c", "score": 0}])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,4 +268,66 @@ async fn malformed_bodies_get_400_with_a_message() {
         assert_eq!(status, 400, "{path} {}: {text}", String::from_utf8_lossy(body));
         assert!(text.starts_with("malformed "), "{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_endpoints_are_served_over_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = shoal_scheduler::router(cluster(), Weights::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(shoal_scheduler::serve_http(
+        listener,
+        app,
+        Some((cert.clone(), key.clone())),
+        stop.clone().cancelled_owned(),
+    ));
+    let body = dir.path().join("args.json");
+    std::fs::write(&body, args(pod("train-0", 4, json!({}), json!({})))).unwrap();
+    let curl = |extra: &[&str]| {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(extra)
+            .output();
+        async move { out.await.unwrap() }
+    };
+    let url = format!("https://localhost:{port}/prioritize");
+    let mut ok = None;
+    for _ in 0..100 {
+        let out = curl(&[
+            "--cacert",
+            cert.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &url,
+        ])
+        .await;
+        if out.status.success() {
+            ok = Some(String::from_utf8(out.stdout).unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got: Value = serde_json::from_str(&ok.expect("an HTTPS answer")).unwrap();
+    assert_eq!(got[0], json!({"host": "gpu-a", "score": 8}));
+    // Plain HTTP on the TLS port is refused.
+    let plain = curl(&[&format!("http://localhost:{port}/healthz")]).await;
+    assert!(!plain.status.success() || !String::from_utf8_lossy(&plain.stdout).contains("ok"));
+    stop.cancel();
+    server.await.unwrap().unwrap();
 }
