@@ -43,6 +43,27 @@ impl Default for StoreTuning {
     }
 }
 
+impl StoreTuning {
+    /// The defaults, overridden by `SHOAL_STORE_RETRIES` (retries after the first
+    /// attempt), `SHOAL_STORE_TIMEOUT` (a whole request) and
+    /// `SHOAL_STORE_IO_TIMEOUT` (each read of the body), e.g. `5s`.
+    pub fn from_env() -> Result<Self, CoreError> {
+        let mut t = Self::default();
+        let var = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let invalid = |key: &str, reason: String| CoreError::InvalidOption { key: key.into(), reason };
+        if let Some(v) = var("SHOAL_STORE_RETRIES") {
+            t.retries = v.parse().map_err(|_| invalid("SHOAL_STORE_RETRIES", format!("{v:?} is not a number")))?;
+        }
+        if let Some(v) = var("SHOAL_STORE_TIMEOUT") {
+            t.timeout = crate::size::parse_duration(&v).map_err(|e| invalid("SHOAL_STORE_TIMEOUT", e))?;
+        }
+        if let Some(v) = var("SHOAL_STORE_IO_TIMEOUT") {
+            t.io_timeout = crate::size::parse_duration(&v).map_err(|e| invalid("SHOAL_STORE_IO_TIMEOUT", e))?;
+        }
+        Ok(t)
+    }
+}
+
 /// A dataset's origin store.
 #[derive(Clone)]
 pub struct UnderStore {
@@ -64,9 +85,10 @@ fn to_store_path(path: &str) -> String {
 }
 
 impl UnderStore {
-    /// Build the OpenDAL operator for `spec`. Does not contact the store.
+    /// Build the OpenDAL operator for `spec`, tuned by [`StoreTuning::from_env`].
+    /// Does not contact the store.
     pub fn open(spec: &StoreSpec) -> Result<Self, CoreError> {
-        Self::open_with(spec, &StoreTuning::default())
+        Self::open_with(spec, &StoreTuning::from_env()?)
     }
 
     pub fn open_with(spec: &StoreSpec, tuning: &StoreTuning) -> Result<Self, CoreError> {

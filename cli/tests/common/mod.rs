@@ -3,6 +3,8 @@
 //! generates source trees. Every wait is on a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod csi_node;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
