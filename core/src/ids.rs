@@ -107,6 +107,32 @@ pub fn blocks_for_range(
     })
 }
 
+/// POSIX `NAME_MAX`: the longest name a mount can show.
+pub const NAME_MAX: usize = 255;
+
+/// A dataset path must be absolute and clean: `/` alone, or `/`-separated names
+/// that are not empty, `.` or `..`, hold no NUL and fit `NAME_MAX`. Such a path
+/// can never reach outside its dataset's store prefix.
+pub fn validate_dataset_path(path: &str) -> Result<(), CoreError> {
+    let err = |reason| Err(CoreError::InvalidPath { path: path.into(), reason });
+    if !path.starts_with('/') {
+        return err("not absolute");
+    }
+    if path == "/" {
+        return Ok(());
+    }
+    for c in path.split('/').skip(1) {
+        match c {
+            "" => return err("empty component"),
+            "." | ".." => return err("'.' or '..' component"),
+            c if c.contains('\0') => return err("contains NUL"),
+            c if c.len() > NAME_MAX => return err("a name longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Prefix of the node labels that mark where a dataset is cached.
 pub const NODE_LABEL_PREFIX: &str = "dataset.shoal.io/";
 
@@ -126,6 +152,17 @@ pub fn dataset_node_label(master_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dataset_paths_must_be_absolute_and_clean() {
+        for good in ["/", "/a", "/a/b.jpg", "/日本/データ.bin", "/with space/x"] {
+            assert!(validate_dataset_path(good).is_ok(), "{good:?}");
+        }
+        let long = format!("/{}", "n".repeat(256));
+        for bad in ["", "a/b", "/a//b", "/a/", "/../etc", "/a/./b", "/a/..", "/a\0b", long.as_str()] {
+            assert!(matches!(validate_dataset_path(bad), Err(CoreError::InvalidPath { .. })), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names() {

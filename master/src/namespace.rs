@@ -19,8 +19,6 @@ use crate::meta::{MetaStore, ROOT_INO};
 
 const BATCH_ENTRIES: usize = 4096;
 const PROGRESS_EVERY: u64 = 1000;
-/// POSIX NAME_MAX: longer names cannot be shown through a mount.
-const NAME_MAX: usize = 255;
 
 pub fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -202,7 +200,7 @@ impl Syncer<'_> {
 }
 
 fn usable_path(path: &str) -> bool {
-    path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != ".." && c.len() <= NAME_MAX && !c.contains('\0'))
+    path != "/" && shoal_core::ids::validate_dataset_path(path).is_ok()
 }
 
 /// List `store` and bring the namespace of `info` in line with it. Calls

@@ -31,10 +31,7 @@ pub fn check_ref(r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
     let r = r.ok_or_else(|| bad("missing block reference".into()))?;
     ids::validate_dataset_name(&r.dataset).map_err(|e| bad(e.to_string()))?;
     ids::validate_block_size(r.block_size).map_err(|e| bad(e.to_string()))?;
-    if !r.path.starts_with('/')
-        || r.path.contains('\0')
-        || r.path.split('/').skip(1).any(|c| c.is_empty() || c == "." || c == ".." || c.len() > 255)
-    {
+    if r.path == "/" || ids::validate_dataset_path(&r.path).is_err() {
         return Err(bad(format!("path {:?} is not a clean absolute dataset path", r.path)));
     }
     let (offset, len) = ids::block_range(r.file_size, r.block_size, r.index)
