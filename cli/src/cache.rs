@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use shoal_proto::master::*;
-use shoal_proto::worker::worker_client::WorkerClient;
 use shoal_proto::worker::StatsRequest;
 
 use crate::client::{connect, Common, Output};
@@ -245,7 +244,7 @@ pub async fn status(common: Common) -> Result<()> {
             let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", w.address))?
                 .connect_timeout(Duration::from_secs(2));
             match ep.connect().await {
-                Ok(ch) => WorkerClient::new(ch).stats(StatsRequest {}).await.ok().map(|r| r.into_inner()),
+                Ok(ch) => shoal_proto::auth::worker(ch).stats(StatsRequest {}).await.ok().map(|r| r.into_inner()),
                 Err(_) => None,
             }
         } else {

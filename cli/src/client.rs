@@ -9,9 +9,8 @@ use bytesize::ByteSize;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::exit::Remote;
 
@@ -108,12 +107,12 @@ pub enum DatasetCmd {
     },
 }
 
-pub async fn connect(addr: &str) -> Result<MasterClient<Channel>> {
+pub async fn connect(addr: &str) -> Result<shoal_proto::auth::Master> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .with_context(|| format!("invalid master address {addr:?}"))?
         .connect_timeout(Duration::from_secs(5));
     let ch = ep.connect().await.with_context(|| format!("cannot reach the master at {addr}"))?;
-    Ok(MasterClient::new(ch)
+    Ok(shoal_proto::auth::master(ch)
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
@@ -201,7 +200,7 @@ fn print_dataset(d: &DatasetInfo, output: Output) {
 }
 
 /// Stream a sync's progress to a spinner; returns the synced dataset.
-pub async fn sync_with_progress(client: &mut MasterClient<Channel>, name: &str) -> Result<SyncProgress> {
+pub async fn sync_with_progress(client: &mut shoal_proto::auth::Master, name: &str) -> Result<SyncProgress> {
     let mut stream = client
         .sync_dataset(SyncDatasetRequest { name: name.to_string() })
         .await

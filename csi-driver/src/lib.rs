@@ -18,7 +18,6 @@ use std::sync::Arc;
 use shoal_proto::csi::controller_server::ControllerServer;
 use shoal_proto::csi::identity_server::IdentityServer;
 use shoal_proto::csi::node_server::NodeServer;
-use shoal_proto::master::master_client::MasterClient;
 use tokio_stream::wrappers::UnixListenerStream;
 
 /// The driver's name, as in the `CSIDriver` object and each PV's `csi.driver`.
@@ -102,7 +101,7 @@ impl Plugin {
             .map_err(|e| CsiError::Invalid(format!("master address {:?}: {e}", cfg.master)))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30));
-        let master = MasterClient::new(endpoint.connect_lazy());
+        let master = shoal_proto::auth::master(endpoint.connect_lazy());
         let volumes = volumes::Volumes::open(cfg.clone()).await?;
         let supervisor = tokio::spawn(volumes.clone().supervise());
         let svc = service::CsiService::new(cfg.clone(), volumes, master);

@@ -8,9 +8,7 @@ use shoal_proto::csi::controller_server::Controller;
 use shoal_proto::csi::identity_server::Identity;
 use shoal_proto::csi::node_server::Node;
 use shoal_proto::csi::*;
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::{GetDatasetRequest, ListDatasetsRequest};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -24,11 +22,11 @@ pub const TOPOLOGY_NODE_KEY: &str = "topology.csi.shoal.io/node";
 pub struct CsiService {
     cfg: Arc<Config>,
     volumes: Arc<Volumes>,
-    master: MasterClient<Channel>,
+    master: shoal_proto::auth::Master,
 }
 
 impl CsiService {
-    pub fn new(cfg: Arc<Config>, volumes: Arc<Volumes>, master: MasterClient<Channel>) -> CsiService {
+    pub fn new(cfg: Arc<Config>, volumes: Arc<Volumes>, master: shoal_proto::auth::Master) -> CsiService {
         CsiService { cfg, volumes, master }
     }
 

@@ -13,9 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::{DatasetInfo, GetDatasetRequest, ListNamespaceRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::info;
 
 pub use reader::{Reader, ReaderConfig};
@@ -90,18 +89,18 @@ impl MountHandle {
     }
 }
 
-pub fn master_client(addr: &str) -> Result<MasterClient<Channel>, MountError> {
+pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, MountError> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| MountError::BadMaster(addr.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    Ok(MasterClient::new(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+    Ok(shoal_proto::auth::master(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
 
 pub use shoal_core::mounts::is_mounted;
 
 async fn load_namespace(
-    master: &mut MasterClient<Channel>,
+    master: &mut shoal_proto::auth::Master,
     dataset: &str,
 ) -> Result<namespace::Namespace, tonic::Status> {
     let mut stream = master.list_namespace(ListNamespaceRequest { dataset: dataset.to_string() }).await?.into_inner();
@@ -116,7 +115,7 @@ async fn load_namespace(
 /// namespace, swap it in, and tell the kernel which entries and inodes (and so
 /// which cached pages) to forget. The master being down only delays this.
 async fn refresh_loop(
-    mut master: MasterClient<Channel>,
+    mut master: shoal_proto::auth::Master,
     dataset: String,
     mut generation: u64,
     view: fs::SharedView,

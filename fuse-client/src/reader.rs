@@ -16,12 +16,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use shoal_core::{ids, placement, BlockId, StoreSpec, UnderStore};
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::{BlockLocationsRequest, DatasetInfo, Inode, ListWorkersRequest, WorkerInfo};
-use shoal_proto::worker::worker_client::WorkerClient;
 use shoal_proto::worker::{BlockRef, CacheBlockRequest, OpenLocalRequest, ReadBlockRequest};
 use tokio::sync::OnceCell;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::{debug, warn};
 
 /// Why a read failed, mapped to an errno by the filesystem.
@@ -57,9 +55,9 @@ pub struct Reader {
     dataset: DatasetInfo,
     name: String,
     block_size: u64,
-    master: MasterClient<Channel>,
+    master: shoal_proto::auth::Master,
     workers: RwLock<Vec<WorkerInfo>>,
-    clients: Mutex<HashMap<String, WorkerClient<Channel>>>,
+    clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
     store: OnceCell<Option<UnderStore>>,
     cache: moka::future::Cache<BlockId, Bytes>,
     node: String,
@@ -112,7 +110,7 @@ fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
 }
 
 impl Reader {
-    pub fn new(dataset: DatasetInfo, master: MasterClient<Channel>, config: &ReaderConfig) -> Arc<Self> {
+    pub fn new(dataset: DatasetInfo, master: shoal_proto::auth::Master, config: &ReaderConfig) -> Arc<Self> {
         let spec = dataset.spec.clone().unwrap_or_default();
         let block_size =
             spec.cache.as_ref().map(|c| c.block_size).filter(|b| *b > 0).unwrap_or(ids::DEFAULT_BLOCK_SIZE);
@@ -167,13 +165,13 @@ impl Reader {
         });
     }
 
-    fn client(&self, addr: &str) -> Option<WorkerClient<Channel>> {
+    fn client(&self, addr: &str) -> Option<shoal_proto::auth::Worker> {
         let mut clients = self.clients.lock().expect("clients lock");
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());
         }
         let ch = endpoint(addr, Duration::from_secs(60))?.connect_lazy();
-        let c = WorkerClient::new(ch).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+        let c = shoal_proto::auth::worker(ch).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
         clients.insert(addr.to_string(), c.clone());
         Some(c)
     }

@@ -63,4 +63,6 @@ pub enum ServeError {
     Master(#[from] MasterError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Auth(#[from] shoal_proto::auth::AuthError),
 }

@@ -46,6 +46,7 @@ impl Default for MasterConfig {
 
 /// Open the state and serve the master API on `listener` until `shutdown`.
 pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let auth = shoal_proto::auth::ServerAuth::from_env()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Io(config.data_dir.clone(), e))?;
     let meta = meta::MetaStore::open(&config.data_dir.join("meta"))?;
     let members = Arc::new(membership::Membership::new(config.lost_worker_timeout));
@@ -82,11 +83,12 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
     });
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "master serving");
     let result = tonic::transport::Server::builder()
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             MasterServer::new(service)
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
-        )
+            auth,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
     reaper.abort();

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use shoal_core::{ids, placement, BlockId};
 use shoal_proto::master::{DatasetInfo, FileKind, Inode, LoadFailure, LoadJob, LoadSpec, LoadState};
-use shoal_proto::worker::worker_client::WorkerClient;
 use shoal_proto::worker::{BlockRef, CacheBlockRequest};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::error::{MasterError, Result};
@@ -55,7 +54,7 @@ pub struct Loads {
     meta: Arc<MetaStore>,
     members: Arc<Membership>,
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
-    clients: Mutex<HashMap<String, WorkerClient<Channel>>>,
+    clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
     resumed: AtomicBool,
     /// How long workers take to report new blocks (a few heartbeats).
     report_lag: Duration,
@@ -90,7 +89,7 @@ impl Loads {
         }
     }
 
-    fn client(&self, addr: &str) -> Option<WorkerClient<Channel>> {
+    fn client(&self, addr: &str) -> Option<shoal_proto::auth::Worker> {
         let mut clients = self.clients.lock().expect("clients lock");
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());
@@ -99,7 +98,7 @@ impl Loads {
             .ok()?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(120));
-        let c = WorkerClient::new(ep.connect_lazy());
+        let c = shoal_proto::auth::worker(ep.connect_lazy());
         clients.insert(addr.to_string(), c.clone());
         Some(c)
     }

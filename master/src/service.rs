@@ -226,7 +226,7 @@ impl MasterService {
             let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| MasterError::InvalidArgument(e.to_string()))?
                 .connect_timeout(std::time::Duration::from_secs(2));
-            let mut c = shoal_proto::worker::worker_client::WorkerClient::new(ep.connect_lazy());
+            let mut c = shoal_proto::auth::worker(ep.connect_lazy());
             match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
                 Ok(r) => {
                     let r = r.into_inner();

@@ -23,8 +23,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
-use shoal_proto::master::master_client::MasterClient;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 /// Field manager for server-side apply, and the events' reporting controller.
@@ -33,7 +31,7 @@ pub const FIELD_MANAGER: &str = "shoal-operator";
 /// What every reconcile needs.
 pub struct Ctx {
     pub client: Client,
-    pub master: MasterClient<Channel>,
+    pub master: shoal_proto::auth::Master,
     pub recorder: Recorder,
     /// Look at a ready Dataset again this often (status, node labels).
     pub refresh: Duration,
@@ -44,7 +42,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(client: Client, master: MasterClient<Channel>, instance: &str) -> Ctx {
+    pub fn new(client: Client, master: shoal_proto::auth::Master, instance: &str) -> Ctx {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance.into()) };
         Ctx {
             recorder: Recorder::new(client.clone(), reporter),
@@ -201,7 +199,7 @@ pub async fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Re
         .map_err(|e| Error::Invalid(format!("master address {:?}: {e}", cfg.master)))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(600));
-    let ctx = Arc::new(Ctx::new(client.clone(), MasterClient::new(endpoint.connect_lazy()), &cfg.identity));
+    let ctx = Arc::new(Ctx::new(client.clone(), shoal_proto::auth::master(endpoint.connect_lazy()), &cfg.identity));
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), FIELD_MANAGER)
         .with_namespace(&cfg.lease_namespace)
         .with_identity(&cfg.identity)

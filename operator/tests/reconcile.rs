@@ -12,7 +12,6 @@ use kube::Client;
 use serde_json::{json, Value};
 use shoal_operator::crd::*;
 use shoal_operator::{dataload, dataset, Ctx};
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::{CacheUsageRequest, GetDatasetRequest};
 use tokio_util::sync::CancellationToken;
 use tower_test::mock::Handle;
@@ -145,10 +144,10 @@ impl Shoal {
         format!("file://{}/", self.dir.path().join("src").display())
     }
 
-    fn master(&self) -> MasterClient<tonic::transport::Channel> {
+    fn master(&self) -> shoal_proto::auth::Master {
         let ch =
             tonic::transport::Endpoint::from_shared(format!("http://{}", self.master_addr)).unwrap().connect_lazy();
-        MasterClient::new(ch)
+        shoal_proto::auth::master(ch)
     }
 
     fn ctx(&self) -> (Arc<Ctx>, Handle<Request<Body>, Response<Body>>) {

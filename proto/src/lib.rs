@@ -17,5 +17,7 @@ pub mod csi {
     tonic::include_proto!("csi.v1");
 }
 
+pub mod auth;
+
 /// Largest gRPC message either side accepts (a block chunk is at most 4 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

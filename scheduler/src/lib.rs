@@ -150,7 +150,7 @@ pub async fn run(
         .map_err(|e| SchedulerError::Config(format!("master address {:?}: {e}", cfg.master)))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30));
-    let master = shoal_proto::master::master_client::MasterClient::new(endpoint.connect_lazy());
+    let master = shoal_proto::auth::master(endpoint.connect_lazy());
     let poller = tokio::spawn(state::poll_master(state.clone(), master, cfg.refresh));
     let client = kube::Client::try_default().await?;
     let watcher = tokio::spawn(state::watch_cluster(state.clone(), client));

@@ -10,9 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::{CacheUsageRequest, ListDatasetsRequest};
-use tonic::transport::Channel;
 use tracing::warn;
 
 use crate::score::{CacheView, PodNeeds};
@@ -156,7 +154,7 @@ pub fn gang_of(pod: &Pod) -> Option<String> {
 }
 
 /// Poll the master's cache usage of every dataset into `state`, forever.
-pub async fn poll_master(state: State, mut master: MasterClient<Channel>, every: Duration) {
+pub async fn poll_master(state: State, mut master: shoal_proto::auth::Master, every: Duration) {
     loop {
         match fetch_view(&mut master).await {
             Ok(view) => {
@@ -169,7 +167,7 @@ pub async fn poll_master(state: State, mut master: MasterClient<Channel>, every:
     }
 }
 
-pub async fn fetch_view(master: &mut MasterClient<Channel>) -> Result<CacheView, tonic::Status> {
+pub async fn fetch_view(master: &mut shoal_proto::auth::Master) -> Result<CacheView, tonic::Status> {
     let datasets = master.list_datasets(ListDatasetsRequest {}).await?.into_inner().datasets;
     let mut usage = Vec::with_capacity(datasets.len());
     for d in datasets.into_iter().filter_map(|d| d.spec.map(|s| s.name)) {

@@ -6,10 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use shoal_core::{ids, StoreSpec, UnderStore};
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::GetDatasetRequest;
 use shoal_proto::worker::BlockRef;
-use tonic::transport::Channel;
 
 use crate::error::WorkerError;
 
@@ -48,12 +46,12 @@ pub fn check_ref(r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
 
 /// Stores by dataset, looked up from the master on first use.
 pub struct Datasets {
-    master: MasterClient<Channel>,
+    master: shoal_proto::auth::Master,
     stores: Mutex<HashMap<(String, u32), UnderStore>>,
 }
 
 impl Datasets {
-    pub fn new(master: MasterClient<Channel>) -> Self {
+    pub fn new(master: shoal_proto::auth::Master) -> Self {
         Self { master, stores: Mutex::new(HashMap::new()) }
     }
 

@@ -13,13 +13,12 @@ pub mod tier;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_proto::master::master_client::MasterClient;
 use shoal_proto::master::{BlockKey, HeartbeatRequest, RegisterWorkerRequest, TierInfo, WorkerInfo};
 use shoal_proto::worker::worker_server::WorkerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 pub use block_store::BlockStore;
@@ -45,13 +44,13 @@ pub struct WorkerConfig {
 }
 
 /// A lazily connected client of the master (the worker starts without it).
-pub fn master_client(addr: &str) -> Result<MasterClient<Channel>, WorkerError> {
+pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, WorkerError> {
     let ep = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| WorkerError::Config(format!("invalid master address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true);
-    Ok(MasterClient::new(ep.connect_lazy())
+    Ok(shoal_proto::auth::master(ep.connect_lazy())
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
@@ -94,7 +93,7 @@ pub const EARLY_REPORT_DELAY: Duration = Duration::from_millis(100);
 /// (`report_soon`) bring the next heartbeat forward to [`EARLY_REPORT_DELAY`], so
 /// mounts and prewarm jobs see them without waiting out the interval.
 async fn report_loop(
-    mut master: MasterClient<Channel>,
+    mut master: shoal_proto::auth::Master,
     me: WorkerInfo,
     store: Arc<BlockStore>,
     report_soon: Arc<tokio::sync::Notify>,
@@ -171,6 +170,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    let auth = shoal_proto::auth::ServerAuth::from_env().map_err(|e| WorkerError::Config(e.to_string()))?;
     let tiers = config.tiers.clone();
     let marks = config.watermarks;
     let store = Arc::new(
@@ -192,11 +192,12 @@ pub async fn serve(
     let reporter = tokio::spawn(report_loop(master, me, store, service.0.report_soon.clone(), shutdown.clone()));
     info!(addr = %local, id = %config.id, "worker serving");
     let result = tonic::transport::Server::builder()
-        .add_service(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
             WorkerServer::new(service)
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
-        )
+            auth,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
     reporter.abort();

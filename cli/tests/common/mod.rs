@@ -208,7 +208,12 @@ pub fn wait_until_registered(master: &str, worker_addr: &str) {
 
 /// Run a CLI command; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(SHOAL).args(args).output().expect("run shoal");
+    cli_env(args, &[])
+}
+
+/// Run a CLI command with extra environment variables.
+pub fn cli_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(SHOAL).args(args).envs(envs.iter().copied()).output().expect("run shoal");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,0 +1,86 @@
+//! Shared-token authentication: with `SHOAL_TOKEN_FILE` set, the master and the
+//! worker refuse requests without the token (`Unauthenticated`), and every shoal
+//! client (worker, CLI, mount) sends it.
+
+mod common;
+
+use common::*;
+use shoal_proto::master::ListDatasetsRequest;
+use shoal_proto::worker::StatsRequest;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_file_only_token_holders_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let token = root.join("token");
+    std::fs::write(&token, "s3cr3t-t0ken-for-the-cluster-0001\n").unwrap();
+    let wrong = root.join("wrong");
+    std::fs::write(&wrong, "another-token-that-is-not-it-0002").unwrap();
+    let env = [("SHOAL_TOKEN_FILE", token.to_str().unwrap())];
+    let src = root.join("src");
+    write_tree(&src, &tree_spec(64 * 1024, false));
+
+    let master = Proc::start(
+        &["master", "--data-dir", root.join("m").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        &env,
+        &root.join("master.log"),
+    );
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "16MiB", "64MiB"),
+        &env,
+        &root.join("worker.log"),
+    );
+    // The worker (with the token) registers.
+    wait_for_sync("the worker to register", || {
+        let (_, out, _) = cli_env(&["workers", "-o", "json", "--master", &master.addr], &env);
+        out.contains(&worker.addr) && out.contains("\"alive\": true")
+    });
+
+    // The CLI with the token works; without it, or with another, it is refused.
+    let (code, out, err) = cli_env(
+        &["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cli(&["dataset", "ls", "--master", &master.addr]);
+    assert_ne!(code, 0);
+    assert!(err.contains("requires a token") && err.contains("SHOAL_TOKEN_FILE"), "{err}");
+    let (code, _, err) =
+        cli_env(&["dataset", "ls", "--master", &master.addr], &[("SHOAL_TOKEN_FILE", wrong.to_str().unwrap())]);
+    assert_ne!(code, 0);
+    assert!(err.contains("wrong token"), "{err}");
+
+    // The master drives the worker with the token too (prewarm).
+    let (code, out, err) = cli_env(&["prewarm", "ds", "--master", &master.addr, "-o", "json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"completed\""), "{out}");
+
+    // Raw gRPC without the token: Unauthenticated from both servers.
+    let e = master_client(&master.addr).await.list_datasets(ListDatasetsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = worker_client(&worker.addr).await.stats(StatsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // A mount with the token reads the dataset byte for byte.
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _mount = Proc::start_until(
+        &["mount", "ds", mnt.to_str().unwrap(), "--master", &master.addr],
+        &env,
+        &root.join("mount.log"),
+        "mounted dataset ",
+    );
+    let _guard = MountGuard(mnt.clone());
+    let got = std::fs::read(mnt.join("multi/three-and-a-half")).unwrap();
+    assert_eq!(sha256(&got), sha256(&std::fs::read(src.join("multi/three-and-a-half")).unwrap()));
+
+    // A server whose token file cannot be read refuses to start, naming it.
+    let (code, _, err) = cli_env(
+        &["master", "--data-dir", root.join("m2").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        &[("SHOAL_TOKEN_FILE", root.join("missing").to_str().unwrap())],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("SHOAL_TOKEN_FILE") && err.contains("missing"), "{err}");
+}
