@@ -241,8 +241,7 @@ pub async fn status(common: Common) -> Result<()> {
     let mut wrows = Vec::new();
     for w in &workers {
         let stats = if w.alive {
-            let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", w.address))?
-                .connect_timeout(Duration::from_secs(2));
+            let ep = shoal_proto::auth::endpoint(&w.address)?.connect_timeout(Duration::from_secs(2));
             match ep.connect().await {
                 Ok(ch) => shoal_proto::auth::worker(ch).stats(StatsRequest {}).await.ok().map(|r| r.into_inner()),
                 Err(_) => None,

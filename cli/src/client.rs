@@ -10,7 +10,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use shoal_proto::master::*;
-use tonic::transport::Endpoint;
 
 use crate::exit::Remote;
 
@@ -108,7 +107,7 @@ pub enum DatasetCmd {
 }
 
 pub async fn connect(addr: &str) -> Result<shoal_proto::auth::Master> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    let ep = shoal_proto::auth::endpoint(addr)
         .with_context(|| format!("invalid master address {addr:?}"))?
         .connect_timeout(Duration::from_secs(5));
     let ch = ep.connect().await.with_context(|| format!("cannot reach the master at {addr}"))?;

@@ -84,3 +84,120 @@ async fn with_a_token_file_only_token_holders_are_served() {
     assert_ne!(code, 0);
     assert!(err.contains("SHOAL_TOKEN_FILE") && err.contains("missing"), "{err}");
 }
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made with openssl.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=shoal-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "tls.key", "-out", "tls.csr"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.crt",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_certificates_master_and_worker_speak_only_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    make_certs(root);
+    let (cert, key, ca) = (root.join("tls.crt"), root.join("tls.key"), root.join("ca.crt"));
+    let env = [
+        ("SHOAL_TLS_CERT", cert.to_str().unwrap()),
+        ("SHOAL_TLS_KEY", key.to_str().unwrap()),
+        ("SHOAL_TLS_CA", ca.to_str().unwrap()),
+    ];
+    let client_env = [("SHOAL_TLS_CA", ca.to_str().unwrap())];
+    let src = root.join("src");
+    write_tree(&src, &tree_spec(64 * 1024, false));
+    let master = Proc::start(
+        &["master", "--data-dir", root.join("m").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        &env,
+        &root.join("master.log"),
+    );
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "16MiB", "64MiB"),
+        &env,
+        &root.join("worker.log"),
+    );
+    wait_for_sync("the worker to register over TLS", || {
+        let (_, out, _) = cli_env(&["workers", "-o", "json", "--master", &master.addr], &client_env);
+        out.contains(&worker.addr) && out.contains("\"alive\": true")
+    });
+    let (code, out, err) = cli_env(
+        &["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr],
+        &client_env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli_env(&["prewarm", "ds", "--master", &master.addr, "-o", "json"], &client_env);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Plaintext clients get nowhere.
+    let (code, _, _) = cli(&["dataset", "ls", "--master", &master.addr]);
+    assert_ne!(code, 0, "a plaintext CLI is refused");
+    assert!(master_client(&master.addr).await.list_datasets(ListDatasetsRequest {}).await.is_err());
+    assert!(worker_client(&worker.addr).await.stats(StatsRequest {}).await.is_err());
+    // A client that trusts another CA is refused too.
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    make_certs(&other);
+    let (code, _, err) = cli_env(
+        &["dataset", "ls", "--master", &master.addr],
+        &[("SHOAL_TLS_CA", other.join("ca.crt").to_str().unwrap())],
+    );
+    assert_ne!(code, 0, "{err}");
+
+    // A mount over TLS reads the dataset byte for byte.
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _mount = Proc::start_until(
+        &["mount", "ds", mnt.to_str().unwrap(), "--master", &master.addr],
+        &client_env,
+        &root.join("mount.log"),
+        "mounted dataset ",
+    );
+    let _guard = MountGuard(mnt.clone());
+    let got = std::fs::read(mnt.join("multi/three-and-a-half")).unwrap();
+    assert_eq!(sha256(&got), sha256(&std::fs::read(src.join("multi/three-and-a-half")).unwrap()));
+
+    // Half a server configuration is refused at start.
+    let (code, _, err) = cli_env(
+        &["master", "--data-dir", root.join("m2").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        &[("SHOAL_TLS_CERT", cert.to_str().unwrap())],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("SHOAL_TLS_KEY"), "{err}");
+}

@@ -97,7 +97,7 @@ impl Plugin {
     /// until `stop` resolves. Published mounts outlive the server.
     pub async fn serve(self, stop: impl std::future::Future<Output = ()>) -> Result<(), CsiError> {
         let cfg = self.cfg;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.master))
+        let endpoint = shoal_proto::auth::endpoint(&cfg.master)
             .map_err(|e| CsiError::Invalid(format!("master address {:?}: {e}", cfg.master)))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30));

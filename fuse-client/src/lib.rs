@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::master::{DatasetInfo, GetDatasetRequest, ListNamespaceRequest};
-use tonic::transport::Endpoint;
 use tracing::info;
 
 pub use reader::{Reader, ReaderConfig};
@@ -90,7 +89,7 @@ impl MountHandle {
 }
 
 pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, MountError> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    let ep = shoal_proto::auth::endpoint(addr)
         .map_err(|_| MountError::BadMaster(addr.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);

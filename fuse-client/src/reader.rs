@@ -104,7 +104,7 @@ impl std::fmt::Debug for Reader {
 }
 
 fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
-    Endpoint::from_shared(format!("http://{addr}"))
+    shoal_proto::auth::endpoint(addr)
         .ok()
         .map(|e| e.connect_timeout(Duration::from_secs(2)).timeout(timeout).tcp_nodelay(true))
 }

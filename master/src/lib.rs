@@ -82,7 +82,11 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
         }
     });
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "master serving");
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = shoal_proto::auth::server_tls()? {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         .add_service(tonic::service::interceptor::InterceptedService::new(
             MasterServer::new(service)
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)

@@ -16,7 +16,6 @@ use shoal_core::{ids, placement, BlockId};
 use shoal_proto::master::{DatasetInfo, FileKind, Inode, LoadFailure, LoadJob, LoadSpec, LoadState};
 use shoal_proto::worker::{BlockRef, CacheBlockRequest};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::error::{MasterError, Result};
@@ -94,7 +93,7 @@ impl Loads {
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
+        let ep = shoal_proto::auth::endpoint(addr)
             .ok()?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(120));

@@ -223,7 +223,7 @@ impl MasterService {
         }
         let mut out = FreeCacheResponse::default();
         for (addr, blocks) in by_worker {
-            let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            let ep = shoal_proto::auth::endpoint(&addr)
                 .map_err(|e| MasterError::InvalidArgument(e.to_string()))?
                 .connect_timeout(std::time::Duration::from_secs(2));
             let mut c = shoal_proto::auth::worker(ep.connect_lazy());

@@ -195,7 +195,7 @@ pub struct Config {
 /// Run the controllers while holding the Lease, until `stop` resolves.
 pub async fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.master))
+    let endpoint = shoal_proto::auth::endpoint(&cfg.master)
         .map_err(|e| Error::Invalid(format!("master address {:?}: {e}", cfg.master)))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(600));

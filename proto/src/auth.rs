@@ -1,8 +1,14 @@
-//! Shared-token authentication of the master and worker APIs. When
-//! `SHOAL_TOKEN_FILE` names a file, servers accept only requests that carry
-//! `authorization: Bearer <its content>`, and every client sends it; without it,
-//! nothing is checked. The token is read once, from a file (a Kubernetes Secret
-//! mounted as one), and never logged.
+//! Securing the master and worker APIs, from files named by the environment:
+//!
+//! - a shared token (`SHOAL_TOKEN_FILE`): servers accept only requests that carry
+//!   `authorization: Bearer <its content>`, and every client sends it;
+//! - TLS: servers with `SHOAL_TLS_CERT` and `SHOAL_TLS_KEY` serve only TLS;
+//!   clients with `SHOAL_TLS_CA` connect with TLS and verify the server against
+//!   that CA (and the name `SHOAL_TLS_DOMAIN`, when the certificate names the
+//!   service rather than each address).
+//!
+//! Without them nothing is checked. Files are read once (Kubernetes Secrets
+//! mounted as files); their contents are never logged.
 
 use std::sync::{Arc, OnceLock};
 
@@ -26,7 +32,7 @@ pub type Worker = WorkerClient<Conn>;
 pub const TOKEN_FILE_ENV: &str = "SHOAL_TOKEN_FILE";
 
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{TOKEN_FILE_ENV}={path}: {reason}")]
+#[error("{path}: {reason}")]
 pub struct AuthError {
     pub path: String,
     pub reason: String,
@@ -40,7 +46,7 @@ pub fn token() -> Result<Option<Arc<str>>, AuthError> {
 
 fn read_token(path: Option<String>) -> Result<Option<Arc<str>>, AuthError> {
     let Some(path) = path else { return Ok(None) };
-    let err = |reason: String| AuthError { path: path.clone(), reason };
+    let err = |reason: String| AuthError { path: format!("{TOKEN_FILE_ENV}={path}"), reason };
     let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read the token: {e}")))?;
     let token = text.trim();
     if token.len() < 16 {
@@ -102,6 +108,77 @@ impl Interceptor for ServerAuth {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The TLS environment variables.
+pub const TLS_CERT_ENV: &str = "SHOAL_TLS_CERT";
+pub const TLS_KEY_ENV: &str = "SHOAL_TLS_KEY";
+pub const TLS_CA_ENV: &str = "SHOAL_TLS_CA";
+pub const TLS_DOMAIN_ENV: &str = "SHOAL_TLS_DOMAIN";
+
+/// Both of rustls's crypto providers are linked into the binary (through
+/// different dependencies), so it cannot pick one itself: use ring.
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn env_path(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|p| !p.is_empty())
+}
+
+fn read_pem(key: &str, path: &str) -> Result<Vec<u8>, AuthError> {
+    let bytes = std::fs::read(path).map_err(|e| AuthError { path: format!("{key}={path}"), reason: e.to_string() })?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(AuthError { path: format!("{key}={path}"), reason: "not a PEM file".into() });
+    }
+    Ok(bytes)
+}
+
+/// The client TLS configuration, read once (`None` without `SHOAL_TLS_CA`).
+fn client_tls() -> Result<Option<tonic::transport::ClientTlsConfig>, AuthError> {
+    static TLS: OnceLock<Result<Option<tonic::transport::ClientTlsConfig>, AuthError>> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let Some(ca) = env_path(TLS_CA_ENV) else { return Ok(None) };
+        install_crypto();
+        let pem = read_pem(TLS_CA_ENV, &ca)?;
+        let mut cfg =
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        if let Some(domain) = env_path(TLS_DOMAIN_ENV) {
+            cfg = cfg.domain_name(domain);
+        }
+        Ok(Some(cfg))
+    })
+    .clone()
+}
+
+/// The server TLS configuration (`None` without `SHOAL_TLS_CERT`/`SHOAL_TLS_KEY`;
+/// one without the other is an error).
+pub fn server_tls() -> Result<Option<tonic::transport::ServerTlsConfig>, AuthError> {
+    match (env_path(TLS_CERT_ENV), env_path(TLS_KEY_ENV)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            install_crypto();
+            let identity =
+                tonic::transport::Identity::from_pem(read_pem(TLS_CERT_ENV, &cert)?, read_pem(TLS_KEY_ENV, &key)?);
+            Ok(Some(tonic::transport::ServerTlsConfig::new().identity(identity)))
+        }
+        (Some(p), None) | (None, Some(p)) => {
+            Err(AuthError { path: p, reason: format!("{TLS_CERT_ENV} and {TLS_KEY_ENV} must be given together") })
+        }
+    }
+}
+
+/// An endpoint for a shoal server at `host:port`: TLS when `SHOAL_TLS_CA` is set.
+pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, AuthError> {
+    let tls = client_tls()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bad =
+        |e: tonic::transport::Error| AuthError { path: addr.to_string(), reason: format!("invalid address: {e}") };
+    let ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+    match tls {
+        Some(cfg) => ep.tls_config(cfg).map_err(bad),
+        None => Ok(ep),
+    }
 }
 
 /// A master client on `channel` that sends the token.

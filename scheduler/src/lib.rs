@@ -146,7 +146,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
     let state = State::default();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.master))
+    let endpoint = shoal_proto::auth::endpoint(&cfg.master)
         .map_err(|e| SchedulerError::Config(format!("master address {:?}: {e}", cfg.master)))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30));

@@ -18,7 +18,6 @@ use shoal_proto::worker::worker_server::WorkerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 pub use block_store::BlockStore;
@@ -45,7 +44,7 @@ pub struct WorkerConfig {
 
 /// A lazily connected client of the master (the worker starts without it).
 pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, WorkerError> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    let ep = shoal_proto::auth::endpoint(addr)
         .map_err(|e| WorkerError::Config(format!("invalid master address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
@@ -191,7 +190,11 @@ pub async fn serve(
     let me = WorkerInfo { id: config.id.clone(), node: config.node.clone(), address: advertise, ..Default::default() };
     let reporter = tokio::spawn(report_loop(master, me, store, service.0.report_soon.clone(), shutdown.clone()));
     info!(addr = %local, id = %config.id, "worker serving");
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = shoal_proto::auth::server_tls().map_err(|e| WorkerError::Config(e.to_string()))? {
+        builder = builder.tls_config(tls)?;
+    }
+    let result = builder
         .add_service(tonic::service::interceptor::InterceptedService::new(
             WorkerServer::new(service)
                 .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
