@@ -299,7 +299,10 @@ impl Reader {
         let mut last = String::from("no worker is known");
 
         // 1. A worker on this node: map its block file. If it is also the owner,
-        //    let it read the block through from the store first.
+        //    let it read the block through from the store first. A worker that
+        //    failed that read-through (it is down, or the store failed it after
+        //    its own retries) is not asked to read it through again below.
+        let mut failed_fill: Option<&str> = None;
         if let Some(local) = workers.iter().find(|w| w.node == self.node) {
             let fill = owner == Some(local.id.as_str());
             match self.short_circuit(local, &r, fill, want).await {
@@ -309,7 +312,12 @@ impl Reader {
                     return Ok(b);
                 }
                 Ok(None) => {}
-                Err(e) => last = e,
+                Err(e) => {
+                    last = e;
+                    if fill {
+                        failed_fill = Some(local.id.as_str());
+                    }
+                }
             }
         }
         // 2. Workers the master says hold it, then 3. workers by rendezvous rank.
@@ -319,7 +327,7 @@ impl Reader {
                 order.push(w.to_string());
             }
         }
-        for wid in order {
+        for wid in order.iter().filter(|w| Some(w.as_str()) != failed_fill) {
             let Some(w) = by_id.get(wid.as_str()) else { continue };
             match self.remote(w, &r, want).await {
                 Ok(b) => {
