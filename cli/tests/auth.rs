@@ -4,9 +4,37 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::*;
 use shoal_proto::master::ListDatasetsRequest;
 use shoal_proto::worker::StatsRequest;
+
+/// A master and a worker started with `server_env`, the worker registered, and a
+/// dataset `ds` of a generated tree created with a CLI that has `client_env`.
+fn cluster(root: &Path, server_env: &[(&str, &str)], client_env: &[(&str, &str)]) -> (Proc, Proc, PathBuf) {
+    let src = root.join("src");
+    write_tree(&src, &tree_spec(64 * 1024, false));
+    let master = Proc::start(
+        &["master", "--data-dir", root.join("m").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        server_env,
+        &root.join("master.log"),
+    );
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "16MiB", "64MiB"),
+        server_env,
+        &root.join("worker.log"),
+    );
+    wait_until_registered_env(&master.addr, &worker.addr, client_env);
+    let (code, out, err) = cli_env(
+        &["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr],
+        client_env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    (master, worker, src)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_file_only_token_holders_are_served() {
@@ -17,33 +45,10 @@ async fn with_a_token_file_only_token_holders_are_served() {
     let wrong = root.join("wrong");
     std::fs::write(&wrong, "another-token-that-is-not-it-0002").unwrap();
     let env = [("SHOAL_TOKEN_FILE", token.to_str().unwrap())];
-    let src = root.join("src");
-    write_tree(&src, &tree_spec(64 * 1024, false));
+    // The worker (with the token) registers; the CLI with the token works.
+    let (master, worker, src) = cluster(root, &env, &env);
 
-    let master = Proc::start(
-        &["master", "--data-dir", root.join("m").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
-        &env,
-        &root.join("master.log"),
-    );
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), "16MiB", "64MiB"),
-        &env,
-        &root.join("worker.log"),
-    );
-    // The worker (with the token) registers.
-    wait_for_sync("the worker to register", || {
-        let (_, out, _) = cli_env(&["workers", "-o", "json", "--master", &master.addr], &env);
-        out.contains(&worker.addr) && out.contains("\"alive\": true")
-    });
-
-    // The CLI with the token works; without it, or with another, it is refused.
-    let (code, out, err) = cli_env(
-        &["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    // Without the token, or with another, the CLI is refused.
     let (code, _, err) = cli(&["dataset", "ls", "--master", &master.addr]);
     assert_ne!(code, 0);
     assert!(err.contains("requires a token") && err.contains("SHOAL_TOKEN_FILE"), "{err}");
@@ -86,7 +91,7 @@ async fn with_a_token_file_only_token_holders_are_served() {
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, made with openssl.
-fn make_certs(dir: &std::path::Path) {
+fn make_certs(dir: &Path) {
     let run = |args: &[&str]| {
         let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -139,29 +144,7 @@ async fn with_certificates_master_and_worker_speak_only_tls() {
         ("SHOAL_TLS_CA", ca.to_str().unwrap()),
     ];
     let client_env = [("SHOAL_TLS_CA", ca.to_str().unwrap())];
-    let src = root.join("src");
-    write_tree(&src, &tree_spec(64 * 1024, false));
-    let master = Proc::start(
-        &["master", "--data-dir", root.join("m").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
-        &env,
-        &root.join("master.log"),
-    );
-    let worker = start_worker(
-        &master.addr,
-        "127.0.0.1:0",
-        &tiers(&root.join("w"), "16MiB", "64MiB"),
-        &env,
-        &root.join("worker.log"),
-    );
-    wait_for_sync("the worker to register over TLS", || {
-        let (_, out, _) = cli_env(&["workers", "-o", "json", "--master", &master.addr], &client_env);
-        out.contains(&worker.addr) && out.contains("\"alive\": true")
-    });
-    let (code, out, err) = cli_env(
-        &["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr],
-        &client_env,
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let (master, worker, src) = cluster(root, &env, &client_env);
     let (code, out, err) = cli_env(&["prewarm", "ds", "--master", &master.addr, "-o", "json"], &client_env);
     assert_eq!(code, 0, "{out}{err}");
 

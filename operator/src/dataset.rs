@@ -31,6 +31,8 @@ use crate::crd::{Dataset, DatasetStatus};
 use crate::{condition, Ctx, Error, FIELD_MANAGER};
 
 pub const FINALIZER: &str = "shoal.io/cleanup";
+/// The CSI driver serving the volumes (`shoal csi`).
+pub const CSI_DRIVER: &str = "csi.shoal.io";
 pub use shoal_core::ids::NODE_LABEL_PREFIX;
 /// The nominal size of a dataset's PV and PVC. Kubernetes does not enforce it for
 /// CSI volumes, and a PVC cannot shrink, so it does not follow the dataset's size
@@ -123,7 +125,7 @@ pub fn desired_pv(ds: &Dataset) -> PersistentVolume {
                 ..Default::default()
             }),
             csi: Some(CSIPersistentVolumeSource {
-                driver: shoal_csi_driver_name().into(),
+                driver: CSI_DRIVER.into(),
                 volume_handle: handle.clone(),
                 read_only: Some(true),
                 volume_attributes: Some([("dataset".to_string(), handle)].into()),
@@ -160,10 +162,6 @@ pub fn desired_pvc(ds: &Dataset) -> PersistentVolumeClaim {
         }),
         status: None,
     }
-}
-
-fn shoal_csi_driver_name() -> &'static str {
-    "csi.shoal.io"
 }
 
 fn owner_labels(ns: &str, name: &str) -> BTreeMap<String, String> {
@@ -383,18 +381,7 @@ fn percent(part: u64, total: u64) -> String {
 }
 
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    bytesize::ByteSize(n).display().iec().to_string()
 }
 
 /// How long to wait before looking at a dataset again when nothing changed.

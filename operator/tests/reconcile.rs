@@ -150,6 +150,25 @@ impl Shoal {
         shoal_proto::auth::master(ch)
     }
 
+    /// Register `ml.imagenet` (the source tree) on the master directly, as the
+    /// operator would have; `block_size` 0 is the default.
+    async fn register(&self, block_size: u64) -> shoal_proto::auth::Master {
+        let mut master = self.master();
+        master
+            .create_dataset(shoal_proto::master::CreateDatasetRequest {
+                spec: Some(shoal_proto::master::DatasetSpec {
+                    name: "ml.imagenet".into(),
+                    mount: Some(shoal_proto::master::MountSpec { uri: self.src_uri(), options: Default::default() }),
+                    cache: Some(shoal_proto::master::CachePolicy { block_size, ..Default::default() }),
+                    ..Default::default()
+                }),
+                sync: true,
+            })
+            .await
+            .unwrap();
+        master
+    }
+
     fn ctx(&self) -> (Arc<Ctx>, Handle<Request<Body>, Response<Body>>) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
@@ -417,18 +436,7 @@ async fn errors_become_conditions_and_events_not_crashes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_dataset_removes_pvc_pv_labels_and_the_master_dataset_then_the_finalizer() {
     let shoal = Shoal::start().await;
-    let mut master = shoal.master();
-    master
-        .create_dataset(shoal_proto::master::CreateDatasetRequest {
-            spec: Some(shoal_proto::master::DatasetSpec {
-                name: "ml.imagenet".into(),
-                mount: Some(shoal_proto::master::MountSpec { uri: shoal.src_uri(), options: Default::default() }),
-                ..Default::default()
-            }),
-            sync: true,
-        })
-        .await
-        .unwrap();
+    let mut master = shoal.register(0).await;
     let mut ds = dataset_resource(&shoal.src_uri(), &["shoal.io/cleanup"]);
     ds.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
@@ -462,19 +470,7 @@ async fn deleting_a_dataset_removes_pvc_pv_labels_and_the_master_dataset_then_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dataload_starts_a_prewarm_and_mirrors_it_to_completion() {
     let shoal = Shoal::start().await;
-    let mut master = shoal.master();
-    master
-        .create_dataset(shoal_proto::master::CreateDatasetRequest {
-            spec: Some(shoal_proto::master::DatasetSpec {
-                name: "ml.imagenet".into(),
-                mount: Some(shoal_proto::master::MountSpec { uri: shoal.src_uri(), options: Default::default() }),
-                cache: Some(shoal_proto::master::CachePolicy { block_size: 65536, ..Default::default() }),
-                ..Default::default()
-            }),
-            sync: true,
-        })
-        .await
-        .unwrap();
+    shoal.register(65536).await;
     let mut dl = DataLoad::new(
         "warm",
         DataLoadSpec {

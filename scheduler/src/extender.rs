@@ -85,28 +85,25 @@ pub fn filter(state: &State, args: &ExtenderArgs) -> ExtenderFilterResult {
             == Some("true");
     let needs = state.needs(&args.pod);
     let view = state.cache();
-    let mut failed = BTreeMap::new();
-    let mut keep = Vec::new();
-    for (name, _) in candidates(args) {
-        if require && !needs.datasets.is_empty() && view.local_share(&needs.datasets, &name) == 0.0 {
-            failed.insert(name.clone(), format!("caches none of {}", needs.datasets.join(", ")));
-        } else {
-            keep.push(name);
-        }
-    }
-    let mut out = ExtenderFilterResult { failed_nodes: failed, ..Default::default() };
+    let names: Vec<String> = candidates(args).into_iter().map(|(name, _)| name).collect();
+    let passes: Vec<bool> = names
+        .iter()
+        .map(|name| !require || needs.datasets.is_empty() || view.local_share(&needs.datasets, name) > 0.0)
+        .collect();
+    let failed_nodes = names
+        .iter()
+        .zip(&passes)
+        .filter(|(_, pass)| !**pass)
+        .map(|(name, _)| (name.clone(), format!("caches none of {}", needs.datasets.join(", "))))
+        .collect();
+    let mut out = ExtenderFilterResult { failed_nodes, ..Default::default() };
+    // Candidates are in the order they were sent: keep those that pass.
     match &args.nodes {
         Some(list) => {
-            out.nodes = Some(NodeList {
-                items: list
-                    .items
-                    .iter()
-                    .filter(|n| keep.contains(&n.metadata.name.clone().unwrap_or_default()))
-                    .cloned()
-                    .collect(),
-            })
+            let items = list.items.iter().zip(&passes).filter(|(_, pass)| **pass).map(|(n, _)| n.clone()).collect();
+            out.nodes = Some(NodeList { items });
         }
-        None => out.nodenames = Some(keep),
+        None => out.nodenames = Some(names.into_iter().zip(passes).filter(|(_, pass)| *pass).map(|(n, _)| n).collect()),
     }
     out
 }

@@ -198,8 +198,13 @@ pub fn master_and_worker(root: &Path, mem: &str, ssd: &str, worker_env: &[(&str,
 
 /// Wait until the master lists the worker at `worker_addr` as alive.
 pub fn wait_until_registered(master: &str, worker_addr: &str) {
+    wait_until_registered_env(master, worker_addr, &[])
+}
+
+/// The same, asking with a CLI that has `envs` (a token, a CA).
+pub fn wait_until_registered_env(master: &str, worker_addr: &str, envs: &[(&str, &str)]) {
     wait_for_sync("the worker to register", || {
-        let (_, out, _) = cli(&["workers", "-o", "json", "--master", master]);
+        let (_, out, _) = cli_env(&["workers", "-o", "json", "--master", master], envs);
         serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| {
             v.as_array().is_some_and(|ws| ws.iter().any(|w| w["address"] == worker_addr && w["alive"] == true))
         })
