@@ -84,12 +84,23 @@ impl State {
         })
     }
 
+    /// Mark a sync of `name` as running, refusing a second concurrent one.
+    fn claim_sync(&self, name: &str) -> Result<()> {
+        if !self.syncing.lock().expect("sync lock").insert(name.to_string()) {
+            return Err(MasterError::SyncRunning(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Run a sync of `info`, refusing a second concurrent one for the same dataset.
     async fn run_sync(&self, info: DatasetInfo, report: impl FnMut(&SyncProgress)) -> Result<DatasetInfo> {
+        self.claim_sync(info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default())?;
+        self.sync_claimed(info, report).await
+    }
+
+    /// Run a sync whose slot [`State::claim_sync`] took; frees the slot.
+    async fn sync_claimed(&self, info: DatasetInfo, report: impl FnMut(&SyncProgress)) -> Result<DatasetInfo> {
         let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        if !self.syncing.lock().expect("sync lock").insert(name.clone()) {
-            return Err(MasterError::SyncRunning(name));
-        }
         let result = async {
             let store = self.store(&info)?;
             let mut seen = 0;
@@ -143,12 +154,21 @@ impl State {
         let info = DatasetInfo { id, spec: Some(spec), created_unix: now, root_inode: ROOT_INO, ..Default::default() };
         self.meta.put_inode(&mut batch, id, &namespace::root_inode(now));
         self.meta.put_dataset(&mut batch, &info);
-        self.meta.write(batch)?;
+        let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        // The first sync is claimed before the dataset is visible, so a periodic
+        // sync cannot start in between and make this one fail as already running.
+        if req.sync {
+            self.claim_sync(&name)?;
+        }
+        if let Err(e) = self.meta.write(batch) {
+            self.syncing.lock().expect("sync lock").remove(&name);
+            return Err(e);
+        }
         self.stores.lock().expect("stores lock").insert(id, store);
         drop(_guard);
-        info!(dataset = %info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or(""), id, "dataset created");
+        info!(dataset = %name, id, "dataset created");
         if req.sync {
-            return self.run_sync(info, |_| {}).await;
+            return self.sync_claimed(info, |_| {}).await;
         }
         Ok(info)
     }
