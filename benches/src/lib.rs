@@ -131,6 +131,7 @@ impl Cluster {
             threads: 4,
             refresh: Duration::ZERO,
             dir_prefetch: 2,
+            takeover_fd: None,
         })
         .await?;
         Ok(Cluster { master_addr, mount: Some(mount), mountpoint, stop })

@@ -49,6 +49,11 @@ pub struct MountArgs {
     /// Address for Prometheus `/metrics` (off unless given).
     #[arg(long, env = "SHOAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Take over the live FUSE connection on this inherited descriptor instead of
+    /// mounting (the mount point must be that connection's mount): how the CSI
+    /// driver restarts or upgrades a mount without failing its open files.
+    #[arg(long, value_name = "FD")]
+    pub fuse_fd: Option<i32>,
 }
 
 pub fn parse_mount_options(opts: &[String]) -> Result<bool> {
@@ -68,8 +73,12 @@ pub fn parse_mount_options(opts: &[String]) -> Result<bool> {
 pub fn options(args: &MountArgs) -> Result<shoal_fuse::MountOptions> {
     Ok(shoal_fuse::MountOptions {
         dataset: args.dataset.clone(),
-        mountpoint: std::fs::canonicalize(&args.mountpoint)
-            .with_context(|| format!("mount point {}", args.mountpoint.display()))?,
+        // Resolving a live mount point would wait on this process: taken as given.
+        mountpoint: match args.fuse_fd {
+            Some(_) => std::path::absolute(&args.mountpoint)?,
+            None => std::fs::canonicalize(&args.mountpoint)
+                .with_context(|| format!("mount point {}", args.mountpoint.display()))?,
+        },
         master: args.master.clone(),
         node: args.node.clone().unwrap_or_else(host_name),
         allow_other: parse_mount_options(&args.options)?,
@@ -78,6 +87,7 @@ pub fn options(args: &MountArgs) -> Result<shoal_fuse::MountOptions> {
         threads: args.threads,
         refresh: args.refresh_interval,
         dir_prefetch: args.dir_prefetch,
+        takeover_fd: args.fuse_fd,
     })
 }
 

@@ -200,6 +200,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
             threads: 4,
             refresh: Duration::from_secs(10),
             dir_prefetch: 2,
+            takeover_fd: None,
         };
         let handle = shoal_fuse::mount(opts).await.context("mount")?;
         let mut out = std::io::stdout().lock();

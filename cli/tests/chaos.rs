@@ -1,9 +1,9 @@
 //! Failures under load: eight readers check the sha256 of every file they read
 //! through a pod's volume (a CSI-published FUSE mount) while the worker, the
 //! master and the FUSE process are each killed with SIGKILL and brought back.
-//! Wrong bytes are never allowed; read errors only while the FUSE process is
-//! down; every recovery must take under 10 s. The figures are printed (and
-//! recorded in `benches/RESULTS.md`).
+//! Wrong bytes and read errors are never allowed (a killed FUSE process is taken
+//! over by a new one on the same connection); every recovery must take under
+//! 10 s. The figures are printed (and recorded in `benches/RESULTS.md`).
 
 mod common;
 
@@ -185,20 +185,17 @@ async fn kill_9_of_worker_master_and_fuse_under_load_loses_no_byte() {
     assert_eq!(tally.errors.load(Ordering::Relaxed), 0, "{:?}", tally.first_error.lock().unwrap());
     assert!(master_back < Duration::from_secs(10), "master recovery {master_back:?}");
 
-    // 3. The FUSE process: reads fail until the CSI plugin restarts it and binds
-    //    the pod's target again.
+    // 3. The FUSE process: the CSI plugin holds its connection, so a new process
+    //    takes it over; reads pause, and none fails.
     let fuse_pid = node.fuse_pid().expect("a FUSE process");
     let fuse_hwm = vm_hwm_kib(fuse_pid as u32);
+    *tally.slowest.lock().unwrap() = Duration::ZERO;
     let killed = Instant::now();
     std::process::Command::new("kill").arg("-9").arg(fuse_pid.to_string()).status().unwrap();
-    wait_for_sync("reads to fail or the mount to come back", || {
-        node.fuse_pid().is_some_and(|p| p != fuse_pid) || tally.last_error.lock().unwrap().is_some_and(|t| t > killed)
-    });
+    wait_for_sync("the new FUSE process", || node.fuse_pid().is_some_and(|p| p != fuse_pid));
+    let taken_over = Instant::now();
     wait_for_sync("good reads after the FUSE restart", || {
-        let last_ok = *tally.last_ok.lock().unwrap();
-        let last_err = *tally.last_error.lock().unwrap();
-        node.fuse_pid().is_some_and(|p| p != fuse_pid)
-            && last_ok.is_some_and(|ok| ok > killed && last_err.is_none_or(|e| ok > e))
+        tally.last_ok.lock().unwrap().is_some_and(|t| t > taken_over)
     });
     let fuse_back = killed.elapsed();
     let errors_during = tally.errors.load(Ordering::Relaxed);
@@ -208,8 +205,9 @@ async fn kill_9_of_worker_master_and_fuse_under_load_loses_no_byte() {
         t.join().unwrap();
     }
     report.push(format!(
-        "FUSE kill -9: {errors_during} read errors while it was down; reads good again after {} ms",
-        fuse_back.as_millis()
+        "FUSE kill -9: {errors_during} read errors; taken over, reads good again after {} ms (longest read {} ms)",
+        fuse_back.as_millis(),
+        tally.slowest.lock().unwrap().as_millis()
     ));
     report.push(format!(
         "totals: {} good reads, {} wrong, slowest good read {} ms; peak RSS worker {} MiB, FUSE {} MiB",
@@ -224,7 +222,12 @@ async fn kill_9_of_worker_master_and_fuse_under_load_loses_no_byte() {
     }
     assert_eq!(tally.wrong.load(Ordering::Relaxed), 0, "wrong bytes: {:?}", tally.first_error.lock().unwrap());
     assert!(fuse_back < Duration::from_secs(10), "FUSE recovery {fuse_back:?}");
-    assert_eq!(tally.errors.load(Ordering::Relaxed), errors_during, "no read error after the FUSE restart");
+    assert_eq!(
+        tally.errors.load(Ordering::Relaxed),
+        0,
+        "no read error, FUSE restart included: {:?}",
+        tally.first_error.lock().unwrap()
+    );
 
     csi.node_unpublish_volume(unpublish_req(&target)).await.unwrap();
 }

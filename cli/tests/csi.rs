@@ -57,44 +57,111 @@ async fn two_pods_share_one_fuse_mount_and_the_last_unpublish_leaves_nothing() {
     assert_eq!(metric(&metrics, "shoal_csi_fuse_mounts"), 0.0);
 }
 
+/// Mount ids of the node's mounts: unchanged ids mean nothing was mounted again.
+fn mount_ids(node: &Node) -> Vec<String> {
+    let root = node.dir.path().to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&root)))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+/// Read `len` bytes at `offset` of an open file, then drop its page cache so the
+/// next read goes to the FUSE process.
+fn read_at_uncached(f: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; len];
+    f.read_exact_at(&mut buf, offset)?;
+    let _ = nix::fcntl::posix_fadvise(f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    Ok(buf)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_fuse_process_is_restarted_and_every_target_serves_again() {
+async fn a_killed_or_upgraded_fuse_process_is_taken_over_without_a_read_error() {
     let mut node = Node::start();
     let mut csi = node.node().await;
     let want = checksums(&node.src);
+    let big = content(7, 2 * 1024 * 1024 + 3);
     let (p1, p2) = (node.target("pod-1"), node.target("pod-2"));
     csi.node_publish_volume(publish_req("pv-ds", &p1)).await.unwrap();
     csi.node_publish_volume(publish_req("pv-ds", &p2)).await.unwrap();
-    let old = node.fuse_pid().expect("a FUSE process is recorded");
+    let ids = mount_ids(&node);
+    assert_eq!(ids.len(), 3, "the FUSE mount and two binds");
+    // A pod holds a file open across every restart below.
+    let open = std::fs::File::open(p1.join("multi/big.bin")).unwrap();
+    assert_eq!(read_at_uncached(&open, 0, 4096).unwrap(), big[..4096]);
 
+    // kill -9: the held connection keeps the mount; the next read waits for the
+    // new process and gets the right bytes.
+    let old = node.fuse_pid().expect("a FUSE process is recorded");
     let killed = Instant::now();
     std::process::Command::new("kill").arg("-9").arg(old.to_string()).status().unwrap();
-    wait_for_sync("both targets to serve reads again", || {
-        [&p1, &p2].iter().all(|p| std::fs::read(p.join("multi/big.bin")).is_ok_and(|b| b.len() == 2 * 1024 * 1024 + 3))
-    });
+    let data = read_at_uncached(&open, 1 << 20, 65536).expect("the open file reads through the restart");
     let recovery = killed.elapsed();
-    println!("FUSE recovery after kill -9: {} ms", recovery.as_millis());
-    assert!(recovery < Duration::from_secs(30), "recovered in {recovery:?}");
+    println!("FUSE takeover after kill -9: first read answered {} ms after the kill", recovery.as_millis());
+    assert_eq!(data, big[1 << 20..(1 << 20) + 65536]);
+    assert!(recovery < Duration::from_secs(10), "recovered in {recovery:?}");
+    wait_for_sync("the new FUSE process to be recorded", || node.fuse_pid().is_some_and(|p| p != old));
     let new = node.fuse_pid().unwrap();
-    assert_ne!(new, old, "a new FUSE process");
     assert_eq!(checksums(&p1), want);
     assert_eq!(checksums(&p2), want);
-    assert_eq!(node.fuse_mounts(), 1);
-    assert_eq!(node.mounts().len(), 3, "{:?}", node.mounts());
+    assert_eq!(mount_ids(&node), ids, "nothing was mounted again");
     let metrics = node.csi.as_ref().unwrap().metrics();
     assert_eq!(metric(&metrics, "shoal_csi_fuse_restarts_total"), 1.0);
+    assert_eq!(metric(&metrics, "shoal_csi_fuse_takeovers_total"), 1.0);
+
+    // SIGHUP to the plugin: every FUSE process is replaced (an upgrade) while a
+    // reader keeps reading the open file.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (open, big, stop) = (open.try_clone().unwrap(), big.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let off = (reads * 65536) % (2 << 20);
+                let data = read_at_uncached(&open, off, 65536).expect("no read error during the upgrade");
+                assert_eq!(data, big[off as usize..off as usize + 65536], "right bytes at {off}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let csi_pid = node.csi.as_ref().unwrap().child.id();
+    std::process::Command::new("kill").arg("-HUP").arg(csi_pid.to_string()).status().unwrap();
+    wait_for_sync("the upgraded FUSE process", || node.fuse_pid().is_some_and(|p| p != new));
+    let upgraded = node.fuse_pid().unwrap();
+    assert_eq!(checksums(&p2), want);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader saw no error");
+    assert!(reads > 0);
+    assert_eq!(mount_ids(&node), ids, "nothing was mounted again");
+    assert!(!Path::new(&format!("/proc/{new}")).exists(), "the replaced process is gone");
+    let metrics = node.csi.as_ref().unwrap().metrics();
+    assert_eq!(metric(&metrics, "shoal_csi_fuse_takeovers_total"), 2.0);
 
     // kill -9 the plugin itself: the mounts outlive it, and a new plugin adopts
-    // them (same FUSE process) and can unpublish them.
+    // them (same FUSE process), copies its connection again, and so still takes
+    // it over when it is killed.
     node.csi.as_mut().unwrap().kill9();
     assert_eq!(checksums(&p1), want, "pods keep reading while the plugin is down");
     node.start_csi();
     let mut csi = node.node().await;
-    assert_eq!(node.fuse_pid(), Some(new), "the running FUSE process is adopted");
+    assert_eq!(node.fuse_pid(), Some(upgraded), "the running FUSE process is adopted");
+    std::process::Command::new("kill").arg("-9").arg(upgraded.to_string()).status().unwrap();
+    let data = read_at_uncached(&open, 0, 65536).expect("the open file reads through the restart");
+    assert_eq!(data, big[..65536]);
+    assert_eq!(checksums(&p2), want);
+    assert_eq!(mount_ids(&node), ids, "nothing was mounted again");
+    wait_for_sync("the new FUSE process to be recorded", || node.fuse_pid().is_some_and(|p| p != upgraded));
+    let last = node.fuse_pid().unwrap();
+    drop(open);
+
     csi.node_unpublish_volume(unpublish_req(&p1)).await.unwrap();
     csi.node_unpublish_volume(unpublish_req(&p2)).await.unwrap();
     assert_eq!(node.mounts(), Vec::<String>::new(), "no mount left");
-    wait_for_sync("the FUSE process to exit", || !Path::new(&format!("/proc/{new}")).exists());
+    wait_for_sync("the FUSE process to exit", || !Path::new(&format!("/proc/{last}")).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,13 @@
 //! - [`validate`]: checks on volume ids, target paths and capabilities;
 //! - [`volumes`]: one FUSE mount per dataset per node, bind-mounted into pods,
 //!   supervised and recovered, recorded on disk;
+//! - [`fusefd`]: held copies of the mounts' FUSE connections, so a new process
+//!   can take one over;
 //! - [`service`]: the Identity, Node and (static) Controller gRPC services.
 //!
 //! [`Plugin`] runs them on a unix socket, as kubelet and the CSI sidecars expect.
 
+pub mod fusefd;
 pub mod service;
 pub mod validate;
 pub mod volumes;
@@ -104,6 +107,7 @@ impl Plugin {
         let master = shoal_proto::auth::master(endpoint.connect_lazy());
         let volumes = volumes::Volumes::open(cfg.clone()).await?;
         let supervisor = tokio::spawn(volumes.clone().supervise());
+        let upgrades = tokio::spawn(replace_on_sighup(volumes.clone()));
         let svc = service::CsiService::new(cfg.clone(), volumes, master);
         tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "CSI plugin serving");
         let result = tonic::transport::Server::builder()
@@ -114,8 +118,21 @@ impl Plugin {
             .await
             .map_err(|e| CsiError::Io(format!("CSI server: {e}")));
         supervisor.abort();
+        upgrades.abort();
         let _ = std::fs::remove_file(&cfg.socket);
         result
+    }
+}
+
+/// On SIGHUP, replace every FUSE process by a new one (of the `shoal` binary now
+/// on disk) that takes its connection over: how a node upgrades its mounts
+/// without failing a pod's read.
+async fn replace_on_sighup(volumes: Arc<volumes::Volumes>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let n = volumes.replace_all().await;
+        tracing::info!(replaced = n, "SIGHUP: FUSE processes replaced");
     }
 }
 
@@ -137,6 +154,13 @@ pub mod metrics {
     pub static RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
         register_int_counter!("shoal_csi_fuse_restarts_total", "FUSE processes restarted after they died")
             .expect("metric")
+    });
+    pub static TAKEOVERS: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "shoal_csi_fuse_takeovers_total",
+            "New FUSE processes that took a live connection over (restart or upgrade without an error)"
+        )
+        .expect("metric")
     });
     pub static VOLUMES: LazyLock<IntGauge> = LazyLock::new(|| {
         register_int_gauge!("shoal_csi_fuse_mounts", "Datasets with a FUSE mount on this node").expect("metric")

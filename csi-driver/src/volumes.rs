@@ -1,11 +1,16 @@
 //! The node's published volumes. One FUSE mount per dataset (its own `shoal mount`
 //! process, mounted under the state directory), bind-mounted into the target path
-//! of every pod that uses it, and unmounted with the last of them. A supervisor
-//! restarts a FUSE process that dies and binds every affected target path again.
-//! What is published is recorded in `state.json`, so a restarted driver takes its
-//! mounts back (they outlive it: each runs in its own process group).
+//! of every pod that uses it, and unmounted with the last of them. The driver
+//! holds a copy of each mount's `/dev/fuse` descriptor ([`crate::fusefd`]), so
+//! when a FUSE process dies (or is replaced on SIGHUP, to upgrade it) the
+//! connection stays up and a new process takes it over: pods' reads pause and
+//! resume, open files included. Without a copy, a dead process is replaced by a
+//! fresh mount and every target path is bound again. What is published is
+//! recorded in `state.json`, so a restarted driver takes its mounts back (they
+//! outlive it: each runs in its own process group).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::{metrics, Config, CsiError};
+use crate::{fusefd, metrics, Config, CsiError};
 
 /// How long a new FUSE process may take to show up in the mount table.
 const MOUNT_DEADLINE: Duration = Duration::from_secs(60);
@@ -29,6 +34,8 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 /// Wait before retrying a FUSE process that failed to start (doubles to a minute).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Failed takeovers of a held connection before it is given up for a fresh mount.
+const TAKEOVER_TRIES: u32 = 3;
 
 /// The FUSE process serving one dataset.
 enum Fuse {
@@ -58,8 +65,33 @@ struct Volume {
     staging: PathBuf,
     targets: BTreeSet<PathBuf>,
     fuse: Option<Fuse>,
+    /// A copy of the mount's `/dev/fuse` descriptor: the connection survives its
+    /// process while this is held.
+    fd: Option<OwnedFd>,
+    takeover_failures: u32,
     /// Backoff after a failed start: no attempt before this.
     retry_at: Option<(Instant, Duration)>,
+}
+
+impl Volume {
+    fn new(staging: PathBuf, targets: BTreeSet<PathBuf>, fuse: Option<Fuse>) -> Volume {
+        let fd = fuse.as_ref().and_then(Fuse::pid).and_then(|pid| copy_fd(pid, &staging));
+        Volume { staging, targets, fuse, fd, takeover_failures: 0, retry_at: None }
+    }
+
+    /// Wait longer (doubling, up to a minute) before the next start.
+    fn back_off(&mut self) {
+        let wait = self.retry_at.map(|(_, w)| (w * 2).min(RETRY_MAX)).unwrap_or(RETRY_FIRST);
+        self.retry_at = Some((Instant::now() + wait, wait));
+    }
+}
+
+fn copy_fd(pid: i32, staging: &Path) -> Option<OwnedFd> {
+    fusefd::copy_from(pid)
+        .inspect_err(|e| {
+            warn!(pid, staging = %staging.display(), error = %e, "cannot hold the FUSE connection; a restart will remount")
+        })
+        .ok()
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -109,7 +141,7 @@ impl Volumes {
                 .filter(|p| serves(*p, &staging) && is_mounted(&staging))
                 .map(|p| Fuse::Adopted(p, staging.clone()));
             info!(%dataset, adopted = fuse.is_some(), targets = rec.targets.len(), "volume from an earlier run");
-            volumes.insert(dataset, Volume { staging, targets: rec.targets, fuse, retry_at: None });
+            volumes.insert(dataset, Volume::new(staging, rec.targets, fuse));
         }
         let this = Arc::new(Volumes { cfg, volumes: Mutex::new(volumes) });
         this.refresh_gauge().await;
@@ -136,12 +168,9 @@ impl Volumes {
     /// left mounted.
     pub async fn publish(&self, dataset: &str, target: &Path, readonly: bool) -> Result<(), CsiError> {
         let mut volumes = self.volumes.lock().await;
-        let vol = volumes.entry(dataset.to_string()).or_insert_with(|| Volume {
-            staging: staging_dir(&self.cfg, dataset),
-            targets: BTreeSet::new(),
-            fuse: None,
-            retry_at: None,
-        });
+        let vol = volumes
+            .entry(dataset.to_string())
+            .or_insert_with(|| Volume::new(staging_dir(&self.cfg, dataset), BTreeSet::new(), None));
         if vol.targets.contains(target) && is_mounted(target) {
             return Ok(());
         }
@@ -164,7 +193,7 @@ impl Volumes {
         readonly: bool,
     ) -> Result<(), CsiError> {
         if !self.fuse_alive(vol) {
-            self.start_fuse(dataset, vol).await?;
+            self.revive(dataset, vol).await?;
         }
         std::fs::create_dir_all(target).map_err(|e| CsiError::Io(format!("create {}: {e}", target.display())))?;
         bind(&vol.staging, target, readonly)?;
@@ -222,14 +251,11 @@ impl Volumes {
                     return Ok(());
                 }
             }
-            if vol.fuse.take().is_some() {
+            if vol.fuse.is_some() {
                 warn!(%dataset, "the FUSE process died; restarting it");
             }
-            for t in &vol.targets {
-                unmount(t)?;
-            }
             let started = Instant::now();
-            self.start_fuse(dataset, vol).await?;
+            self.revive(dataset, vol).await?;
             metrics::RESTARTS.inc();
             info!(%dataset, ms = started.elapsed().as_millis() as u64, "FUSE process restarted");
         }
@@ -247,6 +273,79 @@ impl Volumes {
         vol.fuse.as_mut().is_some_and(|f| !f.exited()) && is_mounted(&vol.staging)
     }
 
+    /// Replace every FUSE process whose connection is held by a new one that
+    /// takes it over (the `shoal` binary on disk, so an upgraded binary takes
+    /// effect), without failing any read. Returns how many were replaced.
+    pub async fn replace_all(&self) -> usize {
+        let mut volumes = self.volumes.lock().await;
+        let mut replaced = 0;
+        for (dataset, vol) in volumes.iter_mut() {
+            if vol.fd.is_none() || !self.fuse_alive(vol) {
+                continue;
+            }
+            match self.take_over(dataset, vol).await {
+                Ok(()) => replaced += 1,
+                Err(e) => warn!(%dataset, error = %e, "replacing the FUSE process failed; the supervisor retries"),
+            }
+        }
+        self.save(&volumes);
+        replaced
+    }
+
+    /// Bring the dataset's FUSE process up: a new process takes over the held
+    /// connection (targets keep their mount; pods see a pause), or, with none
+    /// held or after it failed [`TAKEOVER_TRIES`] times, a fresh mount whose
+    /// targets the supervisor binds again.
+    async fn revive(&self, dataset: &str, vol: &mut Volume) -> Result<(), CsiError> {
+        if vol.fd.is_some() && is_mounted(&vol.staging) {
+            match self.take_over(dataset, vol).await {
+                Ok(()) => return Ok(()),
+                Err(e) if vol.takeover_failures < TAKEOVER_TRIES => return Err(e),
+                Err(e) => warn!(%dataset, error = %e, "giving the FUSE connection up for a fresh mount"),
+            }
+        }
+        vol.fd = None;
+        vol.takeover_failures = 0;
+        for t in &vol.targets {
+            unmount(t)?;
+        }
+        self.start_fuse(dataset, vol).await
+    }
+
+    /// Start `shoal mount --fuse-fd` on the held connection (after killing the
+    /// process serving it, if any: SIGKILL, as it must not unmount) and wait
+    /// until it answers.
+    async fn take_over(&self, dataset: &str, vol: &mut Volume) -> Result<(), CsiError> {
+        if let Some(mut old) = vol.fuse.take() {
+            kill_now(&mut old).await;
+        }
+        let fd = vol.fd.as_ref().expect("a held connection");
+        let started = Instant::now();
+        let result = async {
+            let inherit =
+                fusefd::inheritable(fd).map_err(|e| CsiError::Io(format!("pass the FUSE connection: {e}")))?;
+            let (child, log) = self.spawn(dataset, &vol.staging, Some(inherit.as_raw_fd()))?;
+            drop(inherit);
+            wait_answering(dataset, child, &vol.staging, &log).await
+        }
+        .await;
+        match result {
+            Ok(child) => {
+                vol.fuse = Some(Fuse::Child(child));
+                vol.retry_at = None;
+                vol.takeover_failures = 0;
+                metrics::TAKEOVERS.inc();
+                info!(%dataset, ms = started.elapsed().as_millis() as u64, "a new FUSE process took the mount over");
+                Ok(())
+            }
+            Err(e) => {
+                vol.takeover_failures += 1;
+                vol.back_off();
+                Err(e)
+            }
+        }
+    }
+
     /// Start `shoal mount` for the dataset on its staging directory and wait for it
     /// to be mounted. A failure is backed off before the supervisor retries.
     async fn start_fuse(&self, dataset: &str, vol: &mut Volume) -> Result<(), CsiError> {
@@ -256,22 +355,27 @@ impl Volumes {
         unmount(&vol.staging)?;
         std::fs::create_dir_all(&vol.staging)
             .map_err(|e| CsiError::Io(format!("create {}: {e}", vol.staging.display())))?;
-        let result = self.spawn_and_wait(dataset, &vol.staging).await;
+        let result = match self.spawn(dataset, &vol.staging, None) {
+            Ok((child, log)) => wait_mounted(dataset, child, &vol.staging, &log).await,
+            Err(e) => Err(e),
+        };
         match result {
             Ok(child) => {
+                vol.fd = child.id().and_then(|pid| copy_fd(pid as i32, &vol.staging));
                 vol.fuse = Some(Fuse::Child(child));
                 vol.retry_at = None;
                 Ok(())
             }
             Err(e) => {
-                let wait = vol.retry_at.map(|(_, w)| (w * 2).min(RETRY_MAX)).unwrap_or(RETRY_FIRST);
-                vol.retry_at = Some((Instant::now() + wait, wait));
+                vol.back_off();
                 Err(e)
             }
         }
     }
 
-    async fn spawn_and_wait(&self, dataset: &str, staging: &Path) -> Result<Child, CsiError> {
+    /// Start `shoal mount` for the dataset on `staging`, logging to the state
+    /// directory; with `fuse_fd`, it takes over that inherited connection.
+    fn spawn(&self, dataset: &str, staging: &Path, fuse_fd: Option<i32>) -> Result<(Child, PathBuf), CsiError> {
         let log_path = self.cfg.state_dir.join("logs").join(format!("{dataset}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -290,35 +394,21 @@ impl Volumes {
             .arg("-o")
             .arg("allow_other")
             .args(&self.cfg.mount_args)
+            .args(fuse_fd.map(|fd| format!("--fuse-fd={fd}")))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .process_group(0)
             .kill_on_drop(false);
-        let mut child =
-            cmd.spawn().map_err(|e| CsiError::Io(format!("start {}: {e}", self.cfg.shoal_bin.display())))?;
-        let deadline = Instant::now() + MOUNT_DEADLINE;
-        loop {
-            if is_mounted(staging) {
-                return Ok(child);
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let tail = log_tail(&log_path);
-                return Err(CsiError::Mount(format!("shoal mount of {dataset:?} exited with {status}: {tail}")));
-            }
-            if Instant::now() > deadline {
-                let mut f = Fuse::Child(child);
-                terminate(&mut f).await;
-                return Err(CsiError::Mount(format!("shoal mount of {dataset:?} did not mount within 60 s")));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let child = cmd.spawn().map_err(|e| CsiError::Io(format!("start {}: {e}", self.cfg.shoal_bin.display())))?;
+        Ok((child, log_path))
     }
 
     async fn stop(&self, dataset: &str, vol: &mut Volume) {
         if let Some(mut f) = vol.fuse.take() {
             terminate(&mut f).await;
         }
+        vol.fd = None;
         if let Err(e) = unmount(&vol.staging) {
             warn!(%dataset, error = %e, "unmounting the FUSE mount failed");
         }
@@ -393,6 +483,68 @@ fn unmount(path: &Path) -> Result<(), CsiError> {
     Ok(())
 }
 
+/// Wait for a new `shoal mount` to show up in the mount table.
+async fn wait_mounted(dataset: &str, child: Child, staging: &Path, log: &Path) -> Result<Child, CsiError> {
+    let staging = staging.to_path_buf();
+    wait_child(dataset, child, log, "mount", move || std::future::ready(is_mounted(&staging))).await
+}
+
+/// Wait for a process that took a connection over to answer on it (`statfs` is
+/// never answered from the kernel's caches).
+async fn wait_answering(dataset: &str, child: Child, staging: &Path, log: &Path) -> Result<Child, CsiError> {
+    let staging = staging.to_path_buf();
+    // Blocks until some process answers; a probe left behind by a failed
+    // takeover returns with the next one.
+    let probe = tokio::task::spawn_blocking(move || nix::sys::statfs::statfs(&staging));
+    wait_child(dataset, child, log, "answer", move || std::future::ready(probe.is_finished())).await
+}
+
+/// Poll `ready` until it holds, the child exits (an error with the tail of its
+/// log) or [`MOUNT_DEADLINE`] passes (the child is killed).
+async fn wait_child<F, Fut>(
+    dataset: &str,
+    mut child: Child,
+    log: &Path,
+    what: &str,
+    mut ready: F,
+) -> Result<Child, CsiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + MOUNT_DEADLINE;
+    loop {
+        if ready().await {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = log_tail(log);
+            return Err(CsiError::Mount(format!("shoal mount of {dataset:?} exited with {status}: {tail}")));
+        }
+        if Instant::now() > deadline {
+            kill_now(&mut Fuse::Child(child)).await;
+            return Err(CsiError::Mount(format!("shoal mount of {dataset:?} did not {what} within 60 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SIGKILL, and reap: the process leaves its mount (and held connection) alone.
+async fn kill_now(f: &mut Fuse) {
+    let Some(pid) = f.pid() else { return };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    match f {
+        Fuse::Child(c) => {
+            let _ = c.wait().await;
+        }
+        Fuse::Adopted(..) => {
+            while !f.exited() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
 /// SIGTERM (the mount unmounts itself), then SIGKILL after 10 s.
 async fn terminate(f: &mut Fuse) {
     let Some(pid) = f.pid() else { return };
@@ -402,10 +554,7 @@ async fn terminate(f: &mut Fuse) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if !f.exited() {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        if let Fuse::Child(c) = f {
-            let _ = c.wait().await;
-        }
+        kill_now(f).await;
     }
 }
 

@@ -8,6 +8,7 @@ pub mod fs;
 pub mod metrics;
 pub mod namespace;
 pub mod reader;
+pub mod takeover;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,9 @@ pub struct MountOptions {
     /// Cold reads of small files in a directory after which the rest of its
     /// small files are prefetched into the workers (0: never).
     pub dir_prefetch: u32,
+    /// Serve this inherited descriptor of a live FUSE connection (whose mount is
+    /// already up) instead of mounting: see [`takeover`].
+    pub takeover_fd: Option<std::os::fd::RawFd>,
 }
 
 /// A live mount. Dropping it does not unmount; call [`MountHandle::unmount`].
@@ -65,6 +69,8 @@ pub struct MountHandle {
     pub dataset: DatasetInfo,
     pub reader: Arc<Reader>,
     unmounter: fuser::SessionUnmounter,
+    /// Serving a connection this process did not mount (`fuser` cannot unmount it).
+    taken_over: bool,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
@@ -82,7 +88,11 @@ impl MountHandle {
 
     /// Unmount and wait for the session to end.
     pub fn unmount(mut self) -> std::io::Result<()> {
-        let res = self.unmounter.unmount();
+        let mut res = self.unmounter.unmount();
+        if self.taken_over {
+            res = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from);
+        }
+        // The kernel ends the connection (and so the session) with its mount.
         let _ = self.thread.join();
         res
     }
@@ -162,10 +172,15 @@ async fn refresh_loop(
 /// Load the dataset's namespace and mount it; returns once the kernel has
 /// accepted the mount. Must be called inside a tokio runtime.
 pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
-    let meta = std::fs::metadata(&opts.mountpoint)
-        .map_err(|e| MountError::MountPoint { path: opts.mountpoint.clone(), reason: e.to_string() })?;
-    if !meta.is_dir() {
-        return Err(MountError::MountPoint { path: opts.mountpoint.clone(), reason: "not a directory".into() });
+    let mount_err = |source| MountError::Mount { path: opts.mountpoint.clone(), source };
+    // A live connection's mount point would wait on this very process.
+    let takeover = opts.takeover_fd.map(takeover::inherited).transpose().map_err(mount_err)?;
+    if takeover.is_none() {
+        let meta = std::fs::metadata(&opts.mountpoint)
+            .map_err(|e| MountError::MountPoint { path: opts.mountpoint.clone(), reason: e.to_string() })?;
+        if !meta.is_dir() {
+            return Err(MountError::MountPoint { path: opts.mountpoint.clone(), reason: "not a directory".into() });
+        }
     }
     let mut master = master_client(&opts.master)?;
     let dataset = master
@@ -209,11 +224,14 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
     }
     config.n_threads = Some(opts.threads.max(1));
     let path = opts.mountpoint.clone();
-    let session = tokio::task::spawn_blocking(move || fuser::Session::new(filesystem, &path, &config))
-        .await
-        .map_err(|e| MountError::Mount { path: opts.mountpoint.clone(), source: std::io::Error::other(e.to_string()) })?
-        .map_err(|source| MountError::Mount { path: opts.mountpoint.clone(), source })?;
-    let mut session = session;
+    let taken_over = takeover.is_some();
+    let mut session = tokio::task::spawn_blocking(move || match takeover {
+        Some(fd) => takeover::session(filesystem, fd, &config),
+        None => fuser::Session::new(filesystem, &path, &config),
+    })
+    .await
+    .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
+    .map_err(mount_err)?;
     let unmounter = session.unmount_callable();
     if !opts.refresh.is_zero() {
         let notifier = session.notifier();
@@ -226,10 +244,8 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
             opts.refresh,
         ));
     }
-    let thread = std::thread::Builder::new()
-        .name("shoal-fuse".into())
-        .spawn(move || session.run())
-        .map_err(|source| MountError::Mount { path: opts.mountpoint.clone(), source })?;
-    info!(dataset = %opts.dataset, mountpoint = %opts.mountpoint.display(), "mounted");
-    Ok(MountHandle { mountpoint: opts.mountpoint, dataset, reader, unmounter, thread })
+    let thread =
+        std::thread::Builder::new().name("shoal-fuse".into()).spawn(move || session.run()).map_err(mount_err)?;
+    info!(dataset = %opts.dataset, mountpoint = %opts.mountpoint.display(), taken_over, "mounted");
+    Ok(MountHandle { mountpoint: opts.mountpoint, dataset, reader, unmounter, taken_over, thread })
 }
