@@ -132,6 +132,7 @@ impl Cluster {
             refresh: Duration::ZERO,
             dir_prefetch: 2,
             takeover_fd: None,
+            metadata_budget: 512 << 20,
         })
         .await?;
         Ok(Cluster { master_addr, mount: Some(mount), mountpoint, stop })

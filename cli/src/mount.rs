@@ -36,6 +36,10 @@ pub struct MountArgs {
     /// again at most for blocks of large files being streamed.
     #[arg(long, default_value = "512MiB")]
     pub cache_size: String,
+    /// Memory for directory listings (about 60 bytes per entry): past it,
+    /// listings are dropped and loaded again from the master when needed.
+    #[arg(long, default_value = "512MiB")]
+    pub metadata_cache: String,
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
@@ -52,7 +56,7 @@ pub struct MountArgs {
     /// Take over the live FUSE connection on this inherited descriptor instead of
     /// mounting (the mount point must be that connection's mount): how the CSI
     /// driver restarts or upgrades a mount without failing its open files.
-    #[arg(long, value_name = "FD")]
+    #[arg(long, value_name = "FD", conflicts_with = "background")]
     pub fuse_fd: Option<i32>,
 }
 
@@ -84,6 +88,7 @@ pub fn options(args: &MountArgs) -> Result<shoal_fuse::MountOptions> {
         allow_other: parse_mount_options(&args.options)?,
         ttl: args.attr_timeout,
         cache_bytes: shoal_core::size::parse_size(&args.cache_size)?,
+        metadata_budget: shoal_core::size::parse_size(&args.metadata_cache)?,
         threads: args.threads,
         refresh: args.refresh_interval,
         dir_prefetch: args.dir_prefetch,

@@ -201,6 +201,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
             refresh: Duration::from_secs(10),
             dir_prefetch: 2,
             takeover_fd: None,
+            metadata_budget: 512 << 20,
         };
         let handle = shoal_fuse::mount(opts).await.context("mount")?;
         let mut out = std::io::stdout().lock();

@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{EntryMode, Metadata, Operator};
@@ -17,6 +18,8 @@ use crate::{CoreError, StoreSpec};
 /// Ranges at least this large are split into parallel sub-range requests.
 const PARALLEL_READ_CHUNK: usize = 2 << 20;
 const PARALLEL_READS: usize = 4;
+/// Top-level directories listed at once.
+const PARALLEL_LISTS: usize = 8;
 
 /// One object or directory in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,24 +154,59 @@ impl UnderStore {
         Ok(entry_from(path.to_string(), &meta))
     }
 
-    /// Every object and directory under the prefix, recursively, as a stream.
-    /// Directories that only exist implicitly (object-store prefixes) are not
-    /// reported; callers derive them from file paths.
+    /// Every file and directory of the store, as a stream (nothing is held whole:
+    /// a flat store of millions of objects streams page by page). Each top-level
+    /// directory is listed recursively on its own, [`PARALLEL_LISTS`] at once,
+    /// so a store with many prefixes lists at many times one lister's speed.
+    /// Entries come in no particular order; a directory may follow its children.
     pub fn list(&self) -> impl Stream<Item = Result<StoreEntry, CoreError>> + Send + 'static {
         let this = self.clone();
         futures::stream::once(async move {
             let t = std::time::Instant::now();
-            let lister = this.op.lister_with("").recursive(true).await;
+            let top = this.op.lister_with("").await;
+            crate::metrics::store_request("list", top.is_ok(), t);
+            let top = top.map_err(|e| this.err("list", "/", e))?;
+            Ok::<_, CoreError>(
+                top.map(move |entry| -> BoxStream<'static, Result<StoreEntry, CoreError>> {
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(e) => {
+                            return futures::stream::once(std::future::ready(Err(this.err("list", "/", e)))).boxed()
+                        }
+                    };
+                    let (path, meta) = entry.into_parts();
+                    let trimmed = path.trim_matches('/');
+                    if trimmed.is_empty() || meta.mode() == EntryMode::Unknown {
+                        return futures::stream::empty().boxed();
+                    }
+                    let here = futures::stream::once(std::future::ready(Ok(entry_from(format!("/{trimmed}"), &meta))));
+                    if meta.is_dir() {
+                        here.chain(this.list_subtree(path)).boxed()
+                    } else {
+                        here.boxed()
+                    }
+                })
+                .flatten_unordered(PARALLEL_LISTS),
+            )
+        })
+        .try_flatten()
+    }
+
+    /// Everything under directory `prefix` (`a/b/`), recursively, without it.
+    fn list_subtree(&self, prefix: String) -> impl Stream<Item = Result<StoreEntry, CoreError>> + Send + 'static {
+        let this = self.clone();
+        futures::stream::once(async move {
+            let t = std::time::Instant::now();
+            let lister = this.op.lister_with(&prefix).recursive(true).await;
             crate::metrics::store_request("list", lister.is_ok(), t);
-            let lister = lister.map_err(|e| this.err("list", "/", e))?;
+            let lister = lister.map_err(|e| this.err("list", &prefix, e))?;
             let this2 = this.clone();
-            Ok::<_, CoreError>(lister.map_err(move |e| this2.err("list", "/", e)).try_filter_map(|entry| async move {
+            let own = prefix.trim_matches('/').to_string();
+            Ok::<_, CoreError>(lister.map_err(move |e| this2.err("list", &prefix, e)).try_filter_map(move |entry| {
                 let (path, meta) = entry.into_parts();
                 let trimmed = path.trim_matches('/');
-                if trimmed.is_empty() || meta.mode() == EntryMode::Unknown {
-                    return Ok(None);
-                }
-                Ok(Some(entry_from(format!("/{trimmed}"), &meta)))
+                let keep = !trimmed.is_empty() && trimmed != own && meta.mode() != EntryMode::Unknown;
+                std::future::ready(Ok(keep.then(|| entry_from(format!("/{trimmed}"), &meta))))
             }))
         })
         .try_flatten()

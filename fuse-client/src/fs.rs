@@ -1,14 +1,16 @@
 //! The FUSE filesystem: a read-only POSIX view of one dataset. Metadata calls are
-//! answered from the in-memory [`Namespace`] with long kernel TTLs; reads are
-//! handed to tokio tasks so many run at once; opens are zero-message (the kernel
-//! opens files without asking us and keeps their page cache, as with
-//! `FOPEN_KEEP_CACHE`) so a second epoch is served by the page cache. Every call that would change
-//! anything returns `EROFS` (the mount is also read-only in the kernel).
+//! answered from the in-memory listings of [`Metadata`] with long kernel TTLs;
+//! reads are handed to tokio tasks so many run at once; opens are zero-message
+//! (the kernel opens files without asking us and keeps their page cache, as with
+//! `FOPEN_KEEP_CACHE`) so a second epoch is served by the page cache. Every call
+//! that would change anything returns `EROFS` (the mount is also read-only in the
+//! kernel).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
@@ -21,7 +23,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
 use crate::metrics;
-use crate::namespace::{Namespace, Node, ROOT};
+use crate::namespace::{Entry, Located, MetaError, Metadata, ROOT};
 use crate::reader::{ReadError, Reader};
 
 /// Largest read the kernel sends (it allows 1 MiB with `max_pages` 256).
@@ -42,38 +44,16 @@ const MAX_STREAMS: usize = 65536;
 /// Files of one directory a directory prefetch asks for at most.
 const MAX_DIR_PREFETCH: usize = 100_000;
 
-/// One namespace snapshot and the dataset paths of its files.
+/// The dataset's totals, for `statfs` (updated on re-syncs).
 #[derive(Debug, Default)]
-pub struct View {
-    pub ns: Namespace,
-    pub paths: HashMap<u64, String>,
+pub struct Totals {
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
 }
-
-impl View {
-    pub fn new(ns: Namespace) -> View {
-        let mut paths = HashMap::new();
-        let mut stack = vec![(ROOT, String::new())];
-        while let Some((ino, path)) = stack.pop() {
-            if let Some(node) = ns.get(ino) {
-                for (name, child) in &node.children {
-                    let p = format!("{path}/{name}");
-                    if ns.get(*child).is_some_and(|c| c.is_dir()) {
-                        stack.push((*child, p));
-                    } else {
-                        paths.insert(*child, p);
-                    }
-                }
-            }
-        }
-        View { ns, paths }
-    }
-}
-
-/// The current view, replaced whole when the dataset is re-synced.
-pub type SharedView = Arc<RwLock<Arc<View>>>;
 
 pub struct ShoalFs {
-    view: SharedView,
+    meta: Arc<Metadata>,
+    totals: Arc<Totals>,
     reader: Arc<Reader>,
     rt: Handle,
     ttl: Duration,
@@ -88,7 +68,7 @@ pub struct ShoalFs {
 
 impl std::fmt::Debug for ShoalFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShoalFs").field("entries", &self.view().ns.len()).finish()
+        f.debug_struct("ShoalFs").field("meta", &self.meta).finish()
     }
 }
 
@@ -99,11 +79,29 @@ fn errno_of(e: &ReadError) -> Errno {
     }
 }
 
+fn meta_errno(e: &MetaError) -> Errno {
+    match e {
+        MetaError::NotFound => Errno::ENOENT,
+        MetaError::NotDir => Errno::ENOTDIR,
+        MetaError::Master(m) => {
+            warn!(error = %m, "metadata unavailable");
+            Errno::EIO
+        }
+    }
+}
+
 impl ShoalFs {
-    pub fn new(view: SharedView, reader: Arc<Reader>, rt: Handle, ttl: Duration, dir_prefetch: u32) -> Self {
+    pub fn new(
+        meta: Arc<Metadata>,
+        totals: Arc<Totals>,
+        reader: Arc<Reader>,
+        rt: Handle,
+        ttl: Duration,
+        dir_prefetch: u32,
+    ) -> Self {
         let (uid, gid) = (nix_uid(), nix_gid());
         let (streams, dir_reads) = (Mutex::new(HashMap::new()), Mutex::new(HashMap::new()));
-        Self { view, reader, rt, ttl, uid, gid, streams, dir_prefetch, dir_reads }
+        Self { meta, totals, reader, rt, ttl, uid, gid, streams, dir_prefetch, dir_reads }
     }
 
     /// Directory prefetch: the `dir_prefetch`-th cold read of a whole small
@@ -112,7 +110,7 @@ impl ShoalFs {
     /// every directory early, so the epoch runs at the store's bandwidth instead
     /// of one round trip per file; a job that reads one file of a directory costs
     /// nothing extra.
-    fn note_cold_read(&self, v: &View, inode: &Inode) {
+    fn note_cold_read(&self, inode: &Inode) {
         if self.dir_prefetch == 0 || inode.size == 0 || inode.size > self.reader.block_size() {
             return;
         }
@@ -134,36 +132,31 @@ impl ShoalFs {
             }
             *n = u32::MAX;
         }
-        let Some(dir) = v.ns.get(inode.parent) else { return };
+        let (Ok(dir), Ok(dir_path)) = (self.meta.listing(inode.parent), self.meta.dir_path(inode.parent)) else {
+            return;
+        };
         let bs = self.reader.block_size();
         let files: Vec<(Inode, String)> = dir
-            .children
+            .entries()
             .iter()
-            .filter(|(_, ino)| *ino != inode.ino)
-            .filter_map(|(_, ino)| {
-                let n = v.ns.get(*ino)?;
-                (!n.is_dir() && n.inode.size > 0 && n.inode.size <= bs)
-                    .then(|| Some((n.inode.clone(), v.paths.get(ino)?.clone())))
-                    .flatten()
-            })
+            .filter(|e| e.ino != inode.ino && !e.is_dir && e.size > 0 && e.size <= bs)
             .take(MAX_DIR_PREFETCH)
+            .map(|e| {
+                let name = dir.name(e);
+                (e.inode(inode.parent, name), format!("{dir_path}/{name}"))
+            })
             .collect();
         debug!(dir = inode.parent, files = files.len(), "directory prefetch");
         let _guard = self.rt.enter();
         self.reader.prefetch_files(files);
     }
 
-    fn view(&self) -> Arc<View> {
-        self.view.read().expect("view lock").clone()
-    }
-
-    fn attr(&self, node: &Node) -> FileAttr {
-        let i = &node.inode;
-        let mtime = node.mtime();
+    fn attr(&self, e: &Entry) -> FileAttr {
+        let mtime = e.mtime();
         let (kind, perm, nlink, size) =
-            if node.is_dir() { (FileType::Directory, 0o555, 2, 0) } else { (FileType::RegularFile, 0o444, 1, i.size) };
+            if e.is_dir { (FileType::Directory, 0o555, 2, 0) } else { (FileType::RegularFile, 0o444, 1, e.size) };
         FileAttr {
-            ino: INodeNo(i.ino),
+            ino: INodeNo(e.ino),
             size,
             blocks: size.div_ceil(512),
             atime: mtime,
@@ -179,6 +172,16 @@ impl ShoalFs {
             blksize: MAX_READ,
             flags: 0,
         }
+    }
+
+    /// A file's record and dataset path.
+    fn file(&self, ino: u64) -> Result<(Inode, String), Errno> {
+        let Located { parent, entry, name } = self.meta.locate(ino).map_err(|e| meta_errno(&e))?;
+        if entry.is_dir {
+            return Err(Errno::EISDIR);
+        }
+        let path = self.meta.path(parent, &name).map_err(|e| meta_errno(&e))?;
+        Ok((entry.inode(parent, &name), path))
     }
 }
 
@@ -204,14 +207,18 @@ impl Filesystem for ShoalFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = Instant::now();
-        let v = self.view();
-        match name.to_str().and_then(|n| v.ns.lookup(parent.0, n)) {
-            Some(node) => {
-                reply.entry(&self.ttl, &self.attr(node), Generation(0));
+        let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
+        match self.meta.lookup(parent.0, name) {
+            Ok(Some(e)) => {
+                reply.entry(&self.ttl, &self.attr(&e), Generation(0));
                 metrics::op("lookup", true, t);
             }
-            None => {
+            Ok(None) => {
                 reply.error(Errno::ENOENT);
+                metrics::op("lookup", false, t);
+            }
+            Err(e) => {
+                reply.error(meta_errno(&e));
                 metrics::op("lookup", false, t);
             }
         }
@@ -219,14 +226,13 @@ impl Filesystem for ShoalFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let t = Instant::now();
-        let v = self.view();
-        match v.ns.get(ino.0) {
-            Some(node) => {
-                reply.attr(&self.ttl, &self.attr(node));
+        match self.meta.locate(ino.0) {
+            Ok(l) => {
+                reply.attr(&self.ttl, &self.attr(&l.entry));
                 metrics::op("getattr", true, t);
             }
-            None => {
-                reply.error(Errno::ENOENT);
+            Err(e) => {
+                reply.error(meta_errno(&e));
                 metrics::op("getattr", false, t);
             }
         }
@@ -237,18 +243,17 @@ impl Filesystem for ShoalFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let v = self.view();
-        let Some(node) = v.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
-        if node.is_dir() {
-            return reply.error(Errno::EISDIR);
-        }
+        let (inode, path) = match self.file(ino.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
         // Small files (one block) are fetched whole right away.
-        if let Some(path) = v.paths.get(&ino.0) {
+        {
             let _guard = self.rt.enter();
-            self.reader.prefetch(&node.inode, path, 0);
+            self.reader.prefetch(&inode, &path, 0);
         }
         metrics::op("open", true, Instant::now());
         // ENOSYS to a valid open tells the kernel to open files without asking us
@@ -270,15 +275,12 @@ impl Filesystem for ShoalFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let v = self.view();
-        let Some(node) = v.ns.get(ino.0) else { return reply.error(Errno::ENOENT) };
-        if node.is_dir() {
-            return reply.error(Errno::EISDIR);
-        }
-        let Some(path) = v.paths.get(&ino.0).cloned() else { return reply.error(Errno::ENOENT) };
-        let inode = node.inode.clone();
+        let (inode, path) = match self.file(ino.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
         if offset == 0 {
-            self.note_cold_read(&v, &inode);
+            self.note_cold_read(&inode);
         }
         let bs = self.reader.block_size();
         let end = (offset + u64::from(size)).min(inode.size);
@@ -337,22 +339,23 @@ impl Filesystem for ShoalFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.view().ns.get(ino.0) {
+        match self.meta.locate(ino.0) {
             // The kernel may cache directory listings across opens.
-            Some(n) if n.is_dir() => {
+            Ok(l) if l.entry.is_dir => {
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
             }
-            Some(_) => reply.error(Errno::ENOTDIR),
-            None => reply.error(Errno::ENOENT),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(meta_errno(&e)),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         metrics::op("readdir", true, Instant::now());
-        let v = self.view();
-        let Some(dir) = v.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
+        let (dir, parent) = match (self.meta.listing(ino.0), self.meta.locate(ino.0)) {
+            (Ok(d), Ok(l)) => (d, l.parent.max(ROOT)),
+            (Err(e), _) | (_, Err(e)) => return reply.error(meta_errno(&e)),
+        };
         // Offsets: 1 = ".", 2 = "..", 3.. = children.
-        let parent = dir.inode.parent.max(ROOT);
         let dots = [(1u64, ino.0, "."), (2, parent, "..")];
         for (off, i, name) in dots.into_iter().skip(offset as usize) {
             if reply.add(INodeNo(i), off, FileType::Directory, name) {
@@ -360,10 +363,9 @@ impl Filesystem for ShoalFs {
             }
         }
         let skip = offset.saturating_sub(2) as usize;
-        for (k, (name, child)) in dir.children.iter().enumerate().skip(skip) {
-            let kind =
-                if v.ns.get(*child).is_some_and(|c| c.is_dir()) { FileType::Directory } else { FileType::RegularFile };
-            if reply.add(INodeNo(*child), k as u64 + 3, kind, name.as_ref()) {
+        for (k, e) in dir.entries().iter().enumerate().skip(skip) {
+            let kind = if e.is_dir { FileType::Directory } else { FileType::RegularFile };
+            if reply.add(INodeNo(e.ino), k as u64 + 3, kind, dir.name(e)) {
                 break;
             }
         }
@@ -372,12 +374,12 @@ impl Filesystem for ShoalFs {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         metrics::op("readdirplus", true, Instant::now());
-        let v = self.view();
-        let Some(dir) = v.ns.get(ino.0).filter(|n| n.is_dir()) else { return reply.error(Errno::ENOTDIR) };
-        let skip = offset as usize;
-        for (k, (name, child)) in dir.children.iter().enumerate().skip(skip) {
-            let Some(node) = v.ns.get(*child) else { continue };
-            if reply.add(INodeNo(*child), k as u64 + 1, name.as_ref(), &self.ttl, &self.attr(node), Generation(0)) {
+        let dir = match self.meta.listing(ino.0) {
+            Ok(d) => d,
+            Err(e) => return reply.error(meta_errno(&e)),
+        };
+        for (k, e) in dir.entries().iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), k as u64 + 1, dir.name(e), &self.ttl, &self.attr(e), Generation(0)) {
                 break;
             }
         }
@@ -386,9 +388,9 @@ impl Filesystem for ShoalFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let bsize = 4096u64;
-        let v = self.view();
-        let blocks = v.ns.bytes.div_ceil(bsize);
-        reply.statfs(blocks, 0, 0, v.ns.len() as u64, 0, bsize as u32, 255, bsize as u32);
+        let blocks = self.totals.bytes.load(Ordering::Relaxed).div_ceil(bsize);
+        let files = self.totals.entries.load(Ordering::Relaxed);
+        reply.statfs(blocks, 0, 0, files, 0, bsize as u32, 255, bsize as u32);
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {

@@ -1,6 +1,6 @@
-//! shoal-fuse: the POSIX view of a dataset. Loads the dataset's namespace from the
-//! master in one bulk stream, then serves a read-only `fuser` filesystem whose
-//! reads come from workers (short-circuit when co-located) or, when no worker
+//! shoal-fuse: the POSIX view of a dataset. Loads the dataset's directories from
+//! the master in bulk (within a memory budget, see [`namespace`]) and serves a
+//! read-only `fuser` filesystem whose reads come from workers (short-circuit when co-located) or, when no worker
 //! answers, from the store directly. Owns the mount's lifecycle (mount, unmount);
 //! it holds no durable state.
 
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_proto::master::{DatasetInfo, GetDatasetRequest, ListNamespaceRequest};
+use shoal_proto::master::{DatasetInfo, GetDatasetRequest};
 use tracing::info;
 
 pub use reader::{Reader, ReaderConfig};
@@ -49,6 +49,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// How long the kernel may cache entries and attributes.
     pub ttl: Duration,
+    /// Bytes of directory listings kept in memory (beyond it, listings are
+    /// dropped and loaded again when needed).
+    pub metadata_budget: u64,
     /// Bytes of blocks cached in this process.
     pub cache_bytes: u64,
     /// Threads reading `/dev/fuse`.
@@ -108,26 +111,15 @@ pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, MountError
 
 pub use shoal_core::mounts::is_mounted;
 
-async fn load_namespace(
-    master: &mut shoal_proto::auth::Master,
-    dataset: &str,
-) -> Result<namespace::Namespace, tonic::Status> {
-    let mut stream = master.list_namespace(ListNamespaceRequest { dataset: dataset.to_string() }).await?.into_inner();
-    let mut entries = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        entries.extend(chunk.entries);
-    }
-    Ok(namespace::Namespace::build(entries))
-}
-
-/// Follow re-syncs of the dataset: when its generation moves, load the new
-/// namespace, swap it in, and tell the kernel which entries and inodes (and so
-/// which cached pages) to forget. The master being down only delays this.
+/// Follow re-syncs of the dataset: when its generation moves, load the listings
+/// in memory again and tell the kernel which entries and inodes (and so which
+/// cached pages) to forget. The master being down only delays this.
 async fn refresh_loop(
     mut master: shoal_proto::auth::Master,
     dataset: String,
     mut generation: u64,
-    view: fs::SharedView,
+    meta: Arc<namespace::Metadata>,
+    totals: Arc<fs::Totals>,
     notifier: fuser::Notifier,
     every: Duration,
 ) {
@@ -138,15 +130,8 @@ async fn refresh_loop(
         if info.generation == generation {
             continue;
         }
-        let ns = match load_namespace(&mut master, &dataset).await {
-            Ok(ns) => ns,
-            Err(e) => {
-                tracing::warn!(dataset, error = %e.message(), "cannot reload the namespace");
-                continue;
-            }
-        };
-        let old = view.read().expect("view lock").clone();
-        let (entries, inodes) = ns.changes_since(&old.ns);
+        set_totals(&totals, &info);
+        let (entries, inodes) = meta.resync().await;
         info!(
             dataset,
             generation = info.generation,
@@ -154,7 +139,6 @@ async fn refresh_loop(
             inodes = inodes.len(),
             "namespace re-synced"
         );
-        *view.write().expect("view lock") = Arc::new(fs::View::new(ns));
         generation = info.generation;
         let n = notifier.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -167,6 +151,28 @@ async fn refresh_loop(
         })
         .await;
     }
+}
+
+fn set_totals(totals: &fs::Totals, info: &DatasetInfo) {
+    use std::sync::atomic::Ordering::Relaxed;
+    totals.entries.store(info.file_count + info.dir_count + 1, Relaxed);
+    totals.bytes.store(info.total_bytes, Relaxed);
+}
+
+/// Tell the kernel to forget the entries of listings dropped from memory (so it
+/// never holds an entry a re-sync could not correct), off the request path.
+fn forget_dropped(notifier: fuser::Notifier) -> namespace::Forget {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Arc<namespace::Listing>)>();
+    let _ = std::thread::Builder::new().name("shoal-forget".into()).spawn(move || {
+        for (dir, listing) in rx {
+            for e in listing.entries() {
+                let _ = notifier.inval_entry(fuser::INodeNo(dir), std::ffi::OsStr::new(listing.name(e)));
+            }
+        }
+    });
+    Box::new(move |dir, listing| {
+        let _ = tx.send((dir, listing));
+    })
 }
 
 /// Load the dataset's namespace and mount it; returns once the kernel has
@@ -191,25 +197,34 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
             _ => MountError::Master(s.message().to_string()),
         })?
         .into_inner();
-    let mut stream = master
-        .list_namespace(ListNamespaceRequest { dataset: opts.dataset.clone() })
+    let meta = namespace::Metadata::new(
+        &opts.dataset,
+        master.clone(),
+        tokio::runtime::Handle::current(),
+        opts.metadata_budget,
+    );
+    // The root's listing before the mount answers: a missing master fails here.
+    let root = meta.clone();
+    let listing = tokio::task::spawn_blocking(move || root.listing(namespace::ROOT))
         .await
-        .map_err(|s| MountError::Master(s.message().to_string()))?
-        .into_inner();
-    let mut entries = Vec::new();
-    while let Some(chunk) = stream.message().await.map_err(|s| MountError::Master(s.message().to_string()))? {
-        entries.extend(chunk.entries);
-    }
-    let ns = namespace::Namespace::build(entries);
-    info!(dataset = %opts.dataset, entries = ns.len(), files = ns.files, "namespace loaded");
-    let view: fs::SharedView = Arc::new(std::sync::RwLock::new(Arc::new(fs::View::new(ns))));
+        .map_err(|e| MountError::Master(e.to_string()))?
+        .map_err(|e| MountError::Master(e.to_string()))?;
+    info!(dataset = %opts.dataset, entries = dataset.file_count + dataset.dir_count, root_entries = listing.entries().len(), "namespace opened");
+    let totals = Arc::new(fs::Totals::default());
+    set_totals(&totals, &dataset);
 
     let reader =
         Reader::new(dataset.clone(), master, &ReaderConfig { node: opts.node.clone(), cache_bytes: opts.cache_bytes });
     reader.refresh_workers().await;
     reader.spawn_refresh(Duration::from_secs(3));
-    let filesystem =
-        fs::ShoalFs::new(view.clone(), reader.clone(), tokio::runtime::Handle::current(), opts.ttl, opts.dir_prefetch);
+    let filesystem = fs::ShoalFs::new(
+        meta.clone(),
+        totals.clone(),
+        reader.clone(),
+        tokio::runtime::Handle::current(),
+        opts.ttl,
+        opts.dir_prefetch,
+    );
 
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -233,14 +248,15 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
     .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
     .map_err(mount_err)?;
     let unmounter = session.unmount_callable();
+    meta.set_forget(forget_dropped(session.notifier()));
     if !opts.refresh.is_zero() {
-        let notifier = session.notifier();
         tokio::spawn(refresh_loop(
             master_client(&opts.master)?,
             opts.dataset.clone(),
             dataset.generation,
-            view,
-            notifier,
+            meta,
+            totals,
+            session.notifier(),
             opts.refresh,
         ));
     }

@@ -105,6 +105,11 @@ impl MetaStore {
     }
 
     /// Allocate a content id; persisted in `batch` (ids are never reused).
+    /// The next id to be handed out (every ino and file id is below it).
+    pub fn next_id_hint(&self) -> u64 {
+        self.next_file_id.load(Ordering::Relaxed)
+    }
+
     pub fn alloc_file_id(&self, batch: &mut WriteBatch) -> u64 {
         let id = self.next_file_id.fetch_add(1, Ordering::SeqCst);
         batch.put(KEY_NEXT_FILE, (id + 1).to_be_bytes());

@@ -5,12 +5,14 @@
 //! Inode numbers are stable per path across syncs; a changed object gets a new
 //! `file_id`, so blocks cached for its old content can never be served for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use fixedbitset::FixedBitSet;
+use futures::Stream;
 use futures::StreamExt;
 use rocksdb::WriteBatch;
-use shoal_core::{StoreEntry, UnderStore};
+use shoal_core::{CoreError, StoreEntry, UnderStore};
 use shoal_proto::master::{DatasetInfo, FileKind, Inode, SyncProgress};
 use tracing::warn;
 
@@ -46,7 +48,9 @@ struct Syncer<'a> {
     batch: WriteBatch,
     pending: usize,
     dirs: HashMap<String, Inode>,
-    seen: HashSet<u64>,
+    /// Inos met in this listing: one bit per id ever allocated (ids are dense),
+    /// so 10M entries cost a few MiB, not a hash set's hundreds.
+    seen: FixedBitSet,
     progress: SyncProgress,
     files: u64,
     dir_count: u64,
@@ -56,6 +60,14 @@ struct Syncer<'a> {
 }
 
 impl Syncer<'_> {
+    fn see(&mut self, ino: u64) {
+        let i = ino as usize;
+        if i >= self.seen.len() {
+            self.seen.grow((i + 1).max(self.seen.len() * 2));
+        }
+        self.seen.insert(i);
+    }
+
     fn flush(&mut self) -> Result<()> {
         if self.pending > 0 {
             self.meta.write(std::mem::take(&mut self.batch))?;
@@ -143,7 +155,7 @@ impl Syncer<'_> {
         };
         let ino = inode.ino;
         self.dir_count += 1;
-        self.seen.insert(ino);
+        self.see(ino);
         self.dirs.insert(path.to_string(), inode);
         Ok(ino)
     }
@@ -194,7 +206,7 @@ impl Syncer<'_> {
         };
         self.files += 1;
         self.bytes += entry.size;
-        self.seen.insert(ino);
+        self.see(ino);
         Ok(())
     }
 }
@@ -207,8 +219,20 @@ fn usable_path(path: &str) -> bool {
 /// `report` with progress now and then; returns the updated dataset record.
 pub async fn sync(
     meta: &MetaStore,
-    mut info: DatasetInfo,
+    info: DatasetInfo,
     store: &UnderStore,
+    report: impl FnMut(&SyncProgress),
+) -> Result<DatasetInfo> {
+    sync_listing(meta, info, store.list(), report).await
+}
+
+/// [`sync`] from any listing (entries in any order; a directory may come
+/// after its children): the ingest path, also fed by generated listings in
+/// benchmarks.
+pub async fn sync_listing(
+    meta: &MetaStore,
+    mut info: DatasetInfo,
+    listing: impl Stream<Item = std::result::Result<StoreEntry, CoreError>>,
     mut report: impl FnMut(&SyncProgress),
 ) -> Result<DatasetInfo> {
     let mut s = Syncer {
@@ -217,7 +241,7 @@ pub async fn sync(
         batch: WriteBatch::default(),
         pending: 0,
         dirs: HashMap::new(),
-        seen: HashSet::from([ROOT_INO]),
+        seen: FixedBitSet::with_capacity(meta.next_id_hint() as usize + 1),
         progress: SyncProgress::default(),
         files: 0,
         dir_count: 0,
@@ -225,7 +249,8 @@ pub async fn sync(
         skipped: 0,
         now: now_unix(),
     };
-    let mut listing = Box::pin(store.list());
+    s.see(ROOT_INO);
+    let mut listing = std::pin::pin!(listing);
     while let Some(entry) = listing.next().await {
         let entry = entry?;
         s.progress.entries_listed += 1;
@@ -249,7 +274,7 @@ pub async fn sync(
     // Whatever was not seen in this listing is gone from the store.
     let mut gone = Vec::new();
     meta.scan_inodes(info.id, |inode| {
-        if !s.seen.contains(&inode.ino) {
+        if !s.seen.contains(inode.ino as usize) {
             gone.push(inode);
         }
         Ok(())
