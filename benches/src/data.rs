@@ -163,7 +163,7 @@ fn write_attributes(root: &Path, key: &str, etag: &str, metadata: Option<&str>) 
     Ok(())
 }
 
-fn write_dir_marker(root: &Path, dir: &str) -> Result<()> {
+pub fn write_dir_marker(root: &Path, dir: &str) -> Result<()> {
     const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
     let meta = r#"{"user_metadata":{"mode":"16877"},"content_type":"application/x-directory"}"#;
     write_attributes(root, dir, EMPTY_MD5, Some(meta))?;

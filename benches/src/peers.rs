@@ -109,8 +109,13 @@ impl PeerMount {
 
     /// `bindfs` over a local directory, with its default options.
     pub fn bindfs(source: &Path, mountpoint: &Path) -> Result<PeerMount> {
+        PeerMount::bindfs_with(source, mountpoint, "ro")
+    }
+
+    /// `bindfs -o OPTIONS` over a local directory (e.g. longer kernel timeouts).
+    pub fn bindfs_with(source: &Path, mountpoint: &Path, options: &str) -> Result<PeerMount> {
         let mut cmd = Command::new("bindfs");
-        cmd.args(["-f", "-o", "ro", &source.to_string_lossy(), &mountpoint.to_string_lossy()]);
+        cmd.args(["-f", "-o", options, &source.to_string_lossy(), &mountpoint.to_string_lossy()]);
         PeerMount::spawn(cmd, mountpoint, None)
     }
 }

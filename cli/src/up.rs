@@ -235,6 +235,10 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         let _ = worker_task.await;
     })
     .await;
+    // The MEM tier is RAM (tmpfs): give it back rather than hold it after exit.
+    if mem_dir.starts_with(shm) {
+        let _ = std::fs::remove_dir_all(&mem_dir);
+    }
     result
 }
 

@@ -176,6 +176,27 @@ async fn with_certificates_master_and_worker_speak_only_tls() {
     let got = std::fs::read(mnt.join("multi/three-and-a-half")).unwrap();
     assert_eq!(sha256(&got), sha256(&std::fs::read(src.join("multi/three-and-a-half")).unwrap()));
 
+    // The worker's /metrics is HTTPS with the same certificate; plain HTTP gets
+    // no metrics.
+    let line = worker.line_after("metrics on ");
+    let (addr, scheme) = line.split_once(' ').expect("address and scheme");
+    assert_eq!(scheme, "(https)");
+    let curl = |url: String, ca: Option<&Path>| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-sS", "--max-time", "10"]);
+        if let Some(ca) = ca {
+            c.arg("--cacert").arg(ca);
+        }
+        c.arg(url).output().unwrap()
+    };
+    let out = curl(format!("https://{addr}/metrics"), Some(&ca));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("shoal_worker_"), "metrics over TLS");
+    let plain = curl(format!("http://{addr}/metrics"), None);
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("shoal_worker_"), "no metrics over plain HTTP");
+    let untrusted = curl(format!("https://{addr}/metrics"), Some(&other.join("ca.crt")));
+    assert!(!untrusted.status.success(), "a client trusting another CA is refused");
+
     // Half a server configuration is refused at start.
     let (code, _, err) = cli_env(
         &["master", "--data-dir", root.join("m2").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],

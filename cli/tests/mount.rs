@@ -4,38 +4,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 
 const BLOCK: usize = 64 * 1024;
-
-/// Every entry under `root`: relative path → (is_dir, size, mtime).
-fn walk(root: &Path) -> BTreeMap<String, (bool, u64, (u64, u32))> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let meta = std::fs::symlink_metadata(e.path()).unwrap();
-            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let m = meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap();
-            out.insert(
-                rel,
-                (meta.is_dir(), if meta.is_dir() { 0 } else { meta.len() }, (m.as_secs(), m.subsec_nanos())),
-            );
-            if meta.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
-}
 
 fn errno(r: std::io::Result<impl Sized>) -> i32 {
     match r {
@@ -270,6 +247,10 @@ fn shoal_up_serves_a_demo_and_ctrl_c_leaves_no_mount() {
     };
     assert!(status.success(), "{status}");
     assert!(!shoal_fuse::is_mounted(&mnt), "no mount left behind");
+    // The MEM tier (RAM, on /dev/shm) is given back.
+    let cache = up.line_after("cache    mem ");
+    let mem_dir = cache.split(" in ").nth(1).and_then(|s| s.split(',').next()).expect("the MEM tier's directory");
+    assert!(!Path::new(mem_dir).exists(), "{mem_dir} is left behind");
 }
 
 #[test]

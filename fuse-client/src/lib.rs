@@ -10,6 +10,7 @@ pub mod namespace;
 pub mod reader;
 pub mod takeover;
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +122,7 @@ async fn refresh_loop(
     meta: Arc<namespace::Metadata>,
     totals: Arc<fs::Totals>,
     notifier: fuser::Notifier,
+    dev: std::fs::File,
     every: Duration,
 ) {
     loop {
@@ -131,7 +133,15 @@ async fn refresh_loop(
             continue;
         }
         set_totals(&totals, &info);
+        // Entries of directories dropped from memory cannot be diffed: have the
+        // kernel revalidate every entry it holds (Linux 6.16+).
+        let dropped = meta.take_dropped();
         let (entries, inodes) = meta.resync().await;
+        if dropped {
+            if let Err(e) = takeover::notify(&dev, takeover::FUSE_NOTIFY_INC_EPOCH) {
+                tracing::warn!(error = %e, "the kernel cannot revalidate all entries (Linux 6.16+): entries of directories dropped from memory may show their old attributes until --attr-timeout");
+            }
+        }
         info!(
             dataset,
             generation = info.generation,
@@ -157,22 +167,6 @@ fn set_totals(totals: &fs::Totals, info: &DatasetInfo) {
     use std::sync::atomic::Ordering::Relaxed;
     totals.entries.store(info.file_count + info.dir_count + 1, Relaxed);
     totals.bytes.store(info.total_bytes, Relaxed);
-}
-
-/// Tell the kernel to forget the entries of listings dropped from memory (so it
-/// never holds an entry a re-sync could not correct), off the request path.
-fn forget_dropped(notifier: fuser::Notifier) -> namespace::Forget {
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, Arc<namespace::Listing>)>();
-    let _ = std::thread::Builder::new().name("shoal-forget".into()).spawn(move || {
-        for (dir, listing) in rx {
-            for e in listing.entries() {
-                let _ = notifier.inval_entry(fuser::INodeNo(dir), std::ffi::OsStr::new(listing.name(e)));
-            }
-        }
-    });
-    Box::new(move |dir, listing| {
-        let _ = tx.send((dir, listing));
-    })
 }
 
 /// Load the dataset's namespace and mount it; returns once the kernel has
@@ -248,7 +242,6 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
     .map_err(|e| mount_err(std::io::Error::other(e.to_string())))?
     .map_err(mount_err)?;
     let unmounter = session.unmount_callable();
-    meta.set_forget(forget_dropped(session.notifier()));
     if !opts.refresh.is_zero() {
         tokio::spawn(refresh_loop(
             master_client(&opts.master)?,
@@ -257,6 +250,7 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
             meta,
             totals,
             session.notifier(),
+            session.as_fd().try_clone_to_owned().map(std::fs::File::from).map_err(mount_err)?,
             opts.refresh,
         ));
     }

@@ -9,15 +9,18 @@
 //! - Listings live in a cache weighed in bytes ([`Metadata::new`]'s budget).
 //!   Loading one prefetches its subdirectories in the background (eight at a
 //!   time, while the cache is under half its budget), so a cold `find` or
-//!   `os.walk` finds most directories loaded. Beyond the budget listings are
-//!   dropped (and the kernel told to forget their entries) and loaded again
-//!   when asked for: memory stays bounded, never an OOM.
+//!   `os.walk` finds most directories loaded. Beyond the budget the least
+//!   recently used listings are dropped and loaded again when asked for:
+//!   memory stays bounded, never an OOM. (A re-sync then cannot name what
+//!   changed in a dropped directory; [`Metadata::take_dropped`] says so, and
+//!   the mount has the kernel revalidate every entry instead.)
 //! - Every directory seen is remembered (parent, name, attributes: directories
 //!   are few) to build paths; which directory a file is in is remembered up to
 //!   a bound, and asked of the master (`GetAttr`) past it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_proto::master::{FileKind, GetAttrRequest, Inode, ReadDirRequest};
@@ -173,10 +176,6 @@ impl From<tonic::Status> for MetaError {
     }
 }
 
-/// Tells the kernel to forget a dropped listing's entries (set once the session
-/// exists). Called inside cache operations, so it must only queue the work.
-pub type Forget = Box<dyn Fn(u64, Arc<Listing>) + Send + Sync>;
-
 /// A dataset's metadata as the mount sees it.
 pub struct Metadata {
     dataset: String,
@@ -188,7 +187,8 @@ pub struct Metadata {
     parents: Mutex<HashMap<u64, u64>>,
     max_parents: usize,
     prefetch: Arc<Semaphore>,
-    forget: Arc<OnceLock<Forget>>,
+    /// A listing was dropped for the budget since the last re-sync.
+    dropped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -209,17 +209,18 @@ impl Metadata {
     /// `budget` bytes of listings (plus a quarter of it for the file → directory
     /// index) at most.
     pub fn new(dataset: &str, master: shoal_proto::auth::Master, rt: Handle, budget: u64) -> Arc<Metadata> {
-        let forget: Arc<OnceLock<Forget>> = Arc::new(OnceLock::new());
-        let on_evict = forget.clone();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let on_evict = dropped.clone();
         let listings = moka::sync::Cache::builder()
             .max_capacity(budget)
             .weigher(|_, l: &Arc<Listing>| l.weight())
-            .eviction_listener(move |dir: Arc<u64>, l: Arc<Listing>, cause| {
+            // A walk uses the listing it just loaded next: keep the newest (TinyLFU
+            // would turn a just-loaded listing away and load it again per lookup).
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .eviction_listener(move |_dir: Arc<u64>, _l: Arc<Listing>, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     metrics::EVICTED_DIRS.inc();
-                    if let Some(f) = on_evict.get() {
-                        f(*dir, l);
-                    }
+                    on_evict.store(true, Ordering::Relaxed);
                 }
             })
             .build();
@@ -235,13 +236,14 @@ impl Metadata {
             parents: Mutex::new(HashMap::new()),
             max_parents: (budget / 4 / PARENT_BYTES).max(1024) as usize,
             prefetch: Arc::new(Semaphore::new(PREFETCH_PARALLEL)),
-            forget,
+            dropped,
         })
     }
 
-    /// How the kernel is told to forget the entries of a dropped listing.
-    pub fn set_forget(&self, f: Forget) {
-        let _ = self.forget.set(f);
+    /// Whether a listing was dropped for the budget since the last call: the
+    /// kernel may then hold entries of directories a re-sync cannot diff.
+    pub fn take_dropped(&self) -> bool {
+        self.dropped.swap(false, Ordering::Relaxed)
     }
 
     pub fn cached_bytes(&self) -> u64 {

@@ -31,8 +31,9 @@ use tracing::{info, warn};
 /// `/dev/fuse` is the character device 10:229.
 const FUSE_DEV: (u64, u64) = (10, 229);
 const FUSE_INIT: u32 = 26;
-/// `fuse_notify_code::FUSE_NOTIFY_RESEND`.
-const FUSE_NOTIFY_RESEND: i32 = 7;
+/// `fuse_notify_code`s `fuser` has no call for.
+pub const FUSE_NOTIFY_RESEND: i32 = 7;
+pub const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 
 /// Serve the live FUSE connection behind `fd` with `fs`. The kernel must have
 /// finished INIT on it (a mount is up); the caller runs the session as usual.
@@ -98,15 +99,21 @@ fn synthetic_init() -> Vec<u8> {
 /// Ask the kernel to queue again every request a previous process read and never
 /// answered. Without it (kernels before 6.9) those few callers stay blocked.
 fn resend_pending<FS: Filesystem>(session: &Session<FS>) {
-    let mut header = Vec::with_capacity(16);
-    header.extend_from_slice(&16u32.to_ne_bytes());
-    header.extend_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
-    header.extend_from_slice(&0u64.to_ne_bytes());
     let dev = session.as_fd().try_clone_to_owned().map(std::fs::File::from);
-    match dev.and_then(|mut f| f.write(&header)) {
+    match dev.and_then(|f| notify(&f, FUSE_NOTIFY_RESEND)) {
         Ok(_) => info!("took over the FUSE connection; requests in flight are queued again"),
         Err(e) => warn!(error = %e, "the kernel cannot resend requests in flight (Linux 6.9+): their callers may hang"),
     }
+}
+
+/// Send the kernel a notification that has no payload (`code` is a
+/// `fuse_notify_code`) on the FUSE device `dev`.
+pub fn notify(mut dev: &std::fs::File, code: i32) -> std::io::Result<()> {
+    let mut header = Vec::with_capacity(16);
+    header.extend_from_slice(&16u32.to_ne_bytes());
+    header.extend_from_slice(&code.to_ne_bytes());
+    header.extend_from_slice(&0u64.to_ne_bytes());
+    dev.write_all(&header)
 }
 
 #[cfg(test)]

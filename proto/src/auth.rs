@@ -151,21 +151,29 @@ fn client_tls() -> Result<Option<tonic::transport::ClientTlsConfig>, AuthError> 
     .clone()
 }
 
-/// The server TLS configuration (`None` without `SHOAL_TLS_CERT`/`SHOAL_TLS_KEY`;
-/// one without the other is an error).
-pub fn server_tls() -> Result<Option<tonic::transport::ServerTlsConfig>, AuthError> {
+/// The server certificate and key files (`None` without `SHOAL_TLS_CERT`/
+/// `SHOAL_TLS_KEY`; one without the other is an error), checked to be PEM.
+pub fn server_tls_files() -> Result<Option<(std::path::PathBuf, std::path::PathBuf)>, AuthError> {
     match (env_path(TLS_CERT_ENV), env_path(TLS_KEY_ENV)) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => {
             install_crypto();
-            let identity =
-                tonic::transport::Identity::from_pem(read_pem(TLS_CERT_ENV, &cert)?, read_pem(TLS_KEY_ENV, &key)?);
-            Ok(Some(tonic::transport::ServerTlsConfig::new().identity(identity)))
+            read_pem(TLS_CERT_ENV, &cert)?;
+            read_pem(TLS_KEY_ENV, &key)?;
+            Ok(Some((cert.into(), key.into())))
         }
         (Some(p), None) | (None, Some(p)) => {
             Err(AuthError { path: p, reason: format!("{TLS_CERT_ENV} and {TLS_KEY_ENV} must be given together") })
         }
     }
+}
+
+/// The gRPC server TLS configuration from [`server_tls_files`].
+pub fn server_tls() -> Result<Option<tonic::transport::ServerTlsConfig>, AuthError> {
+    let Some((cert, key)) = server_tls_files()? else { return Ok(None) };
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let identity = tonic::transport::Identity::from_pem(read_pem(TLS_CERT_ENV, &cert)?, read_pem(TLS_KEY_ENV, &key)?);
+    Ok(Some(tonic::transport::ServerTlsConfig::new().identity(identity)))
 }
 
 /// An endpoint for a shoal server at `host:port`: TLS when `SHOAL_TLS_CA` is set.

@@ -160,6 +160,17 @@ pub async fn run(
     result
 }
 
+/// A server TLS configuration from PEM files (checked now, not at the first
+/// connection).
+pub async fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig, SchedulerError> {
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(|e| SchedulerError::Config(format!("TLS certificate {} / key {}: {e}", cert.display(), key.display())))
+}
+
 /// Serve `app` on `listener`, over TLS when a certificate and key are given,
 /// until `stop` resolves.
 pub async fn serve_http(
@@ -168,12 +179,23 @@ pub async fn serve_http(
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
-    let Some((cert, key)) = tls else {
+    let config = match tls {
+        Some((cert, key)) => Some(load_tls(&cert, &key).await?),
+        None => None,
+    };
+    serve_http_with(listener, app, config, stop).await
+}
+
+/// [`serve_http`] with a loaded TLS configuration.
+pub async fn serve_http_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    let Some(config) = tls else {
         return axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(SchedulerError::Serve);
     };
-    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key).await.map_err(|e| {
-        SchedulerError::Config(format!("TLS certificate {} / key {}: {e}", cert.display(), key.display()))
-    })?;
     let handle = axum_server::Handle::new();
     let shutdown = handle.clone();
     tokio::spawn(async move {

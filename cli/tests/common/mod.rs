@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use shoal_proto::master::master_client::MasterClient;
@@ -379,4 +379,26 @@ impl Drop for S3Server {
 /// Tier flags for a worker under `dir`.
 pub fn tiers(dir: &Path, mem: &str, ssd: &str) -> Vec<String> {
     vec![format!("mem:{}:{mem}", dir.join("mem").display()), format!("ssd:{}:{ssd}", dir.join("ssd").display())]
+}
+
+/// Every entry under `root`: relative path → (is_dir, size, mtime).
+pub fn walk(root: &Path) -> BTreeMap<String, (bool, u64, (u64, u32))> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap();
+            out.insert(
+                rel,
+                (meta.is_dir(), if meta.is_dir() { 0 } else { meta.len() }, (m.as_secs(), m.subsec_nanos())),
+            );
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
 }
