@@ -121,8 +121,7 @@ async fn refresh_loop(
     mut generation: u64,
     meta: Arc<namespace::Metadata>,
     totals: Arc<fs::Totals>,
-    notifier: fuser::Notifier,
-    dev: std::fs::File,
+    kernel: Kernel,
     every: Duration,
 ) {
     loop {
@@ -138,7 +137,7 @@ async fn refresh_loop(
         let dropped = meta.take_dropped();
         let (entries, inodes) = meta.resync().await;
         if dropped {
-            if let Err(e) = takeover::notify(&dev, takeover::FUSE_NOTIFY_INC_EPOCH) {
+            if let Err(e) = takeover::notify(&kernel.dev, takeover::FUSE_NOTIFY_INC_EPOCH) {
                 tracing::warn!(error = %e, "the kernel cannot revalidate all entries (Linux 6.16+): entries of directories dropped from memory may show their old attributes until --attr-timeout");
             }
         }
@@ -150,7 +149,7 @@ async fn refresh_loop(
             "namespace re-synced"
         );
         generation = info.generation;
-        let n = notifier.clone();
+        let n = kernel.notifier.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for (parent, name) in entries {
                 let _ = n.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
@@ -161,6 +160,13 @@ async fn refresh_loop(
         })
         .await;
     }
+}
+
+/// How the mount tells the kernel what changed: `fuser`'s notifier, and the
+/// device itself for the notifications `fuser` has no call for.
+struct Kernel {
+    notifier: fuser::Notifier,
+    dev: std::fs::File,
 }
 
 fn set_totals(totals: &fs::Totals, info: &DatasetInfo) {
@@ -249,8 +255,10 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
             dataset.generation,
             meta,
             totals,
-            session.notifier(),
-            session.as_fd().try_clone_to_owned().map(std::fs::File::from).map_err(mount_err)?,
+            Kernel {
+                notifier: session.notifier(),
+                dev: session.as_fd().try_clone_to_owned().map(std::fs::File::from).map_err(mount_err)?,
+            },
             opts.refresh,
         ));
     }
