@@ -68,6 +68,7 @@ impl Servers {
             advertise: None,
             tiers,
             watermarks: Default::default(),
+            fill_budget: 256 << 20,
         };
         tokio::spawn(shoal_worker::serve(wcfg, wl, stop.clone()));
         let mut m = shoal_fuse::master_client(&master_addr)?;

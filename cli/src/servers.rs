@@ -58,6 +58,10 @@ pub struct WorkerArgs {
     /// Share of a tier's quota that eviction brings usage down to.
     #[arg(long, default_value_t = 0.85)]
     pub low_watermark: f64,
+    /// Memory for blocks being read from stores at once: misses beyond it wait
+    /// (a block larger than this is read alone).
+    #[arg(long, env = "SHOAL_FILL_MEMORY", default_value = "256MiB")]
+    pub fill_memory: String,
 }
 
 pub use shoal_core::size::parse_duration;
@@ -118,6 +122,7 @@ pub async fn run_worker(args: WorkerArgs) -> Result<()> {
         advertise: args.advertise.clone(),
         tiers: args.tiers.clone(),
         watermarks: shoal_worker::block_store::Watermarks { high: args.high_watermark, low: args.low_watermark },
+        fill_budget: shoal_core::size::parse_size(&args.fill_memory).context("--fill-memory")?,
     };
     let stop = shutdown_on_signals();
     crate::metrics_http::serve(Some(&args.metrics_listen), "worker", stop.clone()).await?;

@@ -147,6 +147,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         advertise: None,
         tiers,
         watermarks: Default::default(),
+        fill_budget: 256 << 20,
     };
     let worker_task = tokio::spawn(shoal_worker::serve(worker_cfg, worker_listener, stop.clone()));
 

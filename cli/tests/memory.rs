@@ -1,8 +1,8 @@
 //! Memory bounds: a mount with a 16 MiB block cache and a worker with a 32 MiB
 //! MEM tier serve a dataset six times that size, read twice by four readers and at
 //! random. Peaks of anonymous, file-backed and shared RSS are sampled every 10 ms:
-//! the mount's own memory stays within its cache budget; the worker's is held
-//! under a ceiling (it has no budget setting yet).
+//! the mount's own memory stays within its cache budget, the worker's within
+//! its fill budget (`--fill-memory`).
 
 mod common;
 
@@ -79,7 +79,7 @@ fn mount_and_worker_stay_within_their_memory_budgets() {
         std::fs::write(src.join(format!("images/i{i:03}.bin")), &data).unwrap();
         want.push((format!("images/i{i:03}.bin"), sha256(&data)));
     }
-    let (master, worker) = master_and_worker(root, "32MiB", "512MiB", &[]);
+    let (master, worker) = master_and_worker(root, "32MiB", "512MiB", &[("SHOAL_FILL_MEMORY", "32MiB")]);
     let (code, out, err) = cli(&["dataset", "create", "ds", src.to_str().unwrap(), "--master", &master.addr]);
     assert_eq!(code, 0, "{out}{err}");
     let mnt = root.join("mnt");
@@ -123,16 +123,36 @@ fn mount_and_worker_stay_within_their_memory_budgets() {
     let ([m_anon, m_file, m_shm], [w_anon, w_file, w_shm]) = (mount_peaks.mib(), worker_peaks.mib());
     println!(
         "peak RSS, MiB (anonymous / file-backed / shared): mount {m_anon} / {m_file} / {m_shm} with a 16 MiB cache; \
-         worker {w_anon} / {w_file} / {w_shm} with a 32 MiB MEM tier; {} MiB read twice plus 400 random 256 KiB reads",
+         worker {w_anon} / {w_file} / {w_shm} with a 32 MiB MEM tier and --fill-memory 32MiB; {} MiB read twice plus 400 random 256 KiB reads",
         96 + 15
     );
     // The mount's own memory: its block cache and as much again for streamed
     // blocks, plus the process (about 30 MiB). File-backed pages are the page
     // cache of mapped block files, which the kernel reclaims.
     assert!(m_anon <= 16 * 2 + 48, "mount anonymous peak {m_anon} MiB");
-    // The worker has no memory budget of its own yet (fills of 8 MiB blocks run
-    // concurrently; measured 130-170 MiB here): a ceiling against regressions.
+    // The worker under reads: a ceiling against regressions (measured 129-170
+    // MiB; four readers never have more than a few blocks missing at once).
     assert!(w_anon <= 256, "worker anonymous peak {w_anon} MiB");
     // Tier files (here on disk; tmpfs in production) stay within their quotas.
     assert!(w_shm <= 32 + 8, "worker shared-memory peak {w_shm} MiB");
+
+    // Many misses at once: a prewarm of 256 MiB (32 blocks of 8 MiB) with 32
+    // blocks in flight. Without a budget every fill holds its block at once
+    // (measured: +354 MiB); with --fill-memory 32MiB at most four do, each
+    // about twice (the store's buffers and the contiguous block) plus what the
+    // allocator keeps (measured: +140 MiB).
+    let big = root.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for s in 0..4u64 {
+        std::fs::write(big.join(format!("b{s}.bin")), content(700 + s, 64 << 20)).unwrap();
+    }
+    let (code, out, err) = cli(&["dataset", "create", "big", big.to_str().unwrap(), "--master", &master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    let base = rss(worker.child.id())[0] / 1024;
+    let peaks = Peaks::watch(worker.child.id());
+    let (code, out, err) = cli(&["prewarm", "big", "--parallel", "32", "--master", &master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    let [p_anon, _, _] = peaks.mib();
+    println!("worker anonymous RSS during a 32-wide prewarm of 256 MiB with --fill-memory 32MiB: {base} MiB before, peak {p_anon} MiB");
+    assert!(p_anon <= base + 32 * 6, "worker anonymous peak {p_anon} MiB in the prewarm, {base} MiB before");
 }

@@ -135,6 +135,7 @@ impl Shoal {
             advertise: None,
             tiers: vec![tier.parse().unwrap()],
             watermarks: shoal_worker::block_store::Watermarks { high: 0.95, low: 0.85 },
+            fill_budget: 256 << 20,
         };
         tokio::spawn(shoal_worker::serve(wcfg, listener, stop.clone()));
         Shoal { dir, master_addr, stop }

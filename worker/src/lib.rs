@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     pub tiers: Vec<TierSpec>,
     /// When tiers evict.
     pub watermarks: block_store::Watermarks,
+    /// Bytes of blocks being read from stores at once (a block larger than this
+    /// is read alone); further misses wait their turn.
+    pub fill_budget: u64,
 }
 
 /// A lazily connected client of the master (the worker starts without it).
@@ -186,7 +189,12 @@ pub async fn serve(
         }
     });
     let master = master_client(&config.master)?;
-    let service = WorkerService::new(config.id.clone(), store.clone(), datasets::Datasets::new(master.clone()));
+    let service = WorkerService::new(
+        config.id.clone(),
+        store.clone(),
+        datasets::Datasets::new(master.clone()),
+        config.fill_budget,
+    );
     let me = WorkerInfo { id: config.id.clone(), node: config.node.clone(), address: advertise, ..Default::default() };
     let reporter = tokio::spawn(report_loop(master, me, store, service.0.report_soon.clone(), shutdown.clone()));
     info!(addr = %local, id = %config.id, "worker serving");

@@ -3,8 +3,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec};
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
+use prometheus::{
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
+};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 
 pub static HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("shoal_worker_cache_hits_total", "Block reads served from a tier", &["tier"])
@@ -47,6 +49,13 @@ pub static TIER_USED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 pub static TIER_QUOTA: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("shoal_worker_tier_quota_bytes", "Byte quota per tier", &["tier"]).expect("metric")
+});
+pub static FILL_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "shoal_worker_fill_wait_seconds",
+        "Time a block read from the store waited for room in --fill-memory"
+    )
+    .expect("metric")
 });
 pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!("shoal_worker_request_duration_seconds", "gRPC request latency by method", &["method"])

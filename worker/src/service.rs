@@ -50,6 +50,9 @@ pub struct State {
     pub store: Arc<BlockStore>,
     datasets: Datasets,
     inflight: Mutex<HashMap<BlockId, Flight>>,
+    /// Bytes of store reads in flight, in [`FILL_UNIT`]s (bounds the memory fills use).
+    fill_budget: tokio::sync::Semaphore,
+    fill_units: u32,
     pub counters: Counters,
     /// Woken when a block is newly cached, so the master hears of it within
     /// [`crate::EARLY_REPORT_DELAY`] rather than a whole heartbeat interval.
@@ -65,12 +68,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl WorkerService {
-    pub fn new(id: String, store: Arc<BlockStore>, datasets: Datasets) -> Self {
+    pub fn new(id: String, store: Arc<BlockStore>, datasets: Datasets, fill_budget: u64) -> Self {
+        let fill_units = (fill_budget / FILL_UNIT).clamp(1, u64::from(u32::MAX >> 4)) as u32;
         Self(Arc::new(State {
             id,
             store,
             datasets,
             inflight: Mutex::new(HashMap::new()),
+            fill_budget: tokio::sync::Semaphore::new(fill_units as usize),
+            fill_units,
             counters: Counters::default(),
             report_soon: Arc::new(tokio::sync::Notify::new()),
         }))
@@ -135,6 +141,11 @@ impl WorkerService {
             blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
         }
         let under = self.0.datasets.store(&r.dataset, r.dataset_id).await?;
+        // Wait for room in the fill budget; the block's bytes are held until cached.
+        let units = r.len.div_ceil(FILL_UNIT).clamp(1, u64::from(self.0.fill_units)) as u32;
+        let waited = std::time::Instant::now();
+        let _room = self.0.fill_budget.acquire_many(units).await.map_err(|_| Status::unavailable("shutting down"))?;
+        metrics::FILL_WAIT.observe(waited.elapsed().as_secs_f64());
         let data = under.read_ranges(&r.path, r.offset, r.len, split).await.map_err(WorkerError::from)?;
         self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
         self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -151,6 +162,9 @@ impl WorkerService {
         Ok(Fetched { cached, data, source: "store" })
     }
 }
+
+/// The fill budget's unit.
+const FILL_UNIT: u64 = 64 << 10;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
