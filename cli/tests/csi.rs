@@ -155,8 +155,26 @@ async fn a_killed_or_upgraded_fuse_process_is_taken_over_without_a_read_error() 
     assert_eq!(checksums(&p2), want);
     assert_eq!(mount_ids(&node), ids, "nothing was mounted again");
     wait_for_sync("the new FUSE process to be recorded", || node.fuse_pid().is_some_and(|p| p != upgraded));
-    let last = node.fuse_pid().unwrap();
+    let taken = node.fuse_pid().unwrap();
     drop(open);
+
+    // An aborted connection (fusectl's `abort`) cannot be taken over: the plugin
+    // mounts the dataset afresh and binds every pod's path again.
+    if !std::fs::read_to_string("/proc/mounts").unwrap().contains(" /sys/fs/fuse/connections fusectl ") {
+        let ok =
+            std::process::Command::new("mount").args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "mount fusectl");
+    }
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(node.state.join("mounts/ds")).unwrap());
+    std::fs::write(format!("/sys/fs/fuse/connections/{}/abort", libc::minor(dev)), "1").unwrap();
+    wait_for_sync("both targets to serve a fresh mount", || {
+        node.fuse_pid().is_some_and(|p| p != taken)
+            && [&p1, &p2].iter().all(|p| std::fs::read(p.join("multi/big.bin")).is_ok_and(|b| b == big))
+    });
+    assert_eq!(checksums(&p1), want);
+    assert_eq!(checksums(&p2), want);
+    assert_eq!(node.fuse_mounts(), 1, "{:?}", node.mounts());
+    let last = node.fuse_pid().unwrap();
 
     csi.node_unpublish_volume(unpublish_req(&p1)).await.unwrap();
     csi.node_unpublish_volume(unpublish_req(&p2)).await.unwrap();

@@ -41,6 +41,38 @@ fn fuse_fd_number(pid: i32) -> std::io::Result<RawFd> {
     Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("process {pid} has no /dev/fuse open")))
 }
 
+/// Whether this kernel can queue again the requests a dead FUSE process left
+/// unanswered (`FUSE_NOTIFY_RESEND`, Linux 6.9). Without it a takeover would
+/// leave those callers blocked for good, so no connection is held at all.
+pub fn supported() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    (nums.next().unwrap_or(0), nums.next().unwrap_or(0)) >= (6, 9)
+}
+
+/// Whether the connection behind `fd` is still up (an aborted one polls as an
+/// error).
+pub fn connected(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => !fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
+        Err(_) => false,
+    }
+}
+
+/// Have the kernel queue again every request a FUSE process read from this
+/// connection and did not answer (`FUSE_NOTIFY_RESEND`).
+pub fn resend(fd: &OwnedFd) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut msg = Vec::with_capacity(16);
+    msg.extend_from_slice(&16u32.to_ne_bytes());
+    msg.extend_from_slice(&7i32.to_ne_bytes());
+    msg.extend_from_slice(&0u64.to_ne_bytes());
+    std::fs::File::from(fd.try_clone()?).write_all(&msg)
+}
+
 /// A duplicate of `fd` that a child started next inherits (no close-on-exec), as
 /// the number to give it. Drop it once the child is started.
 pub fn inheritable(fd: &OwnedFd) -> std::io::Result<OwnedFd> {

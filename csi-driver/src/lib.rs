@@ -107,7 +107,9 @@ impl Plugin {
         let master = shoal_proto::auth::master(endpoint.connect_lazy());
         let volumes = volumes::Volumes::open(cfg.clone()).await?;
         let supervisor = tokio::spawn(volumes.clone().supervise());
-        let upgrades = tokio::spawn(replace_on_sighup(volumes.clone()));
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| CsiError::Io(format!("handle SIGHUP: {e}")))?;
+        let upgrades = tokio::spawn(replace_on_sighup(volumes.clone(), hup));
         let svc = service::CsiService::new(cfg.clone(), volumes, master);
         tracing::info!(socket = %cfg.socket.display(), node = %cfg.node_id, "CSI plugin serving");
         let result = tonic::transport::Server::builder()
@@ -127,9 +129,7 @@ impl Plugin {
 /// On SIGHUP, replace every FUSE process by a new one (of the `shoal` binary now
 /// on disk) that takes its connection over: how a node upgrades its mounts
 /// without failing a pod's read.
-async fn replace_on_sighup(volumes: Arc<volumes::Volumes>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+async fn replace_on_sighup(volumes: Arc<volumes::Volumes>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         let n = volumes.replace_all().await;
         tracing::info!(replaced = n, "SIGHUP: FUSE processes replaced");

@@ -34,8 +34,11 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 /// Wait before retrying a FUSE process that failed to start (doubles to a minute).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-/// Failed takeovers of a held connection before it is given up for a fresh mount.
-const TAKEOVER_TRIES: u32 = 3;
+/// A FUSE process that dies sooner than this after it started, twice in a row,
+/// is restarted only after a backoff (a crash loop must not spin).
+const QUICK_DEATH: Duration = Duration::from_secs(2);
+/// A process that lived this long clears the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 /// The FUSE process serving one dataset.
 enum Fuse {
@@ -68,7 +71,10 @@ struct Volume {
     /// A copy of the mount's `/dev/fuse` descriptor: the connection survives its
     /// process while this is held.
     fd: Option<OwnedFd>,
-    takeover_failures: u32,
+    /// When the current FUSE process started serving.
+    started: Option<Instant>,
+    /// FUSE processes in a row that died within [`QUICK_DEATH`].
+    quick_deaths: u32,
     /// Backoff after a failed start: no attempt before this.
     retry_at: Option<(Instant, Duration)>,
 }
@@ -76,7 +82,8 @@ struct Volume {
 impl Volume {
     fn new(staging: PathBuf, targets: BTreeSet<PathBuf>, fuse: Option<Fuse>) -> Volume {
         let fd = fuse.as_ref().and_then(Fuse::pid).and_then(|pid| copy_fd(pid, &staging));
-        Volume { staging, targets, fuse, fd, takeover_failures: 0, retry_at: None }
+        let started = fuse.as_ref().map(|_| Instant::now());
+        Volume { staging, targets, fuse, fd, started, quick_deaths: 0, retry_at: None }
     }
 
     /// Wait longer (doubling, up to a minute) before the next start.
@@ -87,6 +94,9 @@ impl Volume {
 }
 
 fn copy_fd(pid: i32, staging: &Path) -> Option<OwnedFd> {
+    if !fusefd::supported() {
+        return None;
+    }
     fusefd::copy_from(pid)
         .inspect_err(|e| {
             warn!(pid, staging = %staging.display(), error = %e, "cannot hold the FUSE connection; a restart will remount")
@@ -245,14 +255,28 @@ impl Volumes {
             Some(f) => f.exited() || !is_mounted(&vol.staging),
             None => true,
         };
+        if !dead && vol.started.is_some_and(|t| t.elapsed() > HEALTHY_AFTER) {
+            vol.retry_at = None;
+            vol.quick_deaths = 0;
+        }
         if dead {
+            if let Some(mut old) = vol.fuse.take() {
+                warn!(%dataset, "the FUSE process died; restarting it");
+                // (Or its mount went away under it: it serves nothing.)
+                kill_now(&mut old).await;
+                if vol.started.is_some_and(|t| t.elapsed() < QUICK_DEATH) {
+                    vol.quick_deaths += 1;
+                    if vol.quick_deaths > 1 {
+                        vol.back_off();
+                    }
+                } else {
+                    vol.quick_deaths = 0;
+                }
+            }
             if let Some((at, _)) = vol.retry_at {
                 if Instant::now() < at {
                     return Ok(());
                 }
-            }
-            if vol.fuse.is_some() {
-                warn!(%dataset, "the FUSE process died; restarting it");
             }
             let started = Instant::now();
             self.revive(dataset, vol).await?;
@@ -275,7 +299,8 @@ impl Volumes {
 
     /// Replace every FUSE process whose connection is held by a new one that
     /// takes it over (the `shoal` binary on disk, so an upgraded binary takes
-    /// effect), without failing any read. Returns how many were replaced.
+    /// effect), without failing any read: the new process serves before the
+    /// old one is stopped. Returns how many were replaced.
     pub async fn replace_all(&self) -> usize {
         let mut volumes = self.volumes.lock().await;
         let mut replaced = 0;
@@ -293,53 +318,56 @@ impl Volumes {
     }
 
     /// Bring the dataset's FUSE process up: a new process takes over the held
-    /// connection (targets keep their mount; pods see a pause), or, with none
-    /// held or after it failed [`TAKEOVER_TRIES`] times, a fresh mount whose
-    /// targets the supervisor binds again.
+    /// connection (targets keep their mount; pods see a pause), or, when none is
+    /// held or the held one is dead (aborted), a fresh mount whose targets the
+    /// supervisor binds again. A takeover that fails is retried with backoff
+    /// for as long as the connection lives: a fresh mount would need the same
+    /// master and binary, and giving the connection up fails every open file.
     async fn revive(&self, dataset: &str, vol: &mut Volume) -> Result<(), CsiError> {
-        if vol.fd.is_some() && is_mounted(&vol.staging) {
-            match self.take_over(dataset, vol).await {
-                Ok(()) => return Ok(()),
-                Err(e) if vol.takeover_failures < TAKEOVER_TRIES => return Err(e),
-                Err(e) => warn!(%dataset, error = %e, "giving the FUSE connection up for a fresh mount"),
+        if let Some(fd) = vol.fd.as_ref().filter(|_| is_mounted(&vol.staging)) {
+            if fusefd::connected(fd) {
+                return self.take_over(dataset, vol).await;
             }
+            warn!(%dataset, "the held FUSE connection was aborted; mounting afresh");
         }
         vol.fd = None;
-        vol.takeover_failures = 0;
         for t in &vol.targets {
             unmount(t)?;
         }
         self.start_fuse(dataset, vol).await
     }
 
-    /// Start `shoal mount --fuse-fd` on the held connection (after killing the
-    /// process serving it, if any: SIGKILL, as it must not unmount) and wait
-    /// until it answers.
+    /// Start `shoal mount --fuse-fd` on the held connection and wait until it
+    /// serves; then stop the process that served it before, if any (SIGKILL: it
+    /// must not unmount), and have the kernel queue again whatever that process
+    /// read and never answered.
     async fn take_over(&self, dataset: &str, vol: &mut Volume) -> Result<(), CsiError> {
-        if let Some(mut old) = vol.fuse.take() {
-            kill_now(&mut old).await;
-        }
         let fd = vol.fd.as_ref().expect("a held connection");
         let started = Instant::now();
         let result = async {
             let inherit =
                 fusefd::inheritable(fd).map_err(|e| CsiError::Io(format!("pass the FUSE connection: {e}")))?;
+            let log = self.log_path(dataset);
+            let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
             let (child, log) = self.spawn(dataset, &vol.staging, Some(inherit.as_raw_fd()))?;
             drop(inherit);
-            wait_answering(dataset, child, &vol.staging, &log).await
+            wait_serving(dataset, child, &log, from).await
         }
         .await;
         match result {
             Ok(child) => {
-                vol.fuse = Some(Fuse::Child(child));
-                vol.retry_at = None;
-                vol.takeover_failures = 0;
+                if let Some(mut old) = vol.fuse.replace(Fuse::Child(child)) {
+                    kill_now(&mut old).await;
+                }
+                if let Err(e) = fusefd::resend(fd) {
+                    warn!(%dataset, error = %e, "cannot have the kernel resend the old process's requests");
+                }
+                vol.started = Some(Instant::now());
                 metrics::TAKEOVERS.inc();
                 info!(%dataset, ms = started.elapsed().as_millis() as u64, "a new FUSE process took the mount over");
                 Ok(())
             }
             Err(e) => {
-                vol.takeover_failures += 1;
                 vol.back_off();
                 Err(e)
             }
@@ -363,7 +391,7 @@ impl Volumes {
             Ok(child) => {
                 vol.fd = child.id().and_then(|pid| copy_fd(pid as i32, &vol.staging));
                 vol.fuse = Some(Fuse::Child(child));
-                vol.retry_at = None;
+                vol.started = Some(Instant::now());
                 Ok(())
             }
             Err(e) => {
@@ -375,8 +403,12 @@ impl Volumes {
 
     /// Start `shoal mount` for the dataset on `staging`, logging to the state
     /// directory; with `fuse_fd`, it takes over that inherited connection.
+    fn log_path(&self, dataset: &str) -> PathBuf {
+        self.cfg.state_dir.join("logs").join(format!("{dataset}.log"))
+    }
+
     fn spawn(&self, dataset: &str, staging: &Path, fuse_fd: Option<i32>) -> Result<(Child, PathBuf), CsiError> {
-        let log_path = self.cfg.state_dir.join("logs").join(format!("{dataset}.log"));
+        let log_path = self.log_path(dataset);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -489,14 +521,17 @@ async fn wait_mounted(dataset: &str, child: Child, staging: &Path, log: &Path) -
     wait_child(dataset, child, log, "mount", move || std::future::ready(is_mounted(&staging))).await
 }
 
-/// Wait for a process that took a connection over to answer on it (`statfs` is
-/// never answered from the kernel's caches).
-async fn wait_answering(dataset: &str, child: Child, staging: &Path, log: &Path) -> Result<Child, CsiError> {
-    let staging = staging.to_path_buf();
-    // Blocks until some process answers; a probe left behind by a failed
-    // takeover returns with the next one.
-    let probe = tokio::task::spawn_blocking(move || nix::sys::statfs::statfs(&staging));
-    wait_child(dataset, child, log, "answer", move || std::future::ready(probe.is_finished())).await
+/// Wait for a process that took a connection over to say it serves it (its
+/// "mounted dataset" line, past `from` in the log): the old process, when alive,
+/// answers meanwhile, so the connection itself cannot tell them apart.
+async fn wait_serving(dataset: &str, child: Child, log: &Path, from: u64) -> Result<Child, CsiError> {
+    let log_file = log.to_path_buf();
+    let ready = move || {
+        let text = std::fs::read(&log_file).unwrap_or_default();
+        let new = text.get(from as usize..).unwrap_or_default();
+        std::future::ready(new.windows(16).any(|w| w == b"mounted dataset "))
+    };
+    wait_child(dataset, child, log, "serve", ready).await
 }
 
 /// Poll `ready` until it holds, the child exits (an error with the tail of its

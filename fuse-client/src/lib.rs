@@ -135,7 +135,9 @@ async fn refresh_loop(
         // Entries of directories dropped from memory cannot be diffed: have the
         // kernel revalidate every entry it holds (Linux 6.16+).
         let dropped = meta.take_dropped();
-        let (entries, inodes) = meta.resync().await;
+        let (entries, mut inodes) = meta.resync(dropped).await;
+        inodes.sort_unstable();
+        inodes.dedup();
         if dropped {
             if let Err(e) = takeover::notify(&kernel.dev, takeover::FUSE_NOTIFY_INC_EPOCH) {
                 tracing::warn!(error = %e, "the kernel cannot revalidate all entries (Linux 6.16+): entries of directories dropped from memory may show their old attributes until --attr-timeout");

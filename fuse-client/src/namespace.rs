@@ -19,7 +19,7 @@
 //!   a bound, and asked of the master (`GetAttr`) past it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -100,6 +100,8 @@ fn root_entry() -> Entry {
 /// A directory's children, sorted by name.
 #[derive(Debug)]
 pub struct Listing {
+    /// The re-sync generation it was loaded in ([`Metadata`]'s epoch).
+    epoch: u64,
     names: Box<str>,
     entries: Box<[Entry]>,
     /// Positions in `entries`, sorted by ino.
@@ -119,7 +121,7 @@ impl Listing {
         }
         let mut by_ino: Vec<u32> = (0..entries.len() as u32).collect();
         by_ino.sort_unstable_by_key(|&k| entries[k as usize].ino);
-        Listing { names: names.into(), entries: entries.into(), by_ino: by_ino.into() }
+        Listing { epoch: 0, names: names.into(), entries: entries.into(), by_ino: by_ino.into() }
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -189,6 +191,11 @@ pub struct Metadata {
     prefetch: Arc<Semaphore>,
     /// A listing was dropped for the budget since the last re-sync.
     dropped: Arc<AtomicBool>,
+    /// Re-syncs seen; a listing loaded before the last one is never served.
+    epoch: AtomicU64,
+    /// The one listing too large for the cache (over half the budget), kept
+    /// beside it rather than loaded again at every access.
+    oversize: Mutex<Option<(u64, Arc<Listing>)>>,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -237,6 +244,8 @@ impl Metadata {
             max_parents: (budget / 4 / PARENT_BYTES).max(1024) as usize,
             prefetch: Arc::new(Semaphore::new(PREFETCH_PARALLEL)),
             dropped,
+            epoch: AtomicU64::new(0),
+            oversize: Mutex::new(None),
         })
     }
 
@@ -253,21 +262,44 @@ impl Metadata {
 
     /// The listing of directory `dir`, from memory or the master.
     pub fn listing(self: &Arc<Self>, dir: u64) -> Result<Arc<Listing>, MetaError> {
-        if let Some(l) = self.listings.get(&dir) {
+        if let Some(l) = self.cached(dir) {
             return Ok(l);
         }
         let this = self.clone();
         let rt = self.rt.clone();
-        self.listings.try_get_with(dir, move || rt.block_on(this.load(dir))).map_err(|e: Arc<MetaError>| match &*e {
-            MetaError::NotFound => MetaError::NotFound,
-            MetaError::NotDir => MetaError::NotDir,
-            MetaError::Master(m) => MetaError::Master(m.clone()),
-        })
+        let l =
+            self.listings.try_get_with(dir, move || rt.block_on(this.load(dir))).map_err(
+                |e: Arc<MetaError>| match &*e {
+                    MetaError::NotFound => MetaError::NotFound,
+                    MetaError::NotDir => MetaError::NotDir,
+                    MetaError::Master(m) => MetaError::Master(m.clone()),
+                },
+            )?;
+        if u64::from(l.weight()) > self.budget / 2 {
+            *self.oversize.lock().expect("oversize lock") = Some((dir, l.clone()));
+        }
+        Ok(l)
+    }
+
+    /// The listing of `dir` if it is in memory and current.
+    fn cached(&self, dir: u64) -> Option<Arc<Listing>> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if let Some(l) = self.listings.get(&dir) {
+            if l.epoch == epoch {
+                return Some(l);
+            }
+            // Loaded across a re-sync: its entries may be the old ones.
+            self.listings.invalidate(&dir);
+            self.dropped.store(true, Ordering::Relaxed);
+        }
+        let big = self.oversize.lock().expect("oversize lock");
+        big.as_ref().filter(|(d, l)| *d == dir && l.epoch == epoch).map(|(_, l)| l.clone())
     }
 
     /// Read a directory from the master, remember where its entries are, and
     /// start loading its subdirectories.
     async fn load(self: Arc<Self>, dir: u64) -> Result<Arc<Listing>, MetaError> {
+        let epoch = self.epoch.load(Ordering::Acquire);
         let mut master = self.master.clone();
         let mut inodes = Vec::new();
         let mut start_after = String::new();
@@ -290,7 +322,7 @@ impl Metadata {
             }
         }
         metrics::LOADED_DIRS.inc();
-        let listing = Arc::new(Listing::build(inodes));
+        let listing = Arc::new(Listing { epoch, ..Listing::build(inodes) });
         let mut subdirs = Vec::new();
         {
             let mut dirs = self.dirs.write().expect("dirs lock");
@@ -346,9 +378,11 @@ impl Metadata {
             return Ok(Located { parent: d.parent, entry: d.entry, name: d.name.to_string() });
         }
         let parent = self.parents.lock().expect("parents lock").get(&ino).copied();
-        if let Some(parent) = parent {
-            let l = self.listing(parent)?;
+        // A listing in memory answers; one that was dropped is not loaded again
+        // for one inode (the master's record is one small RPC).
+        if let Some(l) = parent.and_then(|p| self.cached(p)) {
             if let Some(e) = l.by_ino(ino) {
+                let parent = parent.expect("found above");
                 return Ok(Located { parent, entry: *e, name: l.name(e).to_string() });
             }
         }
@@ -360,6 +394,12 @@ impl Metadata {
         if entry.is_dir {
             let d = Dir { parent: inode.parent, name: inode.name.as_str().into(), entry };
             self.dirs.write().expect("dirs lock").insert(ino, d);
+        } else {
+            let mut parents = self.parents.lock().expect("parents lock");
+            if parents.len() >= self.max_parents {
+                parents.clear();
+            }
+            parents.insert(ino, inode.parent);
         }
         Ok(Located { parent: inode.parent, entry, name: inode.name })
     }
@@ -395,16 +435,32 @@ impl Metadata {
     /// memory again, and return what the kernel must forget: entries (directory,
     /// name) that appeared, vanished or changed, and inodes whose attributes or
     /// content changed.
-    pub async fn resync(self: &Arc<Self>) -> (Vec<(u64, String)>, Vec<u64>) {
-        let old: Vec<(u64, Arc<Listing>)> = self.listings.iter().map(|(d, l)| (*d, l)).collect();
+    ///
+    /// `dropped` (see [`Metadata::take_dropped`]): listings were dropped, so every
+    /// directory seen is also returned, for the kernel to drop its cached
+    /// listing (`FOPEN_CACHE_DIR`) of it.
+    pub async fn resync(self: &Arc<Self>, dropped: bool) -> (Vec<(u64, String)>, Vec<u64>) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut old: Vec<(u64, Arc<Listing>)> = self.listings.iter().map(|(d, l)| (*d, l)).collect();
+        old.extend(self.oversize.lock().expect("oversize lock").take());
         self.listings.invalidate_all();
         self.parents.lock().expect("parents lock").clear();
-        self.dirs.write().expect("dirs lock").retain(|&ino, _| ino == ROOT);
         let (mut entries, mut inodes) = (Vec::new(), Vec::new());
+        {
+            let mut dirs = self.dirs.write().expect("dirs lock");
+            if dropped {
+                inodes.extend(dirs.keys().copied());
+            }
+            dirs.retain(|&ino, _| ino == ROOT);
+        }
         for (dir, before) in old {
             let after = match self.clone().load(dir).await {
                 Ok(l) => {
-                    self.listings.insert(dir, l.clone());
+                    if u64::from(l.weight()) > self.budget / 2 {
+                        *self.oversize.lock().expect("oversize lock") = Some((dir, l.clone()));
+                    } else {
+                        self.listings.insert(dir, l.clone());
+                    }
                     l
                 }
                 Err(MetaError::NotFound | MetaError::NotDir) => Arc::new(Listing::build(Vec::new())),

@@ -9,7 +9,7 @@
 //! - `fuser` only builds sessions through the INIT handshake, which the kernel
 //!   sent long ago to the first process. The session is built on one end of a
 //!   socket pair that carries a synthetic INIT, and its descriptor is then
-//!   replaced (`dup2`) by the live `/dev/fuse` one before the first request is
+//!   replaced (`dup3`) by the live `/dev/fuse` one before the first request is
 //!   read. Nothing of the INIT is kept by `fuser` besides what our own `init`
 //!   sets, and the kernel keeps what it negotiated with the first process.
 //! - Requests the dead process had read but not answered would wait forever;
@@ -42,11 +42,12 @@ pub fn session<FS: Filesystem>(fs: FS, fd: OwnedFd, config: &Config) -> std::io:
     let (ours, theirs) = UnixDatagram::pair()?;
     ours.send(&synthetic_init())?;
     let session = Session::from_fd(fs, OwnedFd::from(theirs), config.acl, config.clone())?;
-    // SAFETY: `session` owns its descriptor and keeps using that number; dup2
+    // SAFETY: `session` owns its descriptor and keeps using that number; dup3
     // atomically makes the number refer to the live `/dev/fuse` file instead of
-    // the socket, and `fd` stays valid for the duration of the call.
+    // the socket (close-on-exec, like every descriptor std opens), and `fd`
+    // stays valid for the duration of the call.
     let raw = session.as_fd().as_raw_fd();
-    if unsafe { libc::dup2(fd.as_raw_fd(), raw) } < 0 {
+    if unsafe { libc::dup3(fd.as_raw_fd(), raw, libc::O_CLOEXEC) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     drop(fd);
