@@ -206,14 +206,38 @@ pub async fn sync_with_progress(client: &mut shoal_proto::auth::Master, name: &s
         .map_err(Remote)
         .with_context(|| format!("sync of dataset {name:?}"))?
         .into_inner();
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"));
+    // Stores do not tell how many entries they hold; the last sync's count is
+    // the estimate the ETA comes from.
+    let expected = match client.get_dataset(GetDatasetRequest { name: name.to_string() }).await {
+        Ok(d) => Some(d.into_inner()).filter(|d| d.last_sync_unix > 0).map(|d| d.file_count + d.dir_count),
+        Err(_) => None,
+    };
+    let bar = match expected.filter(|n| *n > 0) {
+        Some(n) => {
+            let bar = ProgressBar::new(n);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {elapsed} [{bar:30}] {human_pos}/~{human_len} entries ({per_sec}, ETA {eta}) {msg}",
+                )
+                .expect("template"),
+            );
+            bar
+        }
+        None => {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} listed {human_pos} entries ({per_sec}) {msg}")
+                    .expect("template"),
+            );
+            bar
+        }
+    };
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut last = SyncProgress::default();
     while let Some(p) = stream.message().await.map_err(Remote).with_context(|| format!("sync of dataset {name:?}"))? {
+        bar.set_position(p.entries_listed);
         bar.set_message(format!(
-            "listed {} entries ({}) — {} new, {} changed, {} deleted",
-            p.entries_listed,
+            "{} — {} new, {} changed, {} deleted",
             ByteSize(p.bytes_listed),
             p.added,
             p.changed,

@@ -202,6 +202,9 @@ impl Filesystem for ShoalFs {
         let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // READDIRPLUS: a listing carries every entry's attributes, so `find`,
+        // `ls -l` and `os.walk` + `stat` make no lookup per entry.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -374,12 +377,24 @@ impl Filesystem for ShoalFs {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         metrics::op("readdirplus", true, Instant::now());
-        let dir = match self.meta.listing(ino.0) {
-            Ok(d) => d,
-            Err(e) => return reply.error(meta_errno(&e)),
+        let (dir, me) = match (self.meta.listing(ino.0), self.meta.locate(ino.0)) {
+            (Ok(d), Ok(l)) => (d, l),
+            (Err(e), _) | (_, Err(e)) => return reply.error(meta_errno(&e)),
         };
-        for (k, e) in dir.entries().iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), k as u64 + 1, dir.name(e), &self.ttl, &self.attr(e), Generation(0)) {
+        // Offsets as in readdir: 1 = ".", 2 = "..", 3.. = children. The kernel
+        // makes no entry for the dots; their attributes only fill the reply.
+        if offset < 2 {
+            let parent = self.meta.locate(me.parent.max(ROOT)).map(|l| l.entry).unwrap_or(me.entry);
+            let dots = [(1u64, me.entry, "."), (2, parent, "..")];
+            for (off, e, name) in dots.into_iter().skip(offset as usize) {
+                if reply.add(INodeNo(e.ino), off, name, &self.ttl, &self.attr(&e), Generation(0)) {
+                    return reply.ok();
+                }
+            }
+        }
+        let skip = offset.saturating_sub(2) as usize;
+        for (k, e) in dir.entries().iter().enumerate().skip(skip) {
+            if reply.add(INodeNo(e.ino), k as u64 + 3, dir.name(e), &self.ttl, &self.attr(e), Generation(0)) {
                 break;
             }
         }

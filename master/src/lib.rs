@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use shoal_proto::master::master_server::MasterServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -93,7 +92,7 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
                 .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
             auth,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown.cancelled_owned())
         .await;
     reaper.abort();
     periodic.abort();
