@@ -98,12 +98,19 @@ fn synthetic_init() -> Vec<u8> {
 }
 
 /// Ask the kernel to queue again every request a previous process read and never
-/// answered. Without it (kernels before 6.9) those few callers stay blocked.
+/// answered (without it, on kernels before 6.9, those few callers stay blocked),
+/// and to revalidate the entries it holds.
 fn resend_pending<FS: Filesystem>(session: &Session<FS>) {
     let dev = session.as_fd().try_clone_to_owned().map(std::fs::File::from);
-    match dev.and_then(|f| notify(&f, FUSE_NOTIFY_RESEND)) {
+    let Ok(dev) = dev else { return };
+    match notify(&dev, FUSE_NOTIFY_RESEND) {
         Ok(_) => info!("took over the FUSE connection; requests in flight are queued again"),
         Err(e) => warn!(error = %e, "the kernel cannot resend requests in flight (Linux 6.9+): their callers may hang"),
+    }
+    // The dataset may have been re-synced while no process served it: the
+    // kernel revalidates every entry it holds (answered from memory).
+    if let Err(e) = notify(&dev, FUSE_NOTIFY_INC_EPOCH) {
+        warn!(error = %e, "the kernel cannot revalidate entries (Linux 6.16+): a re-sync during the restart shows after --attr-timeout");
     }
 }
 
