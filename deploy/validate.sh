@@ -462,10 +462,7 @@ PY
 
 # --- the manifests -------------------------------------------------------------
 # Every YAML file but kustomizations and the patches they name (check 5).
-patches=()
-while IFS= read -r f; do
-  patches+=("$f")
-done < <("$PY" -c "$OVERLAY_CHECK" list)
+mapfile -t patches < <("$PY" -c "$OVERLAY_CHECK" list)
 manifests=()
 while IFS= read -r f; do
   f="${f#./}"
@@ -1064,10 +1061,7 @@ print(f"  {len(containers)} shoal containers checked")
 sys.exit(min(failed, 100))
 PY
 
-overlays=()
-while IFS= read -r d; do
-  overlays+=("${d#./}")
-done < <(find ./overlays -mindepth 2 -maxdepth 2 -name kustomization.yaml -exec dirname {} \; 2>/dev/null | sort)
+mapfile -t overlays < <(find ./overlays -mindepth 2 -maxdepth 2 -name kustomization.yaml -exec dirname {} \; 2>/dev/null | sed 's|^\./||' | sort)
 
 builds=(base scheduler ${overlays[@]+"${overlays[@]}"})
 

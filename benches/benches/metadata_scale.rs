@@ -540,12 +540,9 @@ fn s3(a: &Args, base: &Path, rt: &tokio::runtime::Runtime, md: &mut String) -> R
 }
 
 fn main() -> Result<()> {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("--delay-proxy") {
-        // Started by RemoteStore inside the store's namespace.
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let delay = Duration::from_micros(argv[4].parse()?);
-        return rt.block_on(remote::delay_proxy(argv[2].parse()?, argv[3].parse()?, delay));
+    // Started by RemoteStore inside the store's namespace.
+    if let Some(done) = remote::delay_proxy_main() {
+        return done;
     }
     let a = parse_args()?;
     shoal_bin()?;

@@ -146,6 +146,22 @@ impl Drop for RemoteStore {
     }
 }
 
+/// The entry point of a benchmark binary started as [`RemoteStore`]'s delay
+/// line (`self_exe --delay-proxy LISTEN TARGET DELAY_US`): runs it and returns
+/// its result; `None` when the binary was started for anything else.
+pub fn delay_proxy_main() -> Option<Result<()>> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) != Some("--delay-proxy") || argv.len() < 5 {
+        return None;
+    }
+    let run = || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let delay = Duration::from_micros(argv[4].parse()?);
+        rt.block_on(delay_proxy(argv[2].parse()?, argv[3].parse()?, delay))
+    };
+    Some(run())
+}
+
 /// Where `s3s-fs` is, installing it with `cargo install` when it is missing.
 pub fn s3_server_binary() -> Result<PathBuf> {
     let home = std::env::var("CARGO_HOME")

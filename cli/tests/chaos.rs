@@ -94,14 +94,6 @@ fn more_reads(tally: &Tally, n: u64, what: &str) {
     wait_for_sync(what, || tally.ok.load(Ordering::Relaxed) >= from + n);
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_worker_master_and_fuse_under_load_loses_no_byte() {
     let mut node = Node::start_with(
@@ -138,7 +130,7 @@ async fn kill_9_of_worker_master_and_fuse_under_load_loses_no_byte() {
     // 1. The worker: reads fall back to the store; a new worker takes over.
     let worker = node.worker.as_mut().unwrap();
     let worker_pid = worker.child.id();
-    let worker_hwm = vm_hwm_kib(worker_pid);
+    let worker_hwm = status_kib(worker_pid, ["VmHWM:"])[0];
     let killed = Instant::now();
     worker.kill9();
     more_reads(&tally, 200, "reads with the worker dead");
@@ -188,7 +180,7 @@ async fn kill_9_of_worker_master_and_fuse_under_load_loses_no_byte() {
     // 3. The FUSE process: the CSI plugin holds its connection, so a new process
     //    takes it over; reads pause, and none fails.
     let fuse_pid = node.fuse_pid().expect("a FUSE process");
-    let fuse_hwm = vm_hwm_kib(fuse_pid as u32);
+    let fuse_hwm = status_kib(fuse_pid as u32, ["VmHWM:"])[0];
     *tally.slowest.lock().unwrap() = Duration::ZERO;
     let killed = Instant::now();
     std::process::Command::new("kill").arg("-9").arg(fuse_pid.to_string()).status().unwrap();

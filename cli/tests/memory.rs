@@ -14,15 +14,7 @@ use common::*;
 
 /// RssAnon, RssFile and RssShmem of a process, in KiB.
 fn rss(pid: u32) -> [u64; 3] {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-            .unwrap_or(0)
-    };
-    [field("RssAnon:"), field("RssFile:"), field("RssShmem:")]
+    status_kib(pid, ["RssAnon:", "RssFile:", "RssShmem:"])
 }
 
 /// Samples the peaks of [`rss`] every 10 ms until dropped.

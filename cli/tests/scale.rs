@@ -47,15 +47,6 @@ fn dataset_json(master: &str) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// Compare two walks, naming the first differences.
 fn assert_same(
     what: &str,
@@ -136,8 +127,7 @@ fn a_million_files_sync_walk_resync_and_survive_a_master_kill() {
     assert_same("second walk", &again, &want);
     let metrics = mount.metrics();
     let evicted = metric(&metrics, "shoal_mount_dirs_evicted_total");
-    let anon = rss_kib(mount.child.id(), "RssAnon:");
-    let peak = rss_kib(mount.child.id(), "VmHWM:");
+    let [anon, peak] = status_kib(mount.child.id(), ["RssAnon:", "VmHWM:"]);
     println!(
         "mount: {} directory loads, {evicted} dropped for the budget; RssAnon {} MiB, peak RSS {} MiB",
         metric(&metrics, "shoal_mount_dirs_loaded_total"),

@@ -9,6 +9,7 @@
 //! This crate imports nothing else of shoal and owns no process state.
 
 pub mod error;
+pub mod fusedev;
 pub mod ids;
 pub mod mapped;
 pub mod metrics;

@@ -62,17 +62,6 @@ pub fn connected(fd: &OwnedFd) -> bool {
     }
 }
 
-/// Have the kernel queue again every request a FUSE process read from this
-/// connection and did not answer (`FUSE_NOTIFY_RESEND`).
-pub fn resend(fd: &OwnedFd) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut msg = Vec::with_capacity(16);
-    msg.extend_from_slice(&16u32.to_ne_bytes());
-    msg.extend_from_slice(&7i32.to_ne_bytes());
-    msg.extend_from_slice(&0u64.to_ne_bytes());
-    std::fs::File::from(fd.try_clone()?).write_all(&msg)
-}
-
 /// A duplicate of `fd` that a child started next inherits (no close-on-exec), as
 /// the number to give it. Drop it once the child is started.
 pub fn inheritable(fd: &OwnedFd) -> std::io::Result<OwnedFd> {

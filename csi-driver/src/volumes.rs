@@ -359,7 +359,7 @@ impl Volumes {
                 if let Some(mut old) = vol.fuse.replace(Fuse::Child(child)) {
                     kill_now(&mut old).await;
                 }
-                if let Err(e) = fusefd::resend(fd) {
+                if let Err(e) = shoal_core::fusedev::notify(fd, shoal_core::fusedev::NOTIFY_RESEND) {
                     warn!(%dataset, error = %e, "cannot have the kernel resend the old process's requests");
                 }
                 vol.started = Some(Instant::now());
@@ -518,7 +518,7 @@ fn unmount(path: &Path) -> Result<(), CsiError> {
 /// Wait for a new `shoal mount` to show up in the mount table.
 async fn wait_mounted(dataset: &str, child: Child, staging: &Path, log: &Path) -> Result<Child, CsiError> {
     let staging = staging.to_path_buf();
-    wait_child(dataset, child, log, "mount", move || std::future::ready(is_mounted(&staging))).await
+    wait_child(dataset, child, log, "mount", move || is_mounted(&staging)).await
 }
 
 /// Wait for a process that took a connection over to say it serves it (its
@@ -529,27 +529,23 @@ async fn wait_serving(dataset: &str, child: Child, log: &Path, from: u64) -> Res
     let ready = move || {
         let text = std::fs::read(&log_file).unwrap_or_default();
         let new = text.get(from as usize..).unwrap_or_default();
-        std::future::ready(new.windows(16).any(|w| w == b"mounted dataset "))
+        new.windows(16).any(|w| w == b"mounted dataset ")
     };
     wait_child(dataset, child, log, "serve", ready).await
 }
 
 /// Poll `ready` until it holds, the child exits (an error with the tail of its
 /// log) or [`MOUNT_DEADLINE`] passes (the child is killed).
-async fn wait_child<F, Fut>(
+async fn wait_child(
     dataset: &str,
     mut child: Child,
     log: &Path,
     what: &str,
-    mut ready: F,
-) -> Result<Child, CsiError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+    mut ready: impl FnMut() -> bool,
+) -> Result<Child, CsiError> {
     let deadline = Instant::now() + MOUNT_DEADLINE;
     loop {
-        if ready().await {
+        if ready() {
             return Ok(child);
         }
         if let Ok(Some(status)) = child.try_wait() {

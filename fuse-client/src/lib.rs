@@ -139,7 +139,7 @@ async fn refresh_loop(
         inodes.sort_unstable();
         inodes.dedup();
         if dropped {
-            if let Err(e) = takeover::notify(&kernel.dev, takeover::FUSE_NOTIFY_INC_EPOCH) {
+            if let Err(e) = shoal_core::fusedev::notify(&kernel.dev, shoal_core::fusedev::NOTIFY_INC_EPOCH) {
                 tracing::warn!(error = %e, "the kernel cannot revalidate all entries (Linux 6.16+): entries of directories dropped from memory may show their old attributes until --attr-timeout");
             }
         }

@@ -158,7 +158,7 @@ struct Dir {
     entry: Entry,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaError {
     #[error("no such entry")]
     NotFound,
@@ -267,18 +267,22 @@ impl Metadata {
         }
         let this = self.clone();
         let rt = self.rt.clone();
-        let l =
-            self.listings.try_get_with(dir, move || rt.block_on(this.load(dir))).map_err(
-                |e: Arc<MetaError>| match &*e {
-                    MetaError::NotFound => MetaError::NotFound,
-                    MetaError::NotDir => MetaError::NotDir,
-                    MetaError::Master(m) => MetaError::Master(m.clone()),
-                },
-            )?;
-        if u64::from(l.weight()) > self.budget / 2 {
+        let l = self
+            .listings
+            .try_get_with(dir, move || rt.block_on(this.load(dir)))
+            .map_err(|e: Arc<MetaError>| (*e).clone())?;
+        self.keep_oversize(dir, &l);
+        Ok(l)
+    }
+
+    /// Keep `l` beside the cache when it is too large for it (over half the
+    /// budget); returns whether it was.
+    fn keep_oversize(&self, dir: u64, l: &Arc<Listing>) -> bool {
+        let over = u64::from(l.weight()) > self.budget / 2;
+        if over {
             *self.oversize.lock().expect("oversize lock") = Some((dir, l.clone()));
         }
-        Ok(l)
+        over
     }
 
     /// The listing of `dir` if it is in memory and current.
@@ -456,9 +460,7 @@ impl Metadata {
         for (dir, before) in old {
             let after = match self.clone().load(dir).await {
                 Ok(l) => {
-                    if u64::from(l.weight()) > self.budget / 2 {
-                        *self.oversize.lock().expect("oversize lock") = Some((dir, l.clone()));
-                    } else {
+                    if !self.keep_oversize(dir, &l) {
                         self.listings.insert(dir, l.clone());
                     }
                     l

@@ -20,20 +20,17 @@
 
 #![allow(unsafe_code)]
 
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixDatagram;
 
 use fuser::{Config, Filesystem, Session};
+use shoal_core::fusedev::{notify, NOTIFY_INC_EPOCH, NOTIFY_RESEND};
 use tracing::{info, warn};
 
 /// `/dev/fuse` is the character device 10:229.
 const FUSE_DEV: (u64, u64) = (10, 229);
 const FUSE_INIT: u32 = 26;
-/// `fuse_notify_code`s `fuser` has no call for.
-pub const FUSE_NOTIFY_RESEND: i32 = 7;
-pub const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 
 /// Serve the live FUSE connection behind `fd` with `fs`. The kernel must have
 /// finished INIT on it (a mount is up); the caller runs the session as usual.
@@ -101,27 +98,15 @@ fn synthetic_init() -> Vec<u8> {
 /// answered (without it, on kernels before 6.9, those few callers stay blocked),
 /// and to revalidate the entries it holds.
 fn resend_pending<FS: Filesystem>(session: &Session<FS>) {
-    let dev = session.as_fd().try_clone_to_owned().map(std::fs::File::from);
-    let Ok(dev) = dev else { return };
-    match notify(&dev, FUSE_NOTIFY_RESEND) {
+    match notify(session, NOTIFY_RESEND) {
         Ok(_) => info!("took over the FUSE connection; requests in flight are queued again"),
         Err(e) => warn!(error = %e, "the kernel cannot resend requests in flight (Linux 6.9+): their callers may hang"),
     }
     // The dataset may have been re-synced while no process served it: the
     // kernel revalidates every entry it holds (answered from memory).
-    if let Err(e) = notify(&dev, FUSE_NOTIFY_INC_EPOCH) {
+    if let Err(e) = notify(session, NOTIFY_INC_EPOCH) {
         warn!(error = %e, "the kernel cannot revalidate entries (Linux 6.16+): a re-sync during the restart shows after --attr-timeout");
     }
-}
-
-/// Send the kernel a notification that has no payload (`code` is a
-/// `fuse_notify_code`) on the FUSE device `dev`.
-pub fn notify(mut dev: &std::fs::File, code: i32) -> std::io::Result<()> {
-    let mut header = Vec::with_capacity(16);
-    header.extend_from_slice(&16u32.to_ne_bytes());
-    header.extend_from_slice(&code.to_ne_bytes());
-    header.extend_from_slice(&0u64.to_ne_bytes());
-    dev.write_all(&header)
 }
 
 #[cfg(test)]

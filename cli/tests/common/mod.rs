@@ -402,3 +402,16 @@ pub fn walk(root: &Path) -> BTreeMap<String, (bool, u64, (u64, u32))> {
     }
     out
 }
+
+/// Fields of `/proc/PID/status` in KiB (`"RssAnon:"`, `"VmHWM:"`…), read at once;
+/// 0 for a field or process that is not there.
+pub fn status_kib<const N: usize>(pid: u32, fields: [&str; N]) -> [u64; N] {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    fields.map(|name| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    })
+}
