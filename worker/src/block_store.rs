@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use moka::notification::RemovalCause;
@@ -109,7 +109,8 @@ pub struct BlockStore {
     /// must not delete their files.
     moving: Arc<Mutex<HashSet<BlockId>>>,
     /// Blocks evicted by hand (see `make_room`): demoted like size evictions.
-    evicting: Arc<Mutex<HashSet<BlockId>>>,
+    /// The condition variable wakes inserts waiting for such a move to end.
+    evicting: Arc<(Mutex<HashSet<BlockId>>, Condvar)>,
     policies: RwLock<HashMap<u32, Policy>>,
     deltas: Arc<Mutex<Events>>,
     counters: Arc<StoreCounters>,
@@ -145,7 +146,7 @@ impl BlockStore {
         let deltas = Arc::new(Mutex::new(Events::default()));
         let counters = Arc::new(StoreCounters::default());
         let moving: Arc<Mutex<HashSet<BlockId>>> = Arc::new(Mutex::new(HashSet::new()));
-        let evicting: Arc<Mutex<HashSet<BlockId>>> = Arc::new(Mutex::new(HashSet::new()));
+        let evicting: Arc<(Mutex<HashSet<BlockId>>, Condvar)> = Arc::default();
         // Build from the last tier up, so each tier's listener can demote into the next.
         let mut built: Vec<Tier> = Vec::new();
         for spec in specs.iter().rev() {
@@ -165,8 +166,8 @@ impl BlockStore {
                     if listener_moving.lock().expect("moving lock").contains(&*id) {
                         return; // being pinned: the file stays
                     }
-                    let evicted =
-                        cause == RemovalCause::Size || listener_evicting.lock().expect("evicting lock").contains(&*id);
+                    let evicted = cause == RemovalCause::Size
+                        || listener_evicting.0.lock().expect("evicting lock").contains(&*id);
                     let demoted = evicted
                         && next.as_ref().is_some_and(|(ndir, nindex)| {
                             if nindex.contains_key(&*id) || !ndir.reserve(file.len) {
@@ -291,10 +292,25 @@ impl BlockStore {
             // Past the high watermark: evict down to the low one now. The
             // admission policy may send the new block straight to a lower tier
             // (or out): report where it really is.
-            t.index.run_pending_tasks();
-            return Ok(self.get_quiet(id));
+            return Ok(self.settled(t, id));
         }
         Ok(None)
+    }
+
+    /// Where a block just inserted into `t` is once the tier has evicted. An
+    /// eviction may be moving it down a tier right now, in another thread: by
+    /// `make_room` (it is in `evicting` until the move ends) or by the cache's
+    /// maintenance (which holds the maintenance lock until its moves end). Both
+    /// are waited out before the block is reported dropped.
+    fn settled(&self, t: &Tier, id: BlockId) -> Option<Cached> {
+        t.index.run_pending_tasks();
+        if let Some(c) = self.get_quiet(id) {
+            return Some(c);
+        }
+        let (evicting, moved) = &*self.evicting;
+        drop(moved.wait_while(evicting.lock().expect("evicting lock"), |e| e.contains(&id)).expect("evicting lock"));
+        t.index.run_pending_tasks();
+        self.get_quiet(id)
     }
 
     /// Evict cached (unpinned) blocks of `t` until `len` more bytes fit. Needed
@@ -313,15 +329,17 @@ impl BlockStore {
         if freed < need {
             return false;
         }
-        self.evicting.lock().expect("evicting lock").extend(victims.iter().copied());
+        let (evicting, moved) = &*self.evicting;
+        evicting.lock().expect("evicting lock").extend(victims.iter().copied());
         for id in &victims {
             t.index.invalidate(id);
         }
         t.index.run_pending_tasks();
-        let mut evicting = self.evicting.lock().expect("evicting lock");
+        let mut evicting = evicting.lock().expect("evicting lock");
         for id in &victims {
             evicting.remove(id);
         }
+        moved.notify_all();
         true
     }
 
@@ -566,6 +584,33 @@ mod tests {
         assert_eq!(store.all_blocks().len(), 10, "evicted blocks were demoted, not lost");
         let bad = Watermarks { high: 0.5, low: 0.9 };
         assert!(BlockStore::open_with(&specs(d.path(), 10_000, 100_000), bad).is_err());
+    }
+
+    #[test]
+    fn concurrent_inserts_under_pressure_always_land_in_a_tier() {
+        // A 32-wide prewarm: many blocks arrive at once into a small MEM tier
+        // over an SSD tier with room for all of them. Each must be cached
+        // somewhere, and found where the insert says.
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlockStore::open(&specs(d.path(), 32_000, 4_000_000)).unwrap());
+        std::thread::scope(|s| {
+            for t in 0..16u32 {
+                let store = store.clone();
+                s.spawn(move || {
+                    for i in 0..40u32 {
+                        let id = BlockId::new(9, t * 100 + i);
+                        let c = store.insert(id, 9, &[t as u8; 4000]).unwrap();
+                        assert!(c.is_some(), "block {id} was not cached");
+                    }
+                });
+            }
+        });
+        store.settle();
+        assert_eq!(store.all_blocks().len(), 16 * 40);
+        for t in 0..16u32 {
+            let c = store.get(BlockId::new(9, t * 100 + 39)).expect("still cached");
+            assert_eq!(std::fs::read(&c.file.path).unwrap(), vec![t as u8; 4000]);
+        }
     }
 
     #[test]
