@@ -246,18 +246,15 @@ impl Filesystem for ShoalFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (inode, path) = match self.file(ino.0) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
+        if let Err(e) = self.file(ino.0) {
+            return reply.error(e);
+        }
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        // Small files (one block) are fetched whole right away.
-        {
-            let _guard = self.rt.enter();
-            self.reader.prefetch(&inode, &path, 0);
-        }
+        // No prefetch here: the kernel asks only once per mount (see below), and
+        // a block fetched before the first read would hide that cold read from
+        // the directory prefetch.
         metrics::op("open", true, Instant::now());
         // ENOSYS to a valid open tells the kernel to open files without asking us
         // from now on (and to keep their page cache, as FOPEN_KEEP_CACHE would): a
