@@ -229,16 +229,18 @@ fn ingest(a: &Args, base: &Path, rt: &tokio::runtime::Runtime, md: &mut String) 
     let rss_before = status_kib(std::process::id(), "VmRSS:");
     let t = Instant::now();
     let mut last = Instant::now();
-    let info = rt.block_on(shoal_master::namespace::sync_listing(&meta, info, listing, |p| {
-        if last.elapsed() > Duration::from_secs(10) {
-            eprintln!(
-                "  ingest: {} entries, {:.0}/s",
-                p.entries_listed,
-                p.entries_listed as f64 / t.elapsed().as_secs_f64()
-            );
-            last = Instant::now();
-        }
-    }))?;
+    let info = rt
+        .block_on(shoal_master::namespace::sync_listing(&meta, info, listing, |p| {
+            if last.elapsed() > Duration::from_secs(10) {
+                eprintln!(
+                    "  ingest: {} entries, {:.0}/s",
+                    p.entries_listed,
+                    p.entries_listed as f64 / t.elapsed().as_secs_f64()
+                );
+                last = Instant::now();
+            }
+        }))?
+        .info;
     let secs = t.elapsed().as_secs_f64();
     let hwm = status_kib(std::process::id(), "VmHWM:");
     drop(meta);

@@ -146,6 +146,28 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
     assert_eq!(metric(&fm, "shoal_fuse_read_bytes_total"), total as f64);
     let _ = cli(&["umount", mnt.to_str().unwrap()]);
     let _ = mount.child.wait();
+
+    // A re-sync after one cached file changed (2 blocks -> 4) and another was
+    // deleted (3 blocks): the workers drop the 5 stale blocks, and the usage
+    // counted from their reports is exact again.
+    let (len5, len6) = (want[5].1.len() as u64, want[6].1.len() as u64);
+    assert_eq!((len5.div_ceil(BLOCK as u64), len6.div_ceil(BLOCK as u64)), (2, 3));
+    s3.put("pwb", "data/s1/x05.bin", &content(9, 3 * BLOCK + 5));
+    s3.delete("pwb", "data/s0/x06.bin");
+    let (code, out, err) = cli(&["dataset", "sync", "pw", "--master", &master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the stale blocks to leave the usage", || {
+        let a = master.addr.clone();
+        async move { usage(&a, "pw").await.cached_blocks == blocks - 5 }
+    })
+    .await;
+    let after = usage(&master.addr, "pw").await;
+    assert_eq!(after.total_blocks, blocks - 5 + 4);
+    assert_eq!(after.total_bytes, u.total_bytes - len5 - len6 + (3 * BLOCK + 5) as u64);
+    assert_eq!(after.cached_bytes, u.total_bytes - len5 - len6);
+    assert_eq!((after.workers[0].cached_blocks, after.workers[0].cached_bytes), (blocks - 5, after.cached_bytes));
+    let s = worker_stats(&worker.addr).await;
+    assert_eq!(s.tiers.iter().map(|t| t.blocks).sum::<u64>(), blocks - 5, "the worker freed the stale blocks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,15 @@ fn a_million_files_sync_walk_resync_and_survive_a_master_kill() {
     println!("dataset show: {} ms", t.elapsed().as_millis());
     assert_eq!(v["file_count"], FILES as u64);
     assert_eq!(v["dir_count"], DIRS as u64);
+    // Cache usage (what the scheduler polls for every dataset) reads counters
+    // kept by the sync and the workers' reports: no walk of a million entries.
+    let t = Instant::now();
+    let (code, out, err) = cli(&["status", "-o", "json", "--master", &master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    println!("status (cache usage): {} ms", t.elapsed().as_millis());
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["datasets"][0]["total_blocks"], FILES as u64, "every file is one block");
+    assert_eq!(st["datasets"][0]["total_bytes"], v["total_bytes"]);
 
     // A metadata budget of 16 MiB: about a quarter of the ~64 MiB of listings.
     let mnt = root.join("mnt");

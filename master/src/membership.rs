@@ -2,8 +2,12 @@
 //! reports (a full report on register, deltas on heartbeat) after a master restart.
 //! A worker silent for longer than the lost-worker timeout is declared lost and its
 //! blocks leave the map.
+//!
+//! Cache usage per dataset (distinct blocks and bytes, and what each worker holds)
+//! is counted as reports arrive, from the dataset and length each report carries:
+//! a usage query costs one map lookup, whatever the dataset's size.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,13 +19,41 @@ struct WorkerState {
     info: WorkerInfo,
     last_seen: Instant,
     alive: bool,
-    blocks: HashSet<BlockId>,
+    /// Each held block's dataset and length.
+    blocks: HashMap<BlockId, (u32, u64)>,
+}
+
+/// Blocks and bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl Held {
+    fn add(&mut self, len: u64) {
+        self.blocks += 1;
+        self.bytes += len;
+    }
+    fn sub(&mut self, len: u64) {
+        self.blocks = self.blocks.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(len);
+    }
+}
+
+/// What the workers hold of one dataset.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DatasetUsage {
+    /// Distinct blocks (a block on two workers counts once).
+    pub distinct: Held,
+    pub by_worker: BTreeMap<String, Held>,
 }
 
 #[derive(Default)]
 struct Inner {
     workers: HashMap<String, WorkerState>,
     locations: BTreeMap<BlockId, BTreeSet<Arc<str>>>,
+    usage: HashMap<u32, DatasetUsage>,
 }
 
 /// Live workers and which blocks each holds.
@@ -41,34 +73,53 @@ fn unix_ms() -> i64 {
 impl Inner {
     fn drop_blocks(&mut self, id: &str) {
         let Some(w) = self.workers.get_mut(id) else { return };
-        for b in w.blocks.drain() {
-            if let Some(set) = self.locations.get_mut(&b) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.locations.remove(&b);
-                }
-            }
+        let held: Vec<(BlockId, (u32, u64))> = w.blocks.drain().collect();
+        for (b, (ds, len)) in held {
+            self.unlocate(id, b, ds, len);
         }
     }
 
-    fn add_block(&mut self, id: &Arc<str>, b: BlockId) {
-        if let Some(w) = self.workers.get_mut(&**id) {
-            if w.blocks.insert(b) {
-                self.locations.entry(b).or_default().insert(id.clone());
-            }
+    fn add_block(&mut self, id: &Arc<str>, k: &BlockKey) {
+        let (b, ds, len) = (key(k), k.dataset_id, k.length);
+        let Some(w) = self.workers.get_mut(&**id) else { return };
+        if w.blocks.insert(b, (ds, len)).is_some() {
+            return;
         }
+        let holders = self.locations.entry(b).or_default();
+        holders.insert(id.clone());
+        let usage = self.usage.entry(ds).or_default();
+        if holders.len() == 1 {
+            usage.distinct.add(len);
+        }
+        usage.by_worker.entry(id.to_string()).or_default().add(len);
     }
 
     fn remove_block(&mut self, id: &str, b: BlockId) {
-        if let Some(w) = self.workers.get_mut(id) {
-            if w.blocks.remove(&b) {
-                if let Some(set) = self.locations.get_mut(&b) {
-                    set.remove(id);
-                    if set.is_empty() {
-                        self.locations.remove(&b);
-                    }
-                }
+        if let Some((ds, len)) = self.workers.get_mut(id).and_then(|w| w.blocks.remove(&b)) {
+            self.unlocate(id, b, ds, len);
+        }
+    }
+
+    /// Take worker `id` off the holders of `b` (of dataset `ds`, `len` bytes).
+    fn unlocate(&mut self, id: &str, b: BlockId, ds: u32, len: u64) {
+        let Some(set) = self.locations.get_mut(&b) else { return };
+        set.remove(id);
+        let last = set.is_empty();
+        if last {
+            self.locations.remove(&b);
+        }
+        let Some(usage) = self.usage.get_mut(&ds) else { return };
+        if last {
+            usage.distinct.sub(len);
+        }
+        if let Some(w) = usage.by_worker.get_mut(id) {
+            w.sub(len);
+            if w.blocks == 0 {
+                usage.by_worker.remove(id);
             }
+        }
+        if usage.distinct.blocks == 0 && usage.by_worker.is_empty() {
+            self.usage.remove(&ds);
         }
     }
 }
@@ -88,10 +139,10 @@ impl Membership {
         info!(worker = %id, address = %worker.address, blocks = blocks.len(), "worker registered");
         inner.workers.insert(
             id.to_string(),
-            WorkerState { info: worker, last_seen: Instant::now(), alive: true, blocks: HashSet::new() },
+            WorkerState { info: worker, last_seen: Instant::now(), alive: true, blocks: HashMap::new() },
         );
         for b in blocks {
-            inner.add_block(&id, key(b));
+            inner.add_block(&id, b);
         }
     }
 
@@ -114,7 +165,7 @@ impl Membership {
             inner.remove_block(&id, key(b));
         }
         for b in added {
-            inner.add_block(&id, key(b));
+            inner.add_block(&id, b);
         }
         true
     }
@@ -189,6 +240,11 @@ impl Membership {
             .unwrap_or_default()
     }
 
+    /// What the workers hold of dataset `ds` (by id), counted as reports came in.
+    pub fn usage(&self, ds: u32) -> DatasetUsage {
+        self.inner.read().expect("membership lock").usage.get(&ds).cloned().unwrap_or_default()
+    }
+
     /// Number of distinct blocks cached anywhere.
     pub fn block_count(&self) -> usize {
         self.inner.read().expect("membership lock").locations.len()
@@ -203,7 +259,39 @@ mod tests {
         WorkerInfo { id: id.into(), address: format!("{id}:1"), ..Default::default() }
     }
     fn k(f: u64, i: u32) -> BlockKey {
-        BlockKey { file_id: f, index: i }
+        BlockKey { file_id: f, index: i, dataset_id: 7, length: 100 + u64::from(i) }
+    }
+
+    fn held(blocks: u64, bytes: u64) -> Held {
+        Held { blocks, bytes }
+    }
+
+    #[test]
+    fn usage_counts_distinct_blocks_and_each_workers_share() {
+        let m = Membership::new(Duration::from_secs(60));
+        m.register(w("a"), &[k(1, 0), k(1, 1)]);
+        m.register(w("b"), &[k(1, 1), BlockKey { dataset_id: 8, ..k(2, 0) }]);
+        let u = m.usage(7);
+        assert_eq!(u.distinct, held(2, 201), "block 1/1 on two workers counts once");
+        assert_eq!(u.by_worker, BTreeMap::from([("a".into(), held(2, 201)), ("b".into(), held(1, 101))]));
+        assert_eq!(m.usage(8).distinct, held(1, 100));
+        // A repeated report changes nothing; a removal on one holder keeps the block.
+        assert!(m.heartbeat("a", &[k(1, 0)], &[k(1, 1)], vec![]));
+        assert_eq!(m.usage(7).distinct, held(2, 201));
+        assert_eq!(m.usage(7).by_worker["a"], held(1, 100));
+        // The last holder's removal, a re-register and a lost worker all count.
+        assert!(m.heartbeat("b", &[], &[k(1, 1)], vec![]));
+        assert_eq!(m.usage(7).distinct, held(1, 100));
+        assert!(!m.usage(7).by_worker.contains_key("b"));
+        m.register(w("a"), &[k(3, 0)]);
+        assert_eq!(m.usage(7).distinct, held(1, 100));
+        assert_eq!(m.usage(7).by_worker, BTreeMap::from([("a".into(), held(1, 100))]));
+        std::thread::sleep(Duration::from_millis(2));
+        let lost = Membership::new(Duration::from_millis(0));
+        lost.register(w("c"), &[k(4, 0)]);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(lost.reap(), ["c"]);
+        assert_eq!(lost.usage(7), DatasetUsage::default());
     }
 
     #[test]

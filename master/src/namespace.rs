@@ -55,8 +55,20 @@ struct Syncer<'a> {
     files: u64,
     dir_count: u64,
     bytes: u64,
+    blocks: u64,
+    block_size: u64,
+    /// File ids whose content left the namespace (changed or deleted files).
+    retired: Vec<u64>,
     skipped: u64,
     now: i64,
+}
+
+/// What a sync produced: the updated dataset record, and the file ids (content
+/// ids) no path points to any more, whose cached blocks are now garbage.
+#[derive(Debug)]
+pub struct Synced {
+    pub info: DatasetInfo,
+    pub retired: Vec<u64>,
 }
 
 impl Syncer<'_> {
@@ -184,6 +196,7 @@ impl Syncer<'_> {
                     None => self.meta.alloc_file_id(&mut self.batch),
                 };
                 let file_id = self.meta.alloc_file_id(&mut self.batch);
+                self.retired.extend(other.as_ref().map(|old| old.file_id).filter(|f| *f != 0));
                 let inode = Inode {
                     ino,
                     parent,
@@ -206,6 +219,7 @@ impl Syncer<'_> {
         };
         self.files += 1;
         self.bytes += entry.size;
+        self.blocks += shoal_core::ids::block_count(entry.size, self.block_size);
         self.see(ino);
         Ok(())
     }
@@ -222,7 +236,7 @@ pub async fn sync(
     info: DatasetInfo,
     store: &UnderStore,
     report: impl FnMut(&SyncProgress),
-) -> Result<DatasetInfo> {
+) -> Result<Synced> {
     sync_listing(meta, info, store.list(), report).await
 }
 
@@ -234,7 +248,7 @@ pub async fn sync_listing(
     mut info: DatasetInfo,
     listing: impl Stream<Item = std::result::Result<StoreEntry, CoreError>>,
     mut report: impl FnMut(&SyncProgress),
-) -> Result<DatasetInfo> {
+) -> Result<Synced> {
     let mut s = Syncer {
         meta,
         ds: info.id,
@@ -246,6 +260,9 @@ pub async fn sync_listing(
         files: 0,
         dir_count: 0,
         bytes: 0,
+        blocks: 0,
+        block_size: crate::load::block_size(&info),
+        retired: Vec::new(),
         skipped: 0,
         now: now_unix(),
     };
@@ -281,6 +298,9 @@ pub async fn sync_listing(
     })?;
     for inode in &gone {
         meta.delete_entry(&mut s.batch, info.id, inode);
+        if inode.file_id != 0 {
+            s.retired.push(inode.file_id);
+        }
         s.pending += 1;
         s.progress.deleted += 1;
         if s.pending >= BATCH_ENTRIES {
@@ -290,6 +310,7 @@ pub async fn sync_listing(
     info.file_count = s.files;
     info.dir_count = s.dir_count;
     info.total_bytes = s.bytes;
+    info.total_blocks = s.blocks;
     info.last_sync_unix = s.now;
     if s.progress.added + s.progress.changed + s.progress.deleted > 0 {
         info.generation += 1;
@@ -303,5 +324,5 @@ pub async fn sync_listing(
     s.progress.done = true;
     s.progress.dataset = Some(info.clone());
     report(&s.progress);
-    Ok(info)
+    Ok(Synced { info, retired: s.retired })
 }

@@ -119,12 +119,64 @@ impl State {
             .await
         }
         .await;
+        let result = match result {
+            Ok(synced) => {
+                // Blocks of content no path points to any more only take room.
+                let stale: Vec<shoal_core::BlockId> = synced
+                    .retired
+                    .iter()
+                    .flat_map(|f| {
+                        self.members.file_locations(*f).into_iter().map(|l| shoal_core::BlockId::new(*f, l.index))
+                    })
+                    .collect();
+                if !stale.is_empty() {
+                    let freed = self.free_on_workers(stale).await;
+                    info!(dataset = %name, blocks = freed.blocks_freed, bytes = freed.bytes_freed, "freed cached blocks of changed and deleted files");
+                }
+                Ok(synced.info)
+            }
+            Err(e) => Err(e),
+        };
         self.syncing.lock().expect("sync lock").remove(&name);
         crate::metrics::SYNCS.with_label_values(&[name.as_str(), if result.is_ok() { "ok" } else { "error" }]).inc();
         if let Ok(info) = &result {
             info!(dataset = %name, files = info.file_count, bytes = info.total_bytes, "sync finished");
         }
         result
+    }
+
+    /// Ask the workers holding any of `blocks` to drop them; what they freed.
+    /// A worker that cannot be reached is skipped with a warning.
+    async fn free_on_workers(&self, blocks: Vec<shoal_core::BlockId>) -> FreeCacheResponse {
+        let mut by_worker: HashMap<String, Vec<shoal_proto::worker::BlockId>> = HashMap::new();
+        for b in blocks {
+            for (_, addr) in self.members.holder_addresses(b) {
+                by_worker
+                    .entry(addr)
+                    .or_default()
+                    .push(shoal_proto::worker::BlockId { file_id: b.file_id, index: b.index });
+            }
+        }
+        let mut out = FreeCacheResponse::default();
+        for (addr, blocks) in by_worker {
+            let ep = match shoal_proto::auth::endpoint(&addr) {
+                Ok(ep) => ep.connect_timeout(std::time::Duration::from_secs(2)),
+                Err(e) => {
+                    warn!(worker = %addr, error = %e, "bad worker address");
+                    continue;
+                }
+            };
+            let mut c = shoal_proto::auth::worker(ep.connect_lazy());
+            match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    out.blocks_freed += r.blocks_freed;
+                    out.bytes_freed += r.bytes_freed;
+                }
+                Err(s) => warn!(worker = %addr, error = %s.message(), "cannot free blocks on a worker"),
+            }
+        }
+        out
     }
 
     async fn create(&self, req: CreateDatasetRequest) -> Result<DatasetInfo> {
@@ -230,67 +282,34 @@ impl MasterService {
         let bs = load::block_size(&info);
         let paths = if req.path.is_empty() { vec![] } else { vec![req.path.clone()] };
         let files = load::select_files(&self.meta, &info, &paths, "")?;
-        let mut by_worker: HashMap<String, Vec<shoal_proto::worker::BlockId>> = HashMap::new();
-        for f in &files {
-            for index in 0..shoal_core::ids::block_count(f.inode.size, bs) as u32 {
-                for (_, addr) in self.members.holder_addresses(shoal_core::BlockId::new(f.inode.file_id, index)) {
-                    by_worker
-                        .entry(addr)
-                        .or_default()
-                        .push(shoal_proto::worker::BlockId { file_id: f.inode.file_id, index });
-                }
-            }
-        }
-        let mut out = FreeCacheResponse::default();
-        for (addr, blocks) in by_worker {
-            let ep = shoal_proto::auth::endpoint(&addr)
-                .map_err(|e| MasterError::InvalidArgument(e.to_string()))?
-                .connect_timeout(std::time::Duration::from_secs(2));
-            let mut c = shoal_proto::auth::worker(ep.connect_lazy());
-            match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    out.blocks_freed += r.blocks_freed;
-                    out.bytes_freed += r.bytes_freed;
-                }
-                Err(s) => warn!(worker = %addr, error = %s.message(), "cannot free blocks on a worker"),
-            }
-        }
-        Ok(out)
+        let blocks = files.iter().flat_map(|f| {
+            (0..shoal_core::ids::block_count(f.inode.size, bs) as u32)
+                .map(|index| shoal_core::BlockId::new(f.inode.file_id, index))
+        });
+        Ok(self.free_on_workers(blocks.collect()).await)
     }
 
     fn cache_usage(&self, dataset: &str) -> Result<CacheUsage> {
         let info = self.dataset(dataset)?;
-        let bs = load::block_size(&info);
-        let files = load::select_files(&self.meta, &info, &[], "")?;
-        let mut u = CacheUsage { dataset: dataset.to_string(), ..Default::default() };
-        let mut per_worker: BTreeMap<String, NodeCache> = BTreeMap::new();
-        for f in &files {
-            u.total_bytes += f.inode.size;
-            for index in 0..shoal_core::ids::block_count(f.inode.size, bs) as u32 {
-                u.total_blocks += 1;
-                let holders = self.members.holders(shoal_core::BlockId::new(f.inode.file_id, index));
-                if holders.is_empty() {
-                    continue;
-                }
-                let len = shoal_core::ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
-                u.cached_blocks += 1;
-                u.cached_bytes += len;
-                for w in holders {
-                    let e =
-                        per_worker.entry(w.clone()).or_insert_with(|| NodeCache { worker_id: w, ..Default::default() });
-                    e.cached_blocks += 1;
-                    e.cached_bytes += len;
-                }
-            }
-        }
-        for w in self.members.workers() {
-            if let Some(e) = per_worker.get_mut(&w.id) {
-                e.node = w.node;
-            }
-        }
-        u.workers = per_worker.into_values().collect();
-        Ok(u)
+        let held = self.members.usage(info.id);
+        let nodes: HashMap<String, String> = self.members.workers().into_iter().map(|w| (w.id, w.node)).collect();
+        Ok(CacheUsage {
+            dataset: dataset.to_string(),
+            total_bytes: info.total_bytes,
+            total_blocks: info.total_blocks,
+            cached_bytes: held.distinct.bytes,
+            cached_blocks: held.distinct.blocks,
+            workers: held
+                .by_worker
+                .into_iter()
+                .map(|(w, h)| NodeCache {
+                    node: nodes.get(&w).cloned().unwrap_or_default(),
+                    worker_id: w,
+                    cached_bytes: h.bytes,
+                    cached_blocks: h.blocks,
+                })
+                .collect(),
+        })
     }
 }
 

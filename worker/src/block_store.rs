@@ -448,6 +448,12 @@ impl BlockStore {
         cur.0 = events;
     }
 
+    /// Dataset and length of each of `ids` still held; the others are left out
+    /// (a block gone since is reported as removed).
+    pub fn describe(&self, ids: impl IntoIterator<Item = BlockId>) -> Vec<(BlockId, u32, u64)> {
+        ids.into_iter().filter_map(|id| self.get_quiet(id).map(|c| (id, c.file.dataset, c.file.len))).collect()
+    }
+
     /// Every block held, for a full report.
     pub fn all_blocks(&self) -> Vec<BlockId> {
         let mut out: Vec<BlockId> = self.tiers.iter().flat_map(|t| t.index.iter().map(|(k, _)| *k)).collect();

@@ -67,8 +67,19 @@ fn apply_policies(store: &BlockStore, policies: &[shoal_proto::master::DatasetPo
     store.set_policies(map);
 }
 
+/// Report keys of removed blocks.
 fn keys(ids: impl IntoIterator<Item = shoal_core::BlockId>) -> Vec<BlockKey> {
-    ids.into_iter().map(|b| BlockKey { file_id: b.file_id, index: b.index }).collect()
+    ids.into_iter().map(|b| BlockKey { file_id: b.file_id, index: b.index, ..Default::default() }).collect()
+}
+
+/// Report keys of held blocks, with the dataset and length the master counts
+/// cache usage by.
+fn held_keys(store: &BlockStore, ids: impl IntoIterator<Item = shoal_core::BlockId>) -> Vec<BlockKey> {
+    store
+        .describe(ids)
+        .into_iter()
+        .map(|(b, dataset_id, length)| BlockKey { file_id: b.file_id, index: b.index, dataset_id, length })
+        .collect()
 }
 
 fn tier_infos(store: &BlockStore) -> Vec<TierInfo> {
@@ -108,7 +119,7 @@ async fn report_loop(
             let (blocks, tiers) = tokio::task::spawn_blocking(move || {
                 s.settle();
                 let _ = s.take_deltas();
-                (keys(s.all_blocks()), tier_infos(&s))
+                (held_keys(&s, s.all_blocks()), tier_infos(&s))
             })
             .await
             .unwrap_or_default();
@@ -126,13 +137,25 @@ async fn report_loop(
                 Err(e) => warn!(error = %e.message(), "cannot register with the master; retrying"),
             }
         } else {
-            metrics::update_tiers(&store);
-            let deltas = store.take_deltas();
-            let req = HeartbeatRequest {
-                worker_id: me.id.clone(),
-                added: keys(deltas.added.iter().copied()),
-                removed: keys(deltas.removed.iter().copied()),
-                tiers: tier_infos(&store),
+            // Settled first, so that the tier gauges and the report count
+            // every block the deltas name.
+            let s = store.clone();
+            let id = me.id.clone();
+            let Ok((deltas, req)) = tokio::task::spawn_blocking(move || {
+                s.settle();
+                let deltas = s.take_deltas();
+                metrics::update_tiers(&s);
+                let req = HeartbeatRequest {
+                    worker_id: id,
+                    added: held_keys(&s, deltas.added.iter().copied()),
+                    removed: keys(deltas.removed.iter().copied()),
+                    tiers: tier_infos(&s),
+                };
+                (deltas, req)
+            })
+            .await
+            else {
+                return;
             };
             match master.heartbeat(req).await {
                 Ok(resp) if resp.get_ref().reregister => registered = false,
