@@ -110,7 +110,9 @@ pub struct BlockStore {
     moving: Arc<Mutex<HashSet<BlockId>>>,
     /// Blocks evicted by hand (see `make_room`): demoted like size evictions.
     /// The condition variable wakes inserts waiting for such a move to end.
-    evicting: Arc<(Mutex<HashSet<BlockId>>, Condvar)>,
+    /// Counted: two threads may pick the same victim, and the block stays in
+    /// until both are done.
+    evicting: Arc<(Mutex<HashMap<BlockId, u32>>, Condvar)>,
     policies: RwLock<HashMap<u32, Policy>>,
     deltas: Arc<Mutex<Events>>,
     counters: Arc<StoreCounters>,
@@ -146,7 +148,7 @@ impl BlockStore {
         let deltas = Arc::new(Mutex::new(Events::default()));
         let counters = Arc::new(StoreCounters::default());
         let moving: Arc<Mutex<HashSet<BlockId>>> = Arc::new(Mutex::new(HashSet::new()));
-        let evicting: Arc<(Mutex<HashSet<BlockId>>, Condvar)> = Arc::default();
+        let evicting: Arc<(Mutex<HashMap<BlockId, u32>>, Condvar)> = Arc::default();
         // Build from the last tier up, so each tier's listener can demote into the next.
         let mut built: Vec<Tier> = Vec::new();
         for spec in specs.iter().rev() {
@@ -167,7 +169,7 @@ impl BlockStore {
                         return; // being pinned: the file stays
                     }
                     let evicted = cause == RemovalCause::Size
-                        || listener_evicting.0.lock().expect("evicting lock").contains(&*id);
+                        || listener_evicting.0.lock().expect("evicting lock").contains_key(&*id);
                     let demoted = evicted
                         && next.as_ref().is_some_and(|(ndir, nindex)| {
                             if nindex.contains_key(&*id) || !ndir.reserve(file.len) {
@@ -308,7 +310,9 @@ impl BlockStore {
             return Some(c);
         }
         let (evicting, moved) = &*self.evicting;
-        drop(moved.wait_while(evicting.lock().expect("evicting lock"), |e| e.contains(&id)).expect("evicting lock"));
+        drop(
+            moved.wait_while(evicting.lock().expect("evicting lock"), |e| e.contains_key(&id)).expect("evicting lock"),
+        );
         t.index.run_pending_tasks();
         self.get_quiet(id)
     }
@@ -330,14 +334,24 @@ impl BlockStore {
             return false;
         }
         let (evicting, moved) = &*self.evicting;
-        evicting.lock().expect("evicting lock").extend(victims.iter().copied());
+        {
+            let mut evicting = evicting.lock().expect("evicting lock");
+            for id in &victims {
+                *evicting.entry(*id).or_default() += 1;
+            }
+        }
         for id in &victims {
             t.index.invalidate(id);
         }
         t.index.run_pending_tasks();
         let mut evicting = evicting.lock().expect("evicting lock");
         for id in &victims {
-            evicting.remove(id);
+            if let Some(n) = evicting.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    evicting.remove(id);
+                }
+            }
         }
         moved.notify_all();
         true
@@ -448,10 +462,22 @@ impl BlockStore {
         cur.0 = events;
     }
 
-    /// Dataset and length of each of `ids` still held; the others are left out
-    /// (a block gone since is reported as removed).
-    pub fn describe(&self, ids: impl IntoIterator<Item = BlockId>) -> Vec<(BlockId, u32, u64)> {
-        ids.into_iter().filter_map(|id| self.get_quiet(id).map(|c| (id, c.file.dataset, c.file.len))).collect()
+    /// Dataset and length of each of `ids` held, and the ids not found: those
+    /// are being moved between tiers right now, or were removed since (and
+    /// their removal is queued).
+    pub fn describe(&self, ids: impl IntoIterator<Item = BlockId>) -> (Vec<(BlockId, u32, u64)>, Vec<BlockId>) {
+        let mut missing = Vec::new();
+        let found = ids
+            .into_iter()
+            .filter_map(|id| match self.get_quiet(id) {
+                Some(c) => Some((id, c.file.dataset, c.file.len)),
+                None => {
+                    missing.push(id);
+                    None
+                }
+            })
+            .collect();
+        (found, missing)
     }
 
     /// Every block held, for a full report.
@@ -599,18 +625,47 @@ mod tests {
         // somewhere, and found where the insert says.
         let d = tempfile::tempdir().unwrap();
         let store = Arc::new(BlockStore::open(&specs(d.path(), 32_000, 4_000_000)).unwrap());
-        std::thread::scope(|s| {
-            for t in 0..16u32 {
-                let store = store.clone();
-                s.spawn(move || {
-                    for i in 0..40u32 {
-                        let id = BlockId::new(9, t * 100 + i);
-                        let c = store.insert(id, 9, &[t as u8; 4000]).unwrap();
-                        assert!(c.is_some(), "block {id} was not cached");
-                    }
-                });
+        // Meanwhile a reporter sends deltas as the heartbeat does: what it has
+        // reported must end up exactly what the store holds, though blocks are
+        // moving between tiers while it describes them.
+        let reported = Mutex::new(HashSet::new());
+        let report = |store: &BlockStore| {
+            let d = store.take_deltas();
+            let (found, missing) = store.describe(d.added);
+            store.restore_deltas(Deltas { added: missing, removed: vec![] });
+            let mut r = reported.lock().unwrap();
+            r.extend(found.into_iter().map(|(id, _, _)| id));
+            for id in d.removed {
+                r.remove(&id);
             }
+        };
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    report(&store);
+                }
+            });
+            let inserters: Vec<_> = (0..16u32)
+                .map(|t| {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        for i in 0..40u32 {
+                            let id = BlockId::new(9, t * 100 + i);
+                            let c = store.insert(id, 9, &[t as u8; 4000]).unwrap();
+                            assert!(c.is_some(), "block {id} was not cached");
+                        }
+                    })
+                })
+                .collect();
+            let joined: Vec<_> = inserters.into_iter().map(|h| h.join()).collect();
+            done.store(true, Ordering::Relaxed);
+            assert!(joined.iter().all(|j| j.is_ok()), "an insert failed");
         });
+        store.settle();
+        report(&store);
+        let held: HashSet<BlockId> = store.all_blocks().into_iter().collect();
+        assert_eq!(*reported.lock().unwrap(), held, "reports and holdings differ");
         store.settle();
         assert_eq!(store.all_blocks().len(), 16 * 40);
         for t in 0..16u32 {

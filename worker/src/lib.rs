@@ -73,10 +73,15 @@ fn keys(ids: impl IntoIterator<Item = shoal_core::BlockId>) -> Vec<BlockKey> {
 }
 
 /// Report keys of held blocks, with the dataset and length the master counts
-/// cache usage by.
+/// cache usage by. A block not found (moving between tiers this instant) goes
+/// back into the deltas for the next report; if it was removed instead, that
+/// removal, queued after it, wins.
 fn held_keys(store: &BlockStore, ids: impl IntoIterator<Item = shoal_core::BlockId>) -> Vec<BlockKey> {
-    store
-        .describe(ids)
+    let (found, missing) = store.describe(ids);
+    if !missing.is_empty() {
+        store.restore_deltas(block_store::Deltas { added: missing, removed: Vec::new() });
+    }
+    found
         .into_iter()
         .map(|(b, dataset_id, length)| BlockKey { file_id: b.file_id, index: b.index, dataset_id, length })
         .collect()
