@@ -66,9 +66,13 @@ pub enum DatasetCmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Show one dataset (file count, total bytes, store, policy).
+    /// Show one dataset (file count, total bytes, store, policy), or with
+    /// --path one of its directories (entries, files and bytes below it) or files.
     Show {
         name: String,
+        /// A path in the dataset, e.g. /train: its totals, kept by the sync (no walk).
+        #[arg(long)]
+        path: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -166,6 +170,37 @@ fn dataset_json(d: &DatasetInfo) -> serde_json::Value {
         "generation": d.generation,
         "sync_interval_seconds": spec.sync_interval_seconds,
     })
+}
+
+/// One path of a dataset: a directory's totals (direct entries, files and
+/// bytes at any depth) or a file's size.
+fn print_path(dataset: &str, path: &str, i: &Inode, output: Output) {
+    let dir = i.kind == FileKind::Directory as i32;
+    let (files, bytes) = if dir { (i.tree_files, i.tree_bytes) } else { (1, i.size) };
+    match output {
+        Output::Json => {
+            let j = json!({
+                "dataset": dataset,
+                "path": path,
+                "kind": if dir { "directory" } else { "file" },
+                "ino": i.ino,
+                "entries": i.entries,
+                "files": files,
+                "bytes": bytes,
+                "mtime_unix": i.mtime_sec,
+            });
+            println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+        }
+        Output::Table => {
+            println!("path:        {path}");
+            println!("kind:        {}", if dir { "directory" } else { "file" });
+            if dir {
+                println!("entries:     {}", i.entries);
+                println!("files:       {files} (at any depth)");
+            }
+            println!("total:       {} ({bytes} bytes)", ByteSize(bytes));
+        }
+    }
 }
 
 fn print_dataset(d: &DatasetInfo, output: Output) {
@@ -331,7 +366,17 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
                 ),
             }
         }
-        DatasetCmd::Show { name, common } => {
+        DatasetCmd::Show { name, path: Some(path), common } => {
+            let mut client = connect(&common.master).await?;
+            let i = client
+                .resolve_path(ResolvePathRequest { dataset: name.clone(), path: path.clone() })
+                .await
+                .map_err(Remote)
+                .with_context(|| format!("path {path:?} of dataset {name:?}"))?
+                .into_inner();
+            print_path(&name, &path, &i, common.output);
+        }
+        DatasetCmd::Show { name, path: None, common } => {
             let mut client = connect(&common.master).await?;
             let d = client
                 .get_dataset(GetDatasetRequest { name: name.clone() })

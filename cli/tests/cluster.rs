@@ -189,6 +189,32 @@ async fn local_dataset_lists_and_reads_back_exactly() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["file_count"], 7);
     assert_eq!(v["block_size"], BLOCK as u64);
+
+    // `show --path` gives every directory's totals as the source has them.
+    let entries = walk(&src);
+    let dirs: Vec<String> =
+        std::iter::once(String::new()).chain(entries.iter().filter(|e| e.1 .0).map(|e| e.0.clone())).collect();
+    assert!(dirs.len() > 2, "the tree has nested directories: {dirs:?}");
+    for d in &dirs {
+        let under = |p: &String| d.is_empty() || p.starts_with(&format!("{d}/"));
+        let direct =
+            entries.keys().filter(|p| under(p) && !p[if d.is_empty() { 0 } else { d.len() + 1 }..].contains('/'));
+        let files: Vec<u64> = entries.iter().filter(|(p, e)| under(p) && !e.0).map(|(_, e)| e.1).collect();
+        let path = format!("/{d}");
+        let (code, out, err) =
+            cli(&["dataset", "show", "local", "--path", &path, "-o", "json", "--master", &c.master.addr]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["kind"], "directory", "{path}");
+        assert_eq!(v["entries"], direct.count() as u64, "{path}");
+        assert_eq!(v["files"], files.len() as u64, "{path}");
+        assert_eq!(v["bytes"], files.iter().sum::<u64>(), "{path}");
+    }
+    for (path, code_want, msg) in [("/no/such", 3, "not found"), ("/../etc", 3, "not found")] {
+        let (code, out, err) = cli(&["dataset", "show", "local", "--path", path, "--master", &c.master.addr]);
+        assert_eq!(code, code_want, "{path}: {out}{err}");
+        assert!(err.contains(msg), "{path}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

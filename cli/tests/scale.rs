@@ -94,6 +94,16 @@ fn a_million_files_sync_walk_resync_and_survive_a_master_kill() {
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st["datasets"][0]["total_blocks"], FILES as u64, "every file is one block");
     assert_eq!(st["datasets"][0]["total_bytes"], v["total_bytes"]);
+    let show_path = |path: &str| {
+        let (code, out, err) = cli(&["dataset", "show", "big", "--path", path, "-o", "json", "--master", &master.addr]);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let flat = show_path("/flat");
+    assert_eq!((flat["entries"].as_u64(), flat["files"].as_u64()), (Some(FLAT as u64), Some(FLAT as u64)));
+    let top = show_path("/");
+    assert_eq!((top["entries"].as_u64(), top["files"].as_u64()), (Some(TOP as u64 + 1), Some(FILES as u64)));
+    assert_eq!(top["bytes"], v["total_bytes"]);
 
     // A metadata budget of 16 MiB: about a quarter of the ~64 MiB of listings.
     let mnt = root.join("mnt");
@@ -184,6 +194,12 @@ fn a_million_files_sync_walk_resync_and_survive_a_master_kill() {
     );
     let v = dataset_json(&master.addr);
     assert_eq!(v["file_count"], FILES as u64);
+    let top = show_path("/");
+    assert_eq!(
+        (top["files"].as_u64(), &top["bytes"]),
+        (Some(FILES as u64), &v["total_bytes"]),
+        "sums after the re-sync"
+    );
 
     let want = walk(&src);
     wait_for_sync("the mount to show the re-sync", || {

@@ -74,8 +74,8 @@ impl Entry {
             size: self.size,
             mtime_sec: self.mtime_sec,
             mtime_nsec: self.mtime_nsec,
-            etag: String::new(),
             file_id: self.file_id,
+            ..Default::default()
         }
     }
 

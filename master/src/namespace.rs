@@ -42,12 +42,23 @@ pub fn root_inode(mtime: i64) -> Inode {
     Inode { ino: ROOT_INO, parent: ROOT_INO, kind: FileKind::Directory as i32, mtime_sec: mtime, ..Default::default() }
 }
 
+/// A directory's aggregates: direct entries, files and bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Sums {
+    entries: u64,
+    files: u64,
+    bytes: u64,
+}
+
 struct Syncer<'a> {
     meta: &'a MetaStore,
     ds: u32,
     batch: WriteBatch,
     pending: usize,
     dirs: HashMap<String, Inode>,
+    /// Per directory ino: direct entries, and files and bytes directly in it
+    /// (rolled up into every ancestor at the end).
+    sums: HashMap<u64, Sums>,
     /// Inos met in this listing: one bit per id ever allocated (ids are dense),
     /// so 10M entries cost a few MiB, not a hash set's hundreds.
     seen: FixedBitSet,
@@ -167,6 +178,7 @@ impl Syncer<'_> {
         };
         let ino = inode.ino;
         self.dir_count += 1;
+        self.sums.entry(parent).or_default().entries += 1;
         self.see(ino);
         self.dirs.insert(path.to_string(), inode);
         Ok(ino)
@@ -207,6 +219,7 @@ impl Syncer<'_> {
                     mtime_nsec,
                     etag,
                     file_id,
+                    ..Default::default()
                 };
                 self.put(&inode, is_new)?;
                 if is_new {
@@ -219,9 +232,38 @@ impl Syncer<'_> {
         };
         self.files += 1;
         self.bytes += entry.size;
+        let sums = self.sums.entry(parent).or_default();
+        sums.entries += 1;
+        sums.files += 1;
+        sums.bytes += entry.size;
         self.blocks += shoal_core::ids::block_count(entry.size, self.block_size);
         self.see(ino);
         Ok(())
+    }
+}
+
+impl Syncer<'_> {
+    /// Roll each directory's sums up into its ancestors, deepest first, and
+    /// write the directories whose aggregates changed (the root included).
+    fn write_sums(&mut self) -> Result<()> {
+        let mut dirs: Vec<(usize, Inode)> =
+            self.dirs.iter().map(|(path, inode)| (path.matches('/').count(), inode.clone())).collect();
+        dirs.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
+        for (_, d) in &dirs {
+            let own = self.sums.get(&d.ino).copied().unwrap_or_default();
+            let up = self.sums.entry(d.parent).or_default();
+            up.files += own.files;
+            up.bytes += own.bytes;
+        }
+        let root = self.meta.get_inode(self.ds, ROOT_INO)?.unwrap_or_else(|| root_inode(self.now));
+        for (_, mut d) in dirs.into_iter().chain([(0, root)]) {
+            let sums = self.sums.get(&d.ino).copied().unwrap_or_default();
+            if (d.entries, d.tree_files, d.tree_bytes) != (sums.entries, sums.files, sums.bytes) {
+                (d.entries, d.tree_files, d.tree_bytes) = (sums.entries, sums.files, sums.bytes);
+                self.put(&d, false)?;
+            }
+        }
+        self.flush()
     }
 }
 
@@ -255,6 +297,7 @@ pub async fn sync_listing(
         batch: WriteBatch::default(),
         pending: 0,
         dirs: HashMap::new(),
+        sums: HashMap::new(),
         seen: FixedBitSet::with_capacity(meta.next_id_hint() as usize + 1),
         progress: SyncProgress::default(),
         files: 0,
@@ -307,6 +350,7 @@ pub async fn sync_listing(
             s.flush()?;
         }
     }
+    s.write_sums()?;
     info.file_count = s.files;
     info.dir_count = s.dir_count;
     info.total_bytes = s.bytes;
@@ -325,4 +369,66 @@ pub async fn sync_listing(
     s.progress.dataset = Some(info.clone());
     report(&s.progress);
     Ok(Synced { info, retired: s.retired })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, is_dir: bool, size: u64) -> std::result::Result<StoreEntry, CoreError> {
+        Ok(StoreEntry { path: path.into(), is_dir, size, mtime: None, etag: None })
+    }
+
+    /// (entries, tree_files, tree_bytes) of the directory at `path`.
+    fn sums(meta: &MetaStore, path: &str) -> (u64, u64, u64) {
+        let d = meta.resolve(1, path).unwrap().unwrap();
+        (d.entries, d.tree_files, d.tree_bytes)
+    }
+
+    #[test]
+    fn directory_sums_follow_every_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        meta.put_inode(&mut b, 1, &root_inode(0));
+        meta.write(b).unwrap();
+        let info = DatasetInfo { id: 1, root_inode: ROOT_INO, ..Default::default() };
+        // Children come before their directories, as object stores list them.
+        let first = vec![
+            entry("/a/b/y", false, 20),
+            entry("/a/x", false, 10),
+            entry("/a/b/z", false, 30),
+            entry("/a", true, 0),
+            entry("/c", false, 5),
+        ];
+        let sync = |info, listing| {
+            futures::executor::block_on(sync_listing(&meta, info, futures::stream::iter(listing), |_| {})).unwrap()
+        };
+        let done = sync(info, first).info;
+        assert_eq!(sums(&meta, "/"), (2, 4, 65));
+        assert_eq!(sums(&meta, "/a"), (2, 3, 60));
+        assert_eq!(sums(&meta, "/a/b"), (2, 2, 50));
+        assert_eq!((done.file_count, done.total_bytes), (4, 65), "the root's sums are the dataset's totals");
+
+        // One file deleted, one changed, one added: every ancestor follows.
+        let second = vec![
+            entry("/a", true, 0),
+            entry("/a/x", false, 10),
+            entry("/a/b/y", false, 20),
+            entry("/a/b/w", false, 1),
+            entry("/c", false, 7),
+        ];
+        let done = sync(done, second).info;
+        assert_eq!(sums(&meta, "/"), (2, 4, 38));
+        assert_eq!(sums(&meta, "/a"), (2, 3, 31));
+        assert_eq!(sums(&meta, "/a/b"), (2, 2, 21));
+        assert_eq!((done.file_count, done.total_bytes), (4, 38));
+
+        // A whole directory gone.
+        let third = vec![entry("/a/x", false, 10), entry("/c", false, 7)];
+        sync(done, third);
+        assert_eq!(sums(&meta, "/"), (2, 2, 17));
+        assert_eq!(sums(&meta, "/a"), (1, 1, 10));
+        assert!(meta.resolve(1, "/a/b").unwrap().is_none());
+    }
 }
