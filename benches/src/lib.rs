@@ -54,6 +54,7 @@ impl Servers {
             data_dir: dir.join("master"),
             lost_worker_timeout: Duration::from_secs(15),
             heartbeat_interval: Duration::from_millis(500),
+            stale_block_grace: Duration::from_secs(60),
         };
         tokio::spawn(shoal_master::serve(mcfg, ml, stop.clone()));
         let wl = TcpListener::bind("127.0.0.1:0").await?;

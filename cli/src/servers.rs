@@ -23,6 +23,11 @@ pub struct MasterArgs {
     /// How often workers heartbeat.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// After a sync, wait this long before freeing the cached blocks of changed
+    /// and deleted files: longer than mounts' --refresh-interval, since until
+    /// they see the sync they may still read the old content.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub stale_block_grace: Duration,
     /// Address for Prometheus `/metrics` ("" to disable).
     #[arg(long, env = "SHOAL_METRICS_LISTEN", default_value = "0.0.0.0:9700")]
     pub metrics_listen: String,
@@ -102,6 +107,7 @@ pub async fn run_master(args: MasterArgs) -> Result<()> {
         data_dir: args.data_dir.clone(),
         lost_worker_timeout: args.lost_worker_timeout,
         heartbeat_interval: args.heartbeat_interval,
+        stale_block_grace: args.stale_block_grace,
     };
     let stop = shutdown_on_signals();
     crate::metrics_http::serve(Some(&args.metrics_listen), "master", stop.clone()).await?;

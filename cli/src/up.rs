@@ -125,6 +125,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         data_dir: data.join("master"),
         lost_worker_timeout: Duration::from_secs(15),
         heartbeat_interval: Duration::from_secs(1),
+        stale_block_grace: Duration::from_secs(60),
     };
     let master_task = tokio::spawn(shoal_master::serve(master_cfg, master_listener, stop.clone()));
     // Worker: MEM tier on tmpfs when there is one.

@@ -31,6 +31,10 @@ pub struct MasterConfig {
     pub lost_worker_timeout: Duration,
     /// How often workers are asked to heartbeat.
     pub heartbeat_interval: Duration,
+    /// How long after a sync the blocks of changed and deleted files are freed:
+    /// longer than mounts take to see the sync (their refresh interval), since
+    /// until then they may still read the old content.
+    pub stale_block_grace: Duration,
 }
 
 impl Default for MasterConfig {
@@ -39,6 +43,7 @@ impl Default for MasterConfig {
             data_dir: PathBuf::from("/var/lib/shoal/master"),
             lost_worker_timeout: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(3),
+            stale_block_grace: Duration::from_secs(60),
         }
     }
 }
@@ -49,7 +54,7 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Io(config.data_dir.clone(), e))?;
     let meta = meta::MetaStore::open(&config.data_dir.join("meta"))?;
     let members = Arc::new(membership::Membership::new(config.lost_worker_timeout));
-    let service = MasterService::new(meta, members.clone(), config.heartbeat_interval.as_millis() as u64);
+    let service = MasterService::new(meta, members.clone(), &config);
 
     // Datasets with a sync interval are re-listed when it has passed.
     let sync_stop = shutdown.clone();

@@ -145,6 +145,20 @@ impl Syncer<'_> {
                 }
             },
             Some(existing) => {
+                // A file of that name (`a` beside `a/x` in an object store):
+                // the directory wins, and the file leaves the counts.
+                if existing.file_id != 0 {
+                    self.retired.push(existing.file_id);
+                }
+                if self.seen.contains(existing.ino as usize) {
+                    self.files -= 1;
+                    self.bytes -= existing.size;
+                    self.blocks -= shoal_core::ids::block_count(existing.size, self.block_size);
+                    let sums = self.sums.entry(parent).or_default();
+                    sums.entries -= 1;
+                    sums.files -= 1;
+                    sums.bytes -= existing.size;
+                }
                 let (sec, nsec) = want_mtime.unwrap_or((self.now, 0));
                 let updated = Inode {
                     kind: FileKind::Directory as i32,
@@ -185,6 +199,11 @@ impl Syncer<'_> {
     }
 
     fn upsert_file(&mut self, path: &str, entry: &StoreEntry) -> Result<()> {
+        if self.dirs.contains_key(path) {
+            warn!(path = %path.escape_debug(), "skipping an object named like a directory of the same listing");
+            self.skipped += 1;
+            return Ok(());
+        }
         let (parent_path, name) = path.rsplit_once('/').expect("dataset paths start with '/'");
         let parent = self.ensure_dir(parent_path, None)?;
         let (mtime_sec, mtime_nsec) = split_time(entry.mtime);
@@ -418,11 +437,23 @@ mod tests {
             entry("/a/b/w", false, 1),
             entry("/c", false, 7),
         ];
-        let done = sync(done, second).info;
+        let mut done = sync(done, second).info;
         assert_eq!(sums(&meta, "/"), (2, 4, 38));
         assert_eq!(sums(&meta, "/a"), (2, 3, 31));
         assert_eq!(sums(&meta, "/a/b"), (2, 2, 21));
         assert_eq!((done.file_count, done.total_bytes), (4, 38));
+
+        // An object store holding `c` beside `c/d`, in either order: the
+        // directory wins and the file leaves every count.
+        for listing in [
+            vec![entry("/a/x", false, 10), entry("/c", false, 7), entry("/c/d", false, 3)],
+            vec![entry("/a/x", false, 10), entry("/c/d", false, 3), entry("/c", false, 7)],
+        ] {
+            done = sync(done, listing).info;
+            assert_eq!(sums(&meta, "/"), (2, 2, 13), "{done:?}");
+            assert_eq!((done.file_count, done.total_bytes, done.total_blocks), (2, 13, 2));
+            assert_eq!(sums(&meta, "/c"), (1, 1, 3));
+        }
 
         // A whole directory gone.
         let third = vec![entry("/a/x", false, 10), entry("/c", false, 7)];

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::Stream;
 use rocksdb::WriteBatch;
@@ -34,6 +35,8 @@ pub struct State {
     pub(crate) meta: Arc<MetaStore>,
     pub(crate) members: Arc<Membership>,
     heartbeat_interval_ms: u64,
+    /// See [`crate::MasterConfig::stale_block_grace`].
+    stale_block_grace: std::time::Duration,
     /// Serialises dataset creation and deletion.
     create_lock: tokio::sync::Mutex<()>,
     syncing: Mutex<std::collections::HashSet<String>>,
@@ -50,9 +53,11 @@ fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
 }
 
 impl State {
-    fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat_interval_ms: u64) -> Self {
+    fn new(meta: Arc<MetaStore>, members: Arc<Membership>, config: &crate::MasterConfig) -> Self {
+        let heartbeat_interval_ms = config.heartbeat_interval.as_millis() as u64;
         Self {
             heartbeat_interval_ms,
+            stale_block_grace: config.stale_block_grace,
             create_lock: tokio::sync::Mutex::new(()),
             syncing: Mutex::new(Default::default()),
             stores: Mutex::new(HashMap::new()),
@@ -121,17 +126,24 @@ impl State {
         .await;
         let result = match result {
             Ok(synced) => {
-                // Blocks of content no path points to any more only take room.
-                let stale: Vec<shoal_core::BlockId> = synced
-                    .retired
-                    .iter()
-                    .flat_map(|f| {
-                        self.members.file_locations(*f).into_iter().map(|l| shoal_core::BlockId::new(*f, l.index))
-                    })
-                    .collect();
-                if !stale.is_empty() {
-                    let freed = self.free_on_workers(stale).await;
-                    info!(dataset = %name, blocks = freed.blocks_freed, bytes = freed.bytes_freed, "freed cached blocks of changed and deleted files");
+                // Blocks of content no path points to any more only take room;
+                // they go once mounts have seen the sync (until then a mount may
+                // still read the old content, which must not be fetched again
+                // from a store that now holds the new one).
+                if !synced.retired.is_empty() {
+                    let (members, grace, ds) = (self.members.clone(), self.stale_block_grace, name.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        let stale: Vec<shoal_core::BlockId> = synced
+                            .retired
+                            .iter()
+                            .flat_map(|f| {
+                                members.file_locations(*f).into_iter().map(|l| shoal_core::BlockId::new(*f, l.index))
+                            })
+                            .collect();
+                        let freed = free_on_workers(&members, stale).await;
+                        info!(dataset = %ds, blocks = freed.blocks_freed, bytes = freed.bytes_freed, "freed cached blocks of changed and deleted files");
+                    });
                 }
                 Ok(synced.info)
             }
@@ -143,40 +155,6 @@ impl State {
             info!(dataset = %name, files = info.file_count, bytes = info.total_bytes, "sync finished");
         }
         result
-    }
-
-    /// Ask the workers holding any of `blocks` to drop them; what they freed.
-    /// A worker that cannot be reached is skipped with a warning.
-    async fn free_on_workers(&self, blocks: Vec<shoal_core::BlockId>) -> FreeCacheResponse {
-        let mut by_worker: HashMap<String, Vec<shoal_proto::worker::BlockId>> = HashMap::new();
-        for b in blocks {
-            for (_, addr) in self.members.holder_addresses(b) {
-                by_worker
-                    .entry(addr)
-                    .or_default()
-                    .push(shoal_proto::worker::BlockId { file_id: b.file_id, index: b.index });
-            }
-        }
-        let mut out = FreeCacheResponse::default();
-        for (addr, blocks) in by_worker {
-            let ep = match shoal_proto::auth::endpoint(&addr) {
-                Ok(ep) => ep.connect_timeout(std::time::Duration::from_secs(2)),
-                Err(e) => {
-                    warn!(worker = %addr, error = %e, "bad worker address");
-                    continue;
-                }
-            };
-            let mut c = shoal_proto::auth::worker(ep.connect_lazy());
-            match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    out.blocks_freed += r.blocks_freed;
-                    out.bytes_freed += r.bytes_freed;
-                }
-                Err(s) => warn!(worker = %addr, error = %s.message(), "cannot free blocks on a worker"),
-            }
-        }
-        out
     }
 
     async fn create(&self, req: CreateDatasetRequest) -> Result<DatasetInfo> {
@@ -238,8 +216,8 @@ impl std::ops::Deref for MasterService {
 }
 
 impl MasterService {
-    pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat_interval_ms: u64) -> Self {
-        let svc = Self(Arc::new(State::new(meta, members, heartbeat_interval_ms)));
+    pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>, config: &crate::MasterConfig) -> Self {
+        let svc = Self(Arc::new(State::new(meta, members, config)));
         let meta = svc.meta.clone();
         svc.loads.resume(move |name| meta.get_dataset(name).ok().flatten());
         svc
@@ -286,7 +264,7 @@ impl MasterService {
             (0..shoal_core::ids::block_count(f.inode.size, bs) as u32)
                 .map(|index| shoal_core::BlockId::new(f.inode.file_id, index))
         });
-        Ok(self.free_on_workers(blocks.collect()).await)
+        Ok(free_on_workers(&self.members, blocks.collect()).await)
     }
 
     fn cache_usage(&self, dataset: &str) -> Result<CacheUsage> {
@@ -311,6 +289,44 @@ impl MasterService {
                 .collect(),
         })
     }
+}
+
+/// Ask the workers holding any of `blocks` to drop them; what they freed.
+/// A worker that cannot be reached is skipped with a warning.
+async fn free_on_workers(members: &Membership, blocks: Vec<shoal_core::BlockId>) -> FreeCacheResponse {
+    let mut by_worker: HashMap<String, Vec<shoal_proto::worker::BlockId>> = HashMap::new();
+    for b in blocks {
+        for (_, addr) in members.holder_addresses(b) {
+            by_worker
+                .entry(addr)
+                .or_default()
+                .push(shoal_proto::worker::BlockId { file_id: b.file_id, index: b.index });
+        }
+    }
+    // All workers at once, each call bounded: a hung worker delays nothing else.
+    let calls = by_worker.into_iter().map(|(addr, blocks)| async move {
+        let ep = match shoal_proto::auth::endpoint(&addr) {
+            Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(30)),
+            Err(e) => {
+                warn!(worker = %addr, error = %e, "bad worker address");
+                return None;
+            }
+        };
+        let mut c = shoal_proto::auth::worker(ep.connect_lazy());
+        match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
+            Ok(r) => Some(r.into_inner()),
+            Err(s) => {
+                warn!(worker = %addr, error = %s.message(), "cannot free blocks on a worker");
+                None
+            }
+        }
+    });
+    let mut out = FreeCacheResponse::default();
+    for r in futures::future::join_all(calls).await.into_iter().flatten() {
+        out.blocks_freed += r.blocks_freed;
+        out.bytes_freed += r.bytes_freed;
+    }
+    out
 }
 
 #[tonic::async_trait]

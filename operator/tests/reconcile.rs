@@ -124,6 +124,7 @@ impl Shoal {
             data_dir: dir.path().join("master"),
             lost_worker_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_millis(200),
+            stale_block_grace: Duration::from_secs(60),
         };
         tokio::spawn(shoal_master::serve(cfg, listener, stop.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

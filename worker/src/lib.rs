@@ -146,7 +146,7 @@ async fn report_loop(
             // every block the deltas name.
             let s = store.clone();
             let id = me.id.clone();
-            let Ok((deltas, req)) = tokio::task::spawn_blocking(move || {
+            let prepared = tokio::task::spawn_blocking(move || {
                 s.settle();
                 let deltas = s.take_deltas();
                 metrics::update_tiers(&s);
@@ -158,9 +158,14 @@ async fn report_loop(
                 };
                 (deltas, req)
             })
-            .await
-            else {
-                return;
+            .await;
+            let (deltas, req) = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "preparing the heartbeat failed; registering again with a full report");
+                    registered = false;
+                    continue;
+                }
             };
             match master.heartbeat(req).await {
                 Ok(resp) if resp.get_ref().reregister => registered = false,

@@ -141,6 +141,8 @@ pub fn start_master(data_dir: &Path, listen: &str, log: &Path) -> Proc {
             listen,
             "--heartbeat-interval",
             "200ms",
+            "--stale-block-grace",
+            "1s",
             "--lost-worker-timeout",
             "3s",
             "--metrics-listen",
