@@ -93,7 +93,7 @@ async fn prewarm_bench(dir: &Path, objects: usize, size: usize, parallel: usize)
     let total: usize = futures::stream::iter(0..objects)
         .map(|i| {
             let store = store.clone();
-            async move { store.read(&format!("/o{i:04}"), 0, size as u64).await.unwrap().len() }
+            async move { store.read(&format!("/o{i:04}"), 0, size as u64, None).await.unwrap().len() }
         })
         .buffer_unordered(parallel)
         .fold(0, |a, n| async move { a + n })

@@ -52,6 +52,8 @@ fn block_ref(info: &DatasetInfo, path: &str, inode: &Inode, index: u32) -> Block
         path: path.into(),
         block_size: info.spec.as_ref().unwrap().cache.as_ref().unwrap().block_size,
         file_size: inode.size,
+        mtime_sec: inode.mtime_sec,
+        mtime_nsec: inode.mtime_nsec,
     }
 }
 
@@ -265,6 +267,63 @@ async fn s3_dataset_lists_and_reads_back_exactly() {
     let (_, ns) = namespace(&mut m, "s3ds").await;
     assert_eq!(ns["/zero"].size, 15);
     assert!(!ns.contains_key("/a/b/c/deep.bin"));
+}
+
+/// An object rewritten in the store after the sync (same length, new bytes)
+/// is refused with FAILED_PRECONDITION for the blocks not cached yet, instead of
+/// mixing two versions in one file; cached blocks keep serving the listed
+/// version; a re-sync brings the new one. Over S3 (a conditional GET) and a
+/// local directory (a stat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_changed_since_the_sync_is_refused_never_mixed() {
+    let c = cluster("64MiB", "256MiB", &[]);
+    let s3 = S3Server::start(&c.root.join("moto.log"));
+    s3.create_bucket("chg");
+    let (old, new) = (content(1, 3 * BLOCK), content(2, 3 * BLOCK));
+    s3.put("chg", "d/f.bin", &old);
+    let local = c.root.join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("f.bin"), &old).unwrap();
+    let ep = format!("endpoint={}", s3.endpoint);
+    let s3_args = ["--option", &ep, "--option", "access_key_id=a", "--option", "secret_access_key=b"];
+    for (name, uri) in [("chs3", "s3://chg/d"), ("chlocal", local.to_str().unwrap())] {
+        let mut args = vec!["dataset", "create", name, uri, "--block-size", "64KiB", "--master", &c.master.addr];
+        if name == "chs3" {
+            args.extend(s3_args);
+        }
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let mut m = master_client(&c.master.addr).await;
+    let mut w = worker_client(&c.worker.addr).await;
+    for name in ["chs3", "chlocal"] {
+        let (info, ns) = namespace(&mut m, name).await;
+        let inode = ns["/f.bin"].clone();
+        assert_eq!(read_block(&mut w, block_ref(&info, "/f.bin", &inode, 0)).await, old[..BLOCK], "{name}");
+        // Rewritten with a later mtime (S3 dates are whole seconds: wait two).
+        if name == "chs3" {
+            let listed = inode.mtime_sec;
+            wait_for_sync("two seconds past the listed mtime", || {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+                    >= listed + 2
+            });
+            s3.put("chg", "d/f.bin", &new);
+        } else {
+            std::fs::write(local.join("f.bin"), &new).unwrap();
+            let later = std::time::UNIX_EPOCH + std::time::Duration::from_secs(inode.mtime_sec as u64 + 2);
+            std::fs::File::options().write(true).open(local.join("f.bin")).unwrap().set_modified(later).unwrap();
+        }
+        let req = ReadBlockRequest { block: Some(block_ref(&info, "/f.bin", &inode, 1)), offset: 0, length: 0 };
+        let err = w.read_block(req).await.expect_err("a block of the old version must not be filled from the new one");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{name}: {err:?}");
+        assert!(err.message().contains("changed since the dataset was last synced"), "{name}: {err:?}");
+        assert_eq!(read_block(&mut w, block_ref(&info, "/f.bin", &inode, 0)).await, old[..BLOCK], "{name}: cached");
+        // After a re-sync the new version reads back whole.
+        let (code, out, err) = cli(&["dataset", "sync", name, "--master", &c.master.addr]);
+        assert_eq!(code, 0, "{out}{err}");
+        let (info, ns) = namespace(&mut m, name).await;
+        assert_eq!(sha256(&read_file(&mut w, &info, "/f.bin", &ns["/f.bin"]).await), sha256(&new), "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,6 +543,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         path: "/../../etc/passwd".into(),
         block_size: 1 << 20,
         file_size: 10,
+        ..Default::default()
     };
     let e = w.read_block(ReadBlockRequest { block: Some(evil), offset: 0, length: 0 }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);

@@ -27,6 +27,8 @@ pub enum CoreError {
         #[source]
         source: Box<opendal::Error>,
     },
+    #[error("store {uri}: {path:?} changed since the dataset was last synced ({detail}); run `shoal dataset sync`")]
+    Changed { uri: String, path: String, detail: String },
     #[error("store {uri}: {path:?} changed while being read (expected {expected} bytes, got {got})")]
     ShortRead { uri: String, path: String, expected: u64, got: u64 },
 }

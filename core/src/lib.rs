@@ -21,5 +21,5 @@ pub mod uri;
 
 pub use error::CoreError;
 pub use ids::{validate_dataset_name, BlockId, DEFAULT_BLOCK_SIZE};
-pub use store::{StoreEntry, UnderStore};
+pub use store::{StoreEntry, UnderStore, Version};
 pub use uri::StoreSpec;

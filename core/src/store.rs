@@ -213,15 +213,23 @@ impl UnderStore {
     }
 
     /// Read `len` bytes at `offset` of `path`. Fails if the object is shorter than
-    /// the range (it changed since it was listed).
-    pub async fn read(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, CoreError> {
-        self.read_ranges(path, offset, len, true).await
+    /// the range, or (given `version`) is no longer the content the namespace
+    /// listed: bytes of two versions are never mixed into one file.
+    pub async fn read(&self, path: &str, offset: u64, len: u64, version: Option<Version>) -> Result<Bytes, CoreError> {
+        self.read_ranges(path, offset, len, true, version).await
     }
 
     /// [`UnderStore::read`], with `split` saying whether a range over 2 MiB is
     /// fetched as parallel sub-ranges (lower latency for one waiting reader) or as
     /// one request (less overhead when many blocks are in flight, as in prewarm).
-    pub async fn read_ranges(&self, path: &str, offset: u64, len: u64, split: bool) -> Result<Bytes, CoreError> {
+    pub async fn read_ranges(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        split: bool,
+        version: Option<Version>,
+    ) -> Result<Bytes, CoreError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -230,10 +238,38 @@ impl UnderStore {
         if split && len as usize > PARALLEL_READ_CHUNK {
             req = req.chunk(PARALLEL_READ_CHUNK).concurrent(PARALLEL_READS);
         }
+        // The listed version: object stores check it in the read itself (a
+        // newer object fails `If-Unmodified-Since`); local files are compared
+        // by a stat, which costs no round trip.
+        let changed = |detail: String| CoreError::Changed { uri: self.uri.clone(), path: path.into(), detail };
+        if let Some(v) = version {
+            if self.local_root.is_some() {
+                let meta = self.op.stat(&store_path).await.map_err(|e| self.err("stat", path, e))?;
+                let now = (meta.content_length(), meta.last_modified().map(SystemTime::from));
+                if now.0 != v.size || (v.mtime.is_some() && now.1 != v.mtime) {
+                    return Err(changed(format!("{} bytes then, {} now, or a new mtime", v.size, now.0)));
+                }
+            } else if let Some(t) = v.mtime.filter(|_| self.op.info().capability().read_with_if_unmodified_since) {
+                // HTTP dates carry whole seconds and stores keep finer times:
+                // round up, so the listed object itself always passes (a rewrite
+                // within that second goes unnoticed).
+                let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() + 1).unwrap_or(0);
+                if let Ok(ts) =
+                    opendal::raw::Timestamp::try_from(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                {
+                    req = req.if_unmodified_since(ts);
+                }
+            }
+        }
         let t = std::time::Instant::now();
         let res = req.await;
         crate::metrics::store_request("read", res.is_ok(), t);
-        let bytes = res.map_err(|e| self.err("read", path, e))?.to_bytes();
+        let bytes = res
+            .map_err(|e| match e.kind() {
+                opendal::ErrorKind::ConditionNotMatch => changed("the store has a newer object".into()),
+                _ => self.err("read", path, e),
+            })?
+            .to_bytes();
         crate::metrics::STORE_BYTES.with_label_values(&[self.op.info().scheme()]).inc_by(bytes.len() as u64);
         if bytes.len() as u64 != len {
             return Err(CoreError::ShortRead {
@@ -244,6 +280,24 @@ impl UnderStore {
             });
         }
         Ok(bytes)
+    }
+}
+
+/// What a file was when the namespace listed it: its size and, when the store
+/// gives one, its modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub size: u64,
+    pub mtime: Option<SystemTime>,
+}
+
+impl Version {
+    /// From the listed size and mtime (seconds and nanoseconds since the epoch;
+    /// 0, 0 means the store gave none).
+    pub fn listed(size: u64, mtime_sec: i64, mtime_nsec: u32) -> Version {
+        let known = mtime_sec > 0 || mtime_nsec > 0;
+        let mtime = known.then(|| SystemTime::UNIX_EPOCH + std::time::Duration::new(mtime_sec as u64, mtime_nsec));
+        Version { size, mtime }
     }
 }
 
@@ -280,13 +334,30 @@ mod tests {
             paths,
             vec![("/a", true, 0), ("/a/empty", true, 0), ("/a/f one.bin", false, 10), ("/big", false, 5_000_000)]
         );
-        assert_eq!(&store.read("/a/f one.bin", 2, 3).await.unwrap()[..], b"234");
+        assert_eq!(&store.read("/a/f one.bin", 2, 3, None).await.unwrap()[..], b"234");
         // A range big enough to be split into parallel sub-reads.
-        let got = store.read("/big", 1, 4_999_999).await.unwrap();
+        let got = store.read("/big", 1, 4_999_999, None).await.unwrap();
         assert_eq!(&got[..], &big[1..]);
-        assert!(store.read("/a/f one.bin", 5, 10).await.is_err(), "a range past the end is an error");
+        assert!(store.read("/a/f one.bin", 5, 10, None).await.is_err(), "a range past the end is an error");
         assert!(store.stat("/missing").await.unwrap_err().is_not_found());
         assert_eq!(store.stat("/a/f one.bin").await.unwrap().size, 10);
+
+        // Reads name the version the listing saw; a rewritten file is refused,
+        // whether its length changed or only its bytes and mtime.
+        let f = &entries[2];
+        let (sec, nsec) =
+            f.mtime.unwrap().duration_since(SystemTime::UNIX_EPOCH).map(|d| (d.as_secs(), d.subsec_nanos())).unwrap();
+        let listed = Version::listed(f.size, sec as i64, nsec);
+        assert_eq!(&store.read("/a/f one.bin", 2, 3, Some(listed)).await.unwrap()[..], b"234");
+        let path = dir.path().join("a/f one.bin");
+        std::fs::write(&path, b"abcdefghij").unwrap();
+        let later = f.mtime.unwrap() + std::time::Duration::from_secs(2);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        let err = store.read("/a/f one.bin", 2, 3, Some(listed)).await.unwrap_err();
+        assert!(matches!(err, CoreError::Changed { .. }), "{err}");
+        std::fs::write(&path, b"0123456789 and more").unwrap();
+        let err = store.read("/a/f one.bin", 2, 3, Some(Version { mtime: None, ..listed })).await.unwrap_err();
+        assert!(err.to_string().contains("shoal dataset sync"), "{err}");
     }
 }
 
@@ -301,7 +372,7 @@ mod metrics_tests {
         std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
         let spec = StoreSpec::parse(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
         let store = UnderStore::open(&spec).unwrap();
-        store.read("/f", 0, 4).await.unwrap();
+        store.read("/f", 0, 4, None).await.unwrap();
         let text = crate::metrics::render();
         assert!(text.contains(r#"shoal_store_requests_total{op="read",result="ok"}"#), "{text}");
         assert!(text.contains("shoal_store_request_duration_seconds_bucket"), "{text}");

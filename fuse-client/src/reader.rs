@@ -185,6 +185,8 @@ impl Reader {
             path: path.to_string(),
             block_size: self.block_size,
             file_size: inode.size,
+            mtime_sec: inode.mtime_sec,
+            mtime_nsec: inode.mtime_nsec,
         }
     }
 
@@ -454,7 +456,8 @@ impl Reader {
             .await;
         let Some(store) = store else { return Err(None) };
         let (offset, len) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
-        store.read(path, offset, len).await.map_err(|e| {
+        let version = shoal_core::Version::listed(inode.size, inode.mtime_sec, inode.mtime_nsec);
+        store.read(path, offset, len, Some(version)).await.map_err(|e| {
             if e.is_not_found() {
                 Some(ReadError::NotFound(path.to_string()))
             } else {

@@ -299,6 +299,8 @@ impl Loads {
                         path: f.path.clone(),
                         block_size: bs,
                         file_size: f.inode.size,
+                        mtime_sec: f.inode.mtime_sec,
+                        mtime_nsec: f.inode.mtime_nsec,
                     };
                     let mut placed = holders.iter().filter(|h| ranked.contains(&h.as_str())).count().min(replicas);
                     let mut already = placed == replicas;

@@ -20,6 +20,8 @@ pub struct CheckedRef {
     pub path: String,
     pub offset: u64,
     pub len: u64,
+    /// The file as the client's namespace listed it.
+    pub version: shoal_core::Version,
 }
 
 /// Validate a block reference: a dataset name, a clean absolute path, an index
@@ -41,6 +43,7 @@ pub fn check_ref(r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
         path: r.path.clone(),
         offset,
         len,
+        version: shoal_core::Version::listed(r.file_size, r.mtime_sec, r.mtime_nsec),
     })
 }
 
@@ -94,6 +97,7 @@ mod tests {
             path: path.into(),
             block_size: 1 << 20,
             file_size: size,
+            ..Default::default()
         }
     }
 

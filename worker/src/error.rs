@@ -29,6 +29,7 @@ impl From<WorkerError> for Status {
             WorkerError::Config(_) => Code::FailedPrecondition,
             WorkerError::DatasetGone(_) => Code::NotFound,
             WorkerError::Store(c) if c.is_not_found() => Code::NotFound,
+            WorkerError::Store(CoreError::Changed { .. }) => Code::FailedPrecondition,
             WorkerError::Store(c) if c.is_invalid_input() => Code::InvalidArgument,
             WorkerError::Store(_) | WorkerError::Master(_) => Code::Unavailable,
             WorkerError::Io(..) | WorkerError::Transport(_) => Code::Internal,

@@ -146,7 +146,8 @@ impl WorkerService {
         let waited = std::time::Instant::now();
         let _room = self.0.fill_budget.acquire_many(units).await.map_err(|_| Status::unavailable("shutting down"))?;
         metrics::FILL_WAIT.observe(waited.elapsed().as_secs_f64());
-        let data = under.read_ranges(&r.path, r.offset, r.len, split).await.map_err(WorkerError::from)?;
+        let data =
+            under.read_ranges(&r.path, r.offset, r.len, split, Some(r.version)).await.map_err(WorkerError::from)?;
         self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
         self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         metrics::STORE_READ_BYTES.inc_by(data.len() as u64);
