@@ -29,6 +29,10 @@ pub struct CsiArgs {
     /// (e.g. `--mount-arg=--cache-size=4GiB`).
     #[arg(long = "mount-arg", allow_hyphen_values = true)]
     pub mount_args: Vec<String>,
+    /// The binary started for FUSE mounts (as `BIN mount DATASET DIR ...`) and
+    /// started again on SIGHUP [default: this one].
+    #[arg(long)]
+    pub mount_bin: Option<PathBuf>,
     /// Address for Prometheus `/metrics` (off unless given).
     #[arg(long, env = "SHOAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -55,7 +59,10 @@ pub async fn run_csi(args: CsiArgs) -> Result<()> {
         master: args.master,
         state_dir: args.state_dir,
         target_root: args.target_root,
-        shoal_bin: std::env::current_exe().context("find the shoal binary")?,
+        shoal_bin: match args.mount_bin {
+            Some(bin) => bin,
+            None => std::env::current_exe().context("find the shoal binary")?,
+        },
         mount_args: args.mount_args,
     };
     let socket = cfg.socket.clone();

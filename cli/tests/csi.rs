@@ -291,3 +291,52 @@ async fn malformed_requests_are_refused_with_the_right_code_and_nothing_is_mount
     let create = ctl.create_volume(CreateVolumeRequest::default()).await.unwrap_err();
     assert_eq!(create.code(), tonic::Code::Unimplemented);
 }
+
+/// Each dataset's volume has its own lock: while one dataset's FUSE process is
+/// slow to start (held at a gate by a wrapper of the mount binary), another
+/// dataset publishes, serves and unpublishes, and the slow one is still pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_slow_to_start_holds_up_no_other_dataset() {
+    let mut node = Node::start();
+    let src = node.src.to_str().unwrap().to_string();
+    let (code, out, err) =
+        cli(&["dataset", "create", "ds2", &src, "--block-size", "64KiB", "--master", &node.master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (gate, started) = (node.dir.path().join("gate"), node.dir.path().join("slow-started"));
+    let wrapper = node.dir.path().join("mount-wrapper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$2\" = ds2 ]; then touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; fi\nexec '{}' \"$@\"\n",
+            started.display(),
+            gate.display(),
+            SHOAL
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    node.csi = None;
+    node.mount_args.push(format!("--mount-bin={}", wrapper.display()));
+    node.start_csi();
+
+    let slow_target = node.kubelet.join("pods/pod-slow/volumes/kubernetes.io~csi/ds2/mount");
+    let mut req = publish_req("pv-ds2", &slow_target);
+    req.volume_context.insert("dataset".into(), "ds2".into());
+    let mut slow_client = node.node().await;
+    let slow = tokio::spawn(async move { slow_client.node_publish_volume(req).await });
+    wait_for_sync("the slow FUSE process to start", || started.exists());
+
+    let want = checksums(&node.src);
+    let mut csi = node.node().await;
+    let p1 = node.target("pod-1");
+    csi.node_publish_volume(publish_req("pv-ds", &p1)).await.unwrap();
+    assert_eq!(checksums(&p1), want);
+    csi.node_unpublish_volume(unpublish_req(&p1)).await.unwrap();
+    assert!(!slow.is_finished(), "ds2's publish waits at the gate, and ds did not wait for it");
+
+    std::fs::write(&gate, b"").unwrap();
+    slow.await.unwrap().expect("ds2 publishes once its FUSE process starts");
+    assert_eq!(checksums(&slow_target), want);
+    csi.node_unpublish_volume(unpublish_req(&slow_target)).await.unwrap();
+    assert_eq!(node.mounts(), Vec::<String>::new(), "no mount left");
+}

@@ -8,12 +8,16 @@
 //! fresh mount and every target path is bound again. What is published is
 //! recorded in `state.json`, so a restarted driver takes its mounts back (they
 //! outlive it: each runs in its own process group).
+//!
+//! Each dataset's volume has its own lock: starting or taking over one dataset's
+//! FUSE process (up to a minute) holds up no other dataset's publish, unpublish
+//! or supervision.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -22,7 +26,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use shoal_core::mounts::is_mounted;
 use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{info, warn};
 
 use crate::{fusefd, metrics, Config, CsiError};
@@ -77,13 +81,16 @@ struct Volume {
     quick_deaths: u32,
     /// Backoff after a failed start: no attempt before this.
     retry_at: Option<(Instant, Duration)>,
+    /// Removed from the map (its last target left): whoever waited for its
+    /// lock must look the dataset up again.
+    gone: bool,
 }
 
 impl Volume {
     fn new(staging: PathBuf, targets: BTreeSet<PathBuf>, fuse: Option<Fuse>) -> Volume {
         let fd = fuse.as_ref().and_then(Fuse::pid).and_then(|pid| copy_fd(pid, &staging));
         let started = fuse.as_ref().map(|_| Instant::now());
-        Volume { staging, targets, fuse, fd, started, quick_deaths: 0, retry_at: None }
+        Volume { staging, targets, fuse, fd, started, quick_deaths: 0, retry_at: None, gone: false }
     }
 
     /// Wait longer (doubling, up to a minute) before the next start.
@@ -109,7 +116,7 @@ struct Record {
     volumes: BTreeMap<String, RecordVolume>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
 struct RecordVolume {
     pid: Option<i32>,
     targets: BTreeSet<PathBuf>,
@@ -123,9 +130,16 @@ pub struct VolumeStatus {
     pub targets: Vec<PathBuf>,
 }
 
+type Slot = Arc<Mutex<Volume>>;
+
 pub struct Volumes {
     cfg: Arc<Config>,
-    volumes: Mutex<BTreeMap<String, Volume>>,
+    /// Each dataset's volume behind its own lock; this map's lock is only held
+    /// to find, add or remove a slot.
+    slots: SyncMutex<BTreeMap<String, Slot>>,
+    /// What `state.json`, status and the gauges show: each operation records
+    /// its volume when it ends.
+    record: SyncMutex<BTreeMap<String, RecordVolume>>,
 }
 
 impl Volumes {
@@ -143,32 +157,89 @@ impl Volumes {
             }),
             Err(_) => Record::default(),
         };
-        let mut volumes = BTreeMap::new();
-        for (dataset, rec) in record.volumes {
+        let mut slots = BTreeMap::new();
+        for (dataset, rec) in record.volumes.clone() {
             let staging = staging_dir(&cfg, &dataset);
             let fuse = rec
                 .pid
                 .filter(|p| serves(*p, &staging) && is_mounted(&staging))
                 .map(|p| Fuse::Adopted(p, staging.clone()));
             info!(%dataset, adopted = fuse.is_some(), targets = rec.targets.len(), "volume from an earlier run");
-            volumes.insert(dataset, Volume::new(staging, rec.targets, fuse));
+            slots.insert(dataset, Arc::new(Mutex::new(Volume::new(staging, rec.targets, fuse))));
         }
-        let this = Arc::new(Volumes { cfg, volumes: Mutex::new(volumes) });
-        this.refresh_gauge().await;
+        let this = Arc::new(Volumes { cfg, slots: SyncMutex::new(slots), record: SyncMutex::new(record.volumes) });
+        this.refresh_gauge();
         Ok(this)
     }
 
+    /// The dataset's volume, locked; created (empty) if it has none.
+    async fn lock_or_create(&self, dataset: &str) -> OwnedMutexGuard<Volume> {
+        loop {
+            let slot = self
+                .slots
+                .lock()
+                .expect("slots lock")
+                .entry(dataset.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(Volume::new(staging_dir(&self.cfg, dataset), BTreeSet::new(), None)))
+                })
+                .clone();
+            let vol = slot.lock_owned().await;
+            if !vol.gone {
+                return vol;
+            }
+        }
+    }
+
+    /// The dataset's volume, locked, if it has one.
+    async fn lock_existing(&self, dataset: &str) -> Option<OwnedMutexGuard<Volume>> {
+        loop {
+            let slot = self.slots.lock().expect("slots lock").get(dataset).cloned()?;
+            let vol = slot.lock_owned().await;
+            if !vol.gone {
+                return Some(vol);
+            }
+        }
+    }
+
+    /// Record the volume's state (or, when `gone`, its removal) in `state.json`
+    /// and the gauges. Called with the volume still locked.
+    fn note(&self, dataset: &str, vol: &mut Volume) {
+        if vol.gone {
+            self.slots.lock().expect("slots lock").remove(dataset);
+        }
+        // Saved under the lock, so that writes of the file never interleave.
+        let mut record = self.record.lock().expect("record lock");
+        let now = (!vol.gone)
+            .then(|| RecordVolume { pid: vol.fuse.as_ref().and_then(Fuse::pid), targets: vol.targets.clone() });
+        if record.get(dataset) == now.as_ref() {
+            return;
+        }
+        match now {
+            Some(r) => record.insert(dataset.to_string(), r),
+            None => record.remove(dataset),
+        };
+        self.save(&record);
+        metrics::VOLUMES.set(record.len() as i64);
+        metrics::TARGETS.set(record.values().map(|v| v.targets.len() as i64).sum());
+    }
+
     /// Restart dead FUSE processes and re-bind their targets, forever.
+    /// A volume busy with a publish, unpublish or replacement is left to the
+    /// next pass.
     pub async fn supervise(self: Arc<Self>) {
         loop {
-            {
-                let mut volumes = self.volumes.lock().await;
-                for (dataset, vol) in volumes.iter_mut() {
-                    if let Err(e) = self.heal(dataset, vol).await {
-                        warn!(%dataset, error = %e, "recovering the volume failed; will retry");
-                    }
+            let slots: Vec<(String, Slot)> =
+                self.slots.lock().expect("slots lock").iter().map(|(d, s)| (d.clone(), s.clone())).collect();
+            for (dataset, slot) in slots {
+                let Ok(mut vol) = slot.try_lock_owned() else { continue };
+                if vol.gone {
+                    continue;
                 }
-                self.save(&volumes);
+                if let Err(e) = self.heal(&dataset, &mut vol).await {
+                    warn!(%dataset, error = %e, "recovering the volume failed; will retry");
+                }
+                self.note(&dataset, &mut vol);
             }
             tokio::time::sleep(SUPERVISE_EVERY).await;
         }
@@ -177,21 +248,16 @@ impl Volumes {
     /// Make `dataset` visible at `target`. Idempotent; on failure nothing new is
     /// left mounted.
     pub async fn publish(&self, dataset: &str, target: &Path, readonly: bool) -> Result<(), CsiError> {
-        let mut volumes = self.volumes.lock().await;
-        let vol = volumes
-            .entry(dataset.to_string())
-            .or_insert_with(|| Volume::new(staging_dir(&self.cfg, dataset), BTreeSet::new(), None));
+        let mut vol = self.lock_or_create(dataset).await;
         if vol.targets.contains(target) && is_mounted(target) {
             return Ok(());
         }
-        let result = self.publish_into(dataset, vol, target, readonly).await;
+        let result = self.publish_into(dataset, &mut vol, target, readonly).await;
         if result.is_err() && vol.targets.is_empty() {
-            self.stop(dataset, vol).await;
-            volumes.remove(dataset);
+            self.stop(dataset, &mut vol).await;
+            vol.gone = true;
         }
-        self.save(&volumes);
-        drop(volumes);
-        self.refresh_gauge().await;
+        self.note(dataset, &mut vol);
         result
     }
 
@@ -216,35 +282,39 @@ impl Volumes {
     /// Remove `target`; the dataset's FUSE mount goes with its last target.
     /// Idempotent: an unknown target is only made sure to be unmounted.
     pub async fn unpublish(&self, target: &Path) -> Result<(), CsiError> {
-        let mut volumes = self.volumes.lock().await;
-        let owner = volumes.iter().find(|(_, v)| v.targets.contains(target)).map(|(d, _)| d.clone());
+        let owner = self
+            .record
+            .lock()
+            .expect("record lock")
+            .iter()
+            .find(|(_, v)| v.targets.contains(target))
+            .map(|(d, _)| d.clone());
+        let Some(dataset) = owner else {
+            unmount(target)?;
+            let _ = std::fs::remove_dir(target);
+            return Ok(());
+        };
+        let mut vol = self.lock_existing(&dataset).await;
         unmount(target)?;
         let _ = std::fs::remove_dir(target);
-        if let Some(dataset) = owner {
-            let vol = volumes.get_mut(&dataset).expect("found above");
+        if let Some(vol) = vol.as_mut() {
             vol.targets.remove(target);
             info!(%dataset, target = %target.display(), "unpublished");
             if vol.targets.is_empty() {
                 self.stop(&dataset, vol).await;
-                volumes.remove(&dataset);
+                vol.gone = true;
             }
+            self.note(&dataset, vol);
         }
-        self.save(&volumes);
-        drop(volumes);
-        self.refresh_gauge().await;
         Ok(())
     }
 
     /// Each dataset's FUSE process and target paths.
     pub async fn status(&self) -> Vec<VolumeStatus> {
-        let volumes = self.volumes.lock().await;
-        volumes
+        let record = self.record.lock().expect("record lock");
+        record
             .iter()
-            .map(|(d, v)| VolumeStatus {
-                dataset: d.clone(),
-                pid: v.fuse.as_ref().and_then(Fuse::pid),
-                targets: v.targets.iter().cloned().collect(),
-            })
+            .map(|(d, v)| VolumeStatus { dataset: d.clone(), pid: v.pid, targets: v.targets.iter().cloned().collect() })
             .collect()
     }
 
@@ -302,18 +372,20 @@ impl Volumes {
     /// effect), without failing any read: the new process serves before the
     /// old one is stopped. Returns how many were replaced.
     pub async fn replace_all(&self) -> usize {
-        let mut volumes = self.volumes.lock().await;
+        let slots: Vec<(String, Slot)> =
+            self.slots.lock().expect("slots lock").iter().map(|(d, s)| (d.clone(), s.clone())).collect();
         let mut replaced = 0;
-        for (dataset, vol) in volumes.iter_mut() {
-            if vol.fd.is_none() || !self.fuse_alive(vol) {
+        for (dataset, slot) in slots {
+            let mut vol = slot.lock_owned().await;
+            if vol.gone || vol.fd.is_none() || !self.fuse_alive(&mut vol) {
                 continue;
             }
-            match self.take_over(dataset, vol).await {
+            match self.take_over(&dataset, &mut vol).await {
                 Ok(()) => replaced += 1,
                 Err(e) => warn!(%dataset, error = %e, "replacing the FUSE process failed; the supervisor retries"),
             }
+            self.note(&dataset, &mut vol);
         }
-        self.save(&volumes);
         replaced
     }
 
@@ -448,15 +520,8 @@ impl Volumes {
         info!(%dataset, "FUSE mount stopped");
     }
 
-    fn save(&self, volumes: &BTreeMap<String, Volume>) {
-        let record = Record {
-            volumes: volumes
-                .iter()
-                .map(|(d, v)| {
-                    (d.clone(), RecordVolume { pid: v.fuse.as_ref().and_then(Fuse::pid), targets: v.targets.clone() })
-                })
-                .collect(),
-        };
+    fn save(&self, volumes: &BTreeMap<String, RecordVolume>) {
+        let record = Record { volumes: volumes.clone() };
         let path = self.cfg.state_dir.join("state.json");
         let tmp = path.with_extension("json.tmp");
         let res = serde_json::to_vec_pretty(&record)
@@ -468,10 +533,10 @@ impl Volumes {
         }
     }
 
-    async fn refresh_gauge(&self) {
-        let volumes = self.volumes.lock().await;
-        metrics::VOLUMES.set(volumes.len() as i64);
-        metrics::TARGETS.set(volumes.values().map(|v| v.targets.len() as i64).sum());
+    fn refresh_gauge(&self) {
+        let record = self.record.lock().expect("record lock");
+        metrics::VOLUMES.set(record.len() as i64);
+        metrics::TARGETS.set(record.values().map(|v| v.targets.len() as i64).sum());
     }
 }
 
