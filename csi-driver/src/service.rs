@@ -108,8 +108,12 @@ impl Node for CsiService {
             let target = validate::target_path(&r.target_path, &self.cfg.target_root)?;
             validate::capability(r.volume_capability.as_ref())?;
             self.check_dataset(dataset).await?;
-            // The file system is read-only whatever the pod asked for.
-            self.volumes.publish(dataset, &target, true).await?;
+            // The file system is read-only whatever the pod asked for. In its
+            // own task: a caller that gives up must not cut a start in half.
+            let (volumes, dataset) = (self.volumes.clone(), dataset.to_string());
+            tokio::spawn(async move { volumes.publish(&dataset, &target, true).await })
+                .await
+                .map_err(|e| CsiError::Io(format!("publish task: {e}")))??;
             Ok(NodePublishVolumeResponse {})
         }
         .await;
@@ -127,7 +131,10 @@ impl Node for CsiService {
                 return Err(CsiError::Invalid("volume_id is missing".into()));
             }
             let target = validate::target_path(&r.target_path, &self.cfg.target_root)?;
-            self.volumes.unpublish(&target).await?;
+            let volumes = self.volumes.clone();
+            tokio::spawn(async move { volumes.unpublish(&target).await })
+                .await
+                .map_err(|e| CsiError::Io(format!("unpublish task: {e}")))??;
             Ok(NodeUnpublishVolumeResponse {})
         }
         .await;

@@ -138,8 +138,11 @@ pub struct Volumes {
     /// to find, add or remove a slot.
     slots: SyncMutex<BTreeMap<String, Slot>>,
     /// What `state.json`, status and the gauges show: each operation records
-    /// its volume when it ends.
+    /// its volume when it ends. Taken before `slots` when both are needed.
     record: SyncMutex<BTreeMap<String, RecordVolume>>,
+    /// Targets being published, by dataset: an unpublish that comes meanwhile
+    /// waits for that dataset's publish instead of missing the target.
+    pending: SyncMutex<BTreeMap<PathBuf, String>>,
 }
 
 impl Volumes {
@@ -167,23 +170,33 @@ impl Volumes {
             info!(%dataset, adopted = fuse.is_some(), targets = rec.targets.len(), "volume from an earlier run");
             slots.insert(dataset, Arc::new(Mutex::new(Volume::new(staging, rec.targets, fuse))));
         }
-        let this = Arc::new(Volumes { cfg, slots: SyncMutex::new(slots), record: SyncMutex::new(record.volumes) });
+        let this = Arc::new(Volumes {
+            cfg,
+            slots: SyncMutex::new(slots),
+            record: SyncMutex::new(record.volumes),
+            pending: SyncMutex::new(BTreeMap::new()),
+        });
         this.refresh_gauge();
         Ok(this)
     }
 
-    /// The dataset's volume, locked; created (empty) if it has none.
+    /// The dataset's volume, locked; created (empty) if it has none. A new
+    /// slot is locked before anyone else can see it.
     async fn lock_or_create(&self, dataset: &str) -> OwnedMutexGuard<Volume> {
         loop {
-            let slot = self
-                .slots
-                .lock()
-                .expect("slots lock")
-                .entry(dataset.to_string())
-                .or_insert_with(|| {
-                    Arc::new(Mutex::new(Volume::new(staging_dir(&self.cfg, dataset), BTreeSet::new(), None)))
-                })
-                .clone();
+            let slot = {
+                let mut slots = self.slots.lock().expect("slots lock");
+                match slots.get(dataset) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let fresh = Volume::new(staging_dir(&self.cfg, dataset), BTreeSet::new(), None);
+                        let slot = Arc::new(Mutex::new(fresh));
+                        let vol = slot.clone().try_lock_owned().expect("a new lock is free");
+                        slots.insert(dataset.to_string(), slot);
+                        return vol;
+                    }
+                }
+            };
             let vol = slot.lock_owned().await;
             if !vol.gone {
                 return vol;
@@ -204,12 +217,18 @@ impl Volumes {
 
     /// Record the volume's state (or, when `gone`, its removal) in `state.json`
     /// and the gauges. Called with the volume still locked.
-    fn note(&self, dataset: &str, vol: &mut Volume) {
-        if vol.gone {
-            self.slots.lock().expect("slots lock").remove(dataset);
-        }
+    fn note(&self, dataset: &str, vol: &mut OwnedMutexGuard<Volume>) {
         // Saved under the lock, so that writes of the file never interleave.
         let mut record = self.record.lock().expect("record lock");
+        if vol.gone {
+            // Only this volume's own slot and record: a newer volume of the
+            // dataset may have been published since this one went.
+            let mut slots = self.slots.lock().expect("slots lock");
+            if !slots.get(dataset).is_some_and(|s| Arc::ptr_eq(s, OwnedMutexGuard::mutex(vol))) {
+                return;
+            }
+            slots.remove(dataset);
+        }
         let now = (!vol.gone)
             .then(|| RecordVolume { pid: vol.fuse.as_ref().and_then(Fuse::pid), targets: vol.targets.clone() });
         if record.get(dataset) == now.as_ref() {
@@ -233,7 +252,7 @@ impl Volumes {
                 self.slots.lock().expect("slots lock").iter().map(|(d, s)| (d.clone(), s.clone())).collect();
             for (dataset, slot) in slots {
                 let Ok(mut vol) = slot.try_lock_owned() else { continue };
-                if vol.gone {
+                if vol.gone || vol.targets.is_empty() {
                     continue;
                 }
                 if let Err(e) = self.heal(&dataset, &mut vol).await {
@@ -248,16 +267,19 @@ impl Volumes {
     /// Make `dataset` visible at `target`. Idempotent; on failure nothing new is
     /// left mounted.
     pub async fn publish(&self, dataset: &str, target: &Path, readonly: bool) -> Result<(), CsiError> {
+        self.pending.lock().expect("pending lock").insert(target.to_path_buf(), dataset.to_string());
         let mut vol = self.lock_or_create(dataset).await;
-        if vol.targets.contains(target) && is_mounted(target) {
-            return Ok(());
-        }
-        let result = self.publish_into(dataset, &mut vol, target, readonly).await;
+        let result = if vol.targets.contains(target) && is_mounted(target) {
+            Ok(())
+        } else {
+            self.publish_into(dataset, &mut vol, target, readonly).await
+        };
         if result.is_err() && vol.targets.is_empty() {
             self.stop(dataset, &mut vol).await;
             vol.gone = true;
         }
         self.note(dataset, &mut vol);
+        self.pending.lock().expect("pending lock").remove(target);
         result
     }
 
@@ -288,7 +310,8 @@ impl Volumes {
             .expect("record lock")
             .iter()
             .find(|(_, v)| v.targets.contains(target))
-            .map(|(d, _)| d.clone());
+            .map(|(d, _)| d.clone())
+            .or_else(|| self.pending.lock().expect("pending lock").get(target).cloned());
         let Some(dataset) = owner else {
             unmount(target)?;
             let _ = std::fs::remove_dir(target);
