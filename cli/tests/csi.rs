@@ -334,9 +334,25 @@ async fn a_volume_slow_to_start_holds_up_no_other_dataset() {
     csi.node_unpublish_volume(unpublish_req(&p1)).await.unwrap();
     assert!(!slow.is_finished(), "ds2's publish waits at the gate, and ds did not wait for it");
 
+    // An unpublish of the pending target waits for its publish, then undoes it.
+    let mut unpub_client = node.node().await;
+    let t = slow_target.clone();
+    let unpub = tokio::spawn(async move { unpub_client.node_unpublish_volume(unpublish_req(&t)).await });
+    let logs = node.dir.path().to_path_buf();
+    wait_for_sync("the unpublish to wait for the publish", || {
+        std::fs::read_dir(&logs).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("csi-")
+                && std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains("unpublish waits for the target's publish")
+        })
+    });
     std::fs::write(&gate, b"").unwrap();
     slow.await.unwrap().expect("ds2 publishes once its FUSE process starts");
-    assert_eq!(checksums(&slow_target), want);
-    csi.node_unpublish_volume(unpublish_req(&slow_target)).await.unwrap();
+    unpub.await.unwrap().expect("then the unpublish");
+    assert!(!shoal_fuse::is_mounted(&slow_target), "the unpublish undid the publish it waited for");
     assert_eq!(node.mounts(), Vec::<String>::new(), "no mount left");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["volumes"], serde_json::json!({}));
 }

@@ -311,7 +311,13 @@ impl Volumes {
             .iter()
             .find(|(_, v)| v.targets.contains(target))
             .map(|(d, _)| d.clone())
-            .or_else(|| self.pending.lock().expect("pending lock").get(target).cloned());
+            .or_else(|| {
+                let dataset = self.pending.lock().expect("pending lock").get(target).cloned();
+                if let Some(dataset) = &dataset {
+                    info!(%dataset, target = %target.display(), "unpublish waits for the target's publish");
+                }
+                dataset
+            });
         let Some(dataset) = owner else {
             unmount(target)?;
             let _ = std::fs::remove_dir(target);
