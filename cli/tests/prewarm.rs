@@ -128,7 +128,8 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
         blocks as f64,
         "{mm}"
     );
-    assert_eq!(metric(&mm, r#"shoal_master_workers{state="alive"}"#), 1.0);
+    // The workers gauge is refreshed every 500 ms; a fast run gets here sooner.
+    wait_for_sync("the workers gauge", || metric(&master.metrics(), r#"shoal_master_workers{state="alive"}"#) == 1.0);
     assert!(metric(&mm, r#"shoal_master_sync_entries_total{dataset="pw"}"#) >= 24.0);
     let wm = worker.metrics();
     assert_eq!(metric(&wm, "shoal_worker_cache_misses_total"), blocks as f64, "{wm}");
