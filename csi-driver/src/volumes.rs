@@ -176,7 +176,7 @@ impl Volumes {
             record: SyncMutex::new(record.volumes),
             pending: SyncMutex::new(BTreeMap::new()),
         });
-        this.refresh_gauge();
+        set_gauges(&this.record.lock().expect("record lock"));
         Ok(this)
     }
 
@@ -239,8 +239,7 @@ impl Volumes {
             None => record.remove(dataset),
         };
         self.save(&record);
-        metrics::VOLUMES.set(record.len() as i64);
-        metrics::TARGETS.set(record.values().map(|v| v.targets.len() as i64).sum());
+        set_gauges(&record);
     }
 
     /// Restart dead FUSE processes and re-bind their targets, forever.
@@ -561,12 +560,12 @@ impl Volumes {
             warn!(error = %e, "cannot record the published volumes");
         }
     }
+}
 
-    fn refresh_gauge(&self) {
-        let record = self.record.lock().expect("record lock");
-        metrics::VOLUMES.set(record.len() as i64);
-        metrics::TARGETS.set(record.values().map(|v| v.targets.len() as i64).sum());
-    }
+/// The volumes and targets gauges, from the record.
+fn set_gauges(record: &BTreeMap<String, RecordVolume>) {
+    metrics::VOLUMES.set(record.len() as i64);
+    metrics::TARGETS.set(record.values().map(|v| v.targets.len() as i64).sum());
 }
 
 fn staging_dir(cfg: &Config, dataset: &str) -> PathBuf {

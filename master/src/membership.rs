@@ -286,7 +286,6 @@ mod tests {
         m.register(w("a"), &[k(3, 0)]);
         assert_eq!(m.usage(7).distinct, held(1, 100));
         assert_eq!(m.usage(7).by_worker, BTreeMap::from([("a".into(), held(1, 100))]));
-        std::thread::sleep(Duration::from_millis(2));
         let lost = Membership::new(Duration::from_millis(0));
         lost.register(w("c"), &[k(4, 0)]);
         std::thread::sleep(Duration::from_millis(2));

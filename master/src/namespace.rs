@@ -151,13 +151,7 @@ impl Syncer<'_> {
                     self.retired.push(existing.file_id);
                 }
                 if self.seen.contains(existing.ino as usize) {
-                    self.files -= 1;
-                    self.bytes -= existing.size;
-                    self.blocks -= shoal_core::ids::block_count(existing.size, self.block_size);
-                    let sums = self.sums.entry(parent).or_default();
-                    sums.entries -= 1;
-                    sums.files -= 1;
-                    sums.bytes -= existing.size;
+                    self.tally_file(parent, existing.size, false);
                 }
                 let (sec, nsec) = want_mtime.unwrap_or((self.now, 0));
                 let updated = Inode {
@@ -249,15 +243,26 @@ impl Syncer<'_> {
                 ino
             }
         };
-        self.files += 1;
-        self.bytes += entry.size;
-        let sums = self.sums.entry(parent).or_default();
-        sums.entries += 1;
-        sums.files += 1;
-        sums.bytes += entry.size;
-        self.blocks += shoal_core::ids::block_count(entry.size, self.block_size);
+        self.tally_file(parent, entry.size, true);
         self.see(ino);
         Ok(())
+    }
+
+    /// Count a file of `size` bytes in directory `parent` into the dataset's
+    /// and the directory's totals, or (`add` false) take it back out.
+    fn tally_file(&mut self, parent: u64, size: u64, add: bool) {
+        let blocks = shoal_core::ids::block_count(size, self.block_size);
+        let sums = self.sums.entry(parent).or_default();
+        for (n, by) in [
+            (&mut self.files, 1),
+            (&mut self.bytes, size),
+            (&mut self.blocks, blocks),
+            (&mut sums.entries, 1),
+            (&mut sums.files, 1),
+            (&mut sums.bytes, size),
+        ] {
+            *n = if add { *n + by } else { *n - by };
+        }
     }
 }
 

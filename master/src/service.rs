@@ -36,7 +36,7 @@ pub struct State {
     pub(crate) members: Arc<Membership>,
     heartbeat_interval_ms: u64,
     /// See [`crate::MasterConfig::stale_block_grace`].
-    stale_block_grace: std::time::Duration,
+    stale_block_grace: Duration,
     /// Serialises dataset creation and deletion.
     create_lock: tokio::sync::Mutex<()>,
     syncing: Mutex<std::collections::HashSet<String>>,
@@ -124,37 +124,35 @@ impl State {
             .await
         }
         .await;
-        let result = match result {
-            Ok(synced) => {
-                // Blocks of content no path points to any more only take room;
-                // they go once mounts have seen the sync (until then a mount may
-                // still read the old content, which must not be fetched again
-                // from a store that now holds the new one).
-                if !synced.retired.is_empty() {
-                    let (members, grace, ds) = (self.members.clone(), self.stale_block_grace, name.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(grace).await;
-                        let stale: Vec<shoal_core::BlockId> = synced
-                            .retired
-                            .iter()
-                            .flat_map(|f| {
-                                members.file_locations(*f).into_iter().map(|l| shoal_core::BlockId::new(*f, l.index))
-                            })
-                            .collect();
-                        let freed = free_on_workers(&members, stale).await;
-                        info!(dataset = %ds, blocks = freed.blocks_freed, bytes = freed.bytes_freed, "freed cached blocks of changed and deleted files");
-                    });
-                }
-                Ok(synced.info)
-            }
-            Err(e) => Err(e),
-        };
+        let result = result.map(|synced| {
+            self.free_later(&name, synced.retired);
+            synced.info
+        });
         self.syncing.lock().expect("sync lock").remove(&name);
         crate::metrics::SYNCS.with_label_values(&[name.as_str(), if result.is_ok() { "ok" } else { "error" }]).inc();
         if let Ok(info) = &result {
             info!(dataset = %name, files = info.file_count, bytes = info.total_bytes, "sync finished");
         }
         result
+    }
+
+    /// Free the cached blocks of content no path points to any more, once
+    /// mounts have seen the sync: until then a mount may still read the old
+    /// content, which must not be fetched again from a store holding the new.
+    fn free_later(&self, dataset: &str, retired: Vec<u64>) {
+        if retired.is_empty() {
+            return;
+        }
+        let (members, grace, ds) = (self.members.clone(), self.stale_block_grace, dataset.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let stale: Vec<shoal_core::BlockId> = retired
+                .iter()
+                .flat_map(|f| members.file_locations(*f).into_iter().map(|l| shoal_core::BlockId::new(*f, l.index)))
+                .collect();
+            let freed = free_on_workers(&members, stale).await;
+            info!(dataset = %ds, blocks = freed.blocks_freed, bytes = freed.bytes_freed, "freed cached blocks of changed and deleted files");
+        });
     }
 
     async fn create(&self, req: CreateDatasetRequest) -> Result<DatasetInfo> {

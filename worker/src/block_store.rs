@@ -673,7 +673,6 @@ mod tests {
         report(&store);
         let held: HashSet<BlockId> = store.all_blocks().into_iter().collect();
         assert_eq!(*reported.lock().unwrap(), held, "reports and holdings differ");
-        store.settle();
         assert_eq!(store.all_blocks().len(), 16 * 40);
         for t in 0..16u32 {
             let c = store.get(BlockId::new(9, t * 100 + 39)).expect("still cached");
