@@ -29,9 +29,11 @@
 #  6. if kubectl is installed: base/, scheduler/ and each overlay render with
 #     kustomize, the rendered streams pass check 1, scheduler/'s passes check 3
 #     with its generated ConfigMap mounted where kube-scheduler's --config
-#     points, and in base/'s and the overlays' the files named by SHOAL_TOKEN_FILE
+#     points, and in base/'s and the overlays' the files named by SHOAL_TOKEN(S)_FILE
 #     and SHOAL_TLS_* are mounted from Secrets, every shoal component agrees on
-#     token and TLS, and the probes of a TLS gRPC port are tcpSocket.
+#     token and TLS (base/ has both: secure by default), each holds its own
+#     role's credential, only servers hold the credentials table, and the
+#     probes of a TLS gRPC port are tcpSocket.
 #
 # Usage: deploy/validate.sh   (exit status 0 when everything passes)
 # Env:   K8S_VERSION (default 1.33.0), PYTHON (default python3)
@@ -961,7 +963,10 @@ def fail(msg):
     print(f"FAIL: {label}: {msg}")
 
 
-FILES = ("SHOAL_TOKEN_FILE", "SHOAL_TLS_CERT", "SHOAL_TLS_KEY", "SHOAL_TLS_CA")
+FILES = ("SHOAL_TOKENS_FILE", "SHOAL_TOKEN_FILE", "SHOAL_TLS_CERT", "SHOAL_TLS_KEY", "SHOAL_TLS_CA")
+# Each component's own credential: the item of the shoal-tokens Secret that its
+# SHOAL_TOKEN_FILE names (README: Authentication).
+CREDENTIAL = {"master": "admin", "worker": "worker", "csi": "client", "scheduler": "client", "operator": "admin"}
 POD_SPEC = {"Deployment": ("spec", "template", "spec"), "StatefulSet": ("spec", "template", "spec"),
             "DaemonSet": ("spec", "template", "spec"), "Job": ("spec", "template", "spec"),
             "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"), "Pod": ("spec",)}
@@ -1012,6 +1017,14 @@ for what, role, env, c, pod in containers:
                 break
         else:
             fail(f"{what}: {var}={file} is not in any mounted volume")
+    if "SHOAL_TOKENS_FILE" in env and role not in SERVERS:
+        fail(f"{what}: only servers ({', '.join(SERVERS)}) read the credentials table; `shoal {role}` must not hold it")
+    if role in SERVERS and "SHOAL_TOKEN_FILE" in env and "SHOAL_TOKENS_FILE" not in env:
+        fail(f"{what}: a server with a credential but no SHOAL_TOKENS_FILE gives that one token every role")
+    want = CREDENTIAL.get(role)
+    got = str(env.get("SHOAL_TOKEN_FILE", "")).rsplit("/", 1)[-1]
+    if "SHOAL_TOKEN_FILE" in env and want and got != want:
+        fail(f"{what}: `shoal {role}` should hold the {want} credential, not {got!r}")
     if ("SHOAL_TLS_CERT" in env) != ("SHOAL_TLS_KEY" in env):
         fail(f"{what}: SHOAL_TLS_CERT and SHOAL_TLS_KEY go together (the process refuses to start)")
     if "SHOAL_TLS_CERT" in env and role not in SERVERS:
@@ -1051,11 +1064,17 @@ if has("SHOAL_TLS_CERT") or has("SHOAL_TLS_CA"):
         fail(f"gRPC is TLS here, but {lacks('SHOAL_TLS_CA')} set no SHOAL_TLS_CA (they would speak plaintext)")
     if lacks("SHOAL_TLS_CERT", SERVERS):
         fail(f"clients use TLS, but the servers {lacks('SHOAL_TLS_CERT', SERVERS)} set no SHOAL_TLS_CERT/KEY")
+# The default deploy is secure: token and TLS for everyone.
+if label.startswith("base/"):
+    for var, only in (("SHOAL_TOKEN_FILE", None), ("SHOAL_TLS_CA", None), ("SHOAL_TLS_CERT", SERVERS),
+                      ("SHOAL_TOKENS_FILE", SERVERS)):
+        if lacks(var, only):
+            fail(f"base/ is secure by default, but {lacks(var, only)} set no {var}")
 domains = {env.get("SHOAL_TLS_DOMAIN") for _, _, env, _, _ in containers}
 if len(domains) > 1:
     fail(f"SHOAL_TLS_DOMAIN differs between shoal containers: {sorted(map(str, domains))}")
 for what, role, env, _, _ in containers:
-    on = [v for v in ("SHOAL_TOKEN_FILE", "SHOAL_TLS_CERT", "SHOAL_TLS_CA") if v in env]
+    on = [v for v in ("SHOAL_TOKENS_FILE", "SHOAL_TOKEN_FILE", "SHOAL_TLS_CERT", "SHOAL_TLS_CA") if v in env]
     print(f"  {'    ' if what in bad else 'ok  '} {what} (shoal {role}): {', '.join(on) or 'plaintext, no token'}")
 print(f"  {len(containers)} shoal containers checked")
 sys.exit(min(failed, 100))

@@ -1,7 +1,9 @@
 //! Block store hit reads: a cached 8 MiB block looked up and memory-mapped from the
 //! MEM tier (tmpfs) and from the SSD tier (with its CRC32C verified), compared with
 //! a plain `std::fs::read` of the same file (what a reader without shoal's store
-//! would pay), in the same run.
+//! would pay), in the same run. And the cost of the signed block reference a
+//! worker verifies on every request (issue 16): the same MEM-tier hits of small
+//! (128 KiB) and 8 MiB blocks with and without the reference check.
 //!
 //! cargo bench -p shoal-benches --bench block_store
 
@@ -55,5 +57,67 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// A MEM-tier hit as the worker serves it, with and without `check_ref` (the
+/// signature verification, path and range checks) first.
+fn signed_refs(c: &mut Criterion) {
+    use shoal_core::identity::{Signed, Signer, KEY_LEN};
+    let signer = Signer::new(&[7; KEY_LEN]).unwrap();
+    let mem_dir =
+        tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }).unwrap();
+    let mut group = c.benchmark_group("block_ref_check");
+    group.sample_size(20);
+    for (label, len) in [("128KiB", 128usize << 10), ("8MiB", 8 << 20)] {
+        let store =
+            BlockStore::open(&[TierSpec { kind: TierKind::Mem, dir: mem_dir.path().join(label), quota: 1 << 30 }])
+                .unwrap();
+        let data = shoal_benches::content(2, len);
+        let refs: Vec<shoal_proto::worker::BlockRef> = (0..BLOCKS)
+            .map(|i| {
+                store.insert(BlockId::new(u64::from(i) + 2, 0), 1, &data).unwrap().unwrap();
+                let path = format!("/train/class-{i:03}/image-{i:06}.jpg");
+                let f = Signed {
+                    dataset_id: 1,
+                    file_id: u64::from(i) + 2,
+                    block_size: 8 << 20,
+                    file_size: len as u64,
+                    mtime_sec: 1_700_000_000,
+                    mtime_nsec: 0,
+                    path: &path,
+                };
+                shoal_proto::worker::BlockRef {
+                    dataset: "imagenet".into(),
+                    dataset_id: 1,
+                    file_id: f.file_id,
+                    index: 0,
+                    path: path.clone(),
+                    block_size: f.block_size,
+                    file_size: f.file_size,
+                    mtime_sec: f.mtime_sec,
+                    mtime_nsec: 0,
+                    sig: signer.sign(&f),
+                }
+            })
+            .collect();
+        let hit = |r: &shoal_proto::worker::BlockRef| {
+            let c = store.get(BlockId::new(r.file_id, r.index)).unwrap();
+            let bytes = shoal_core::mapped::map_block(&c.file.path, c.file.len, None).unwrap();
+            bytes.iter().step_by(4096).map(|b| u64::from(*b)).sum::<u64>()
+        };
+        group.throughput(Throughput::Bytes((len as u64) * u64::from(BLOCKS)));
+        group.bench_function(format!("mem_hit_{label}"), |b| b.iter(|| refs.iter().map(hit).sum::<u64>()));
+        group.bench_function(format!("mem_hit_{label}_signed_ref"), |b| {
+            b.iter(|| {
+                refs.iter()
+                    .map(|r| {
+                        shoal_worker::datasets::check_ref(Some(r), Some(&signer)).unwrap();
+                        hit(r)
+                    })
+                    .sum::<u64>()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, signed_refs);
 criterion_main!(benches);

@@ -145,8 +145,10 @@ impl Drop for ShoalProc {
 }
 
 fn start_master(data: &Path, addr: &str) -> Result<ShoalProc> {
+    // Local datasets live beside the data dir.
+    let beside = data.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned();
     let p = ShoalProc::start(
-        &["master", "--data-dir", &data.to_string_lossy(), "--listen", addr],
+        &["master", "--data-dir", &data.to_string_lossy(), "--listen", addr, "--allow-local-root", &beside],
         &data.with_extension("log"),
     )?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -188,6 +190,7 @@ async fn create(master: &str, name: &str, uri: &str, options: &[(&str, &str)]) -
         }),
         cache: Some(CachePolicy { block_size: 4 << 20, replicas: 1, ..Default::default() }),
         sync_interval_seconds: 0,
+        namespace: String::new(),
     };
     let t = Instant::now();
     m.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: true }).await.context("create dataset")?;

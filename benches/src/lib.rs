@@ -55,6 +55,7 @@ impl Servers {
             lost_worker_timeout: Duration::from_secs(15),
             heartbeat_interval: Duration::from_millis(500),
             stale_block_grace: Duration::from_secs(60),
+            local_roots: vec!["/".into()],
         };
         tokio::spawn(shoal_master::serve(mcfg, ml, stop.clone()));
         let wl = TcpListener::bind("127.0.0.1:0").await?;
@@ -118,6 +119,7 @@ impl Cluster {
             mount: Some(mount),
             cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
             sync_interval_seconds: 0,
+            namespace: String::new(),
         };
         m.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: true }).await.context("create dataset")?;
         let mountpoint = dir.join("mnt");

@@ -58,6 +58,10 @@ pub enum DatasetCmd {
         /// Free cached blocks once they are this old (e.g. 12h).
         #[arg(long, value_parser = crate::servers::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// The Kubernetes namespace the dataset belongs to: client credentials
+        /// of other namespaces neither see nor read it.
+        #[arg(long, default_value = "default")]
+        namespace: String,
         #[command(flatten)]
         common: Common,
     },
@@ -155,6 +159,7 @@ fn dataset_json(d: &DatasetInfo) -> serde_json::Value {
     let options: BTreeMap<String, String> = mount.options.into_iter().collect();
     json!({
         "name": spec.name,
+        "namespace": spec.namespace,
         "id": d.id,
         "uri": mount.uri,
         "options": shoal_core::uri::redact(&options),
@@ -209,6 +214,7 @@ fn print_dataset(d: &DatasetInfo, output: Output) {
         Output::Json => println!("{}", serde_json::to_string_pretty(&j).expect("json")),
         Output::Table => {
             println!("name:        {}", j["name"].as_str().unwrap_or(""));
+            println!("namespace:   {}", j["namespace"].as_str().unwrap_or(""));
             println!("uri:         {}", j["uri"].as_str().unwrap_or(""));
             for (k, v) in j["options"].as_object().into_iter().flatten() {
                 println!("option:      {k}={}", v.as_str().unwrap_or(""));
@@ -306,7 +312,7 @@ fn print_sync(p: &SyncProgress, output: Output) {
 
 pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
     match cmd {
-        DatasetCmd::Create { name, uri, options, block_size, no_sync, sync_interval, pin, ttl, common } => {
+        DatasetCmd::Create { name, uri, options, block_size, no_sync, sync_interval, pin, ttl, namespace, common } => {
             let options = parse_options(&options)?;
             // Check locally first: a bad URI never needs a round trip.
             shoal_core::StoreSpec::parse(&uri, &options)?;
@@ -322,6 +328,7 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
                     ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
                 }),
                 sync_interval_seconds: sync_interval.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                namespace,
             };
             let info = client
                 .create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false })

@@ -8,6 +8,7 @@
 //! | 3 | not found (dataset, path) |
 //! | 4 | already exists |
 //! | 5 | unavailable: master, worker or store unreachable |
+//! | 6 | denied: no or a wrong credential, or one without the role or namespace |
 
 use tonic::Code;
 
@@ -16,6 +17,8 @@ pub const INVALID: u8 = 2;
 pub const NOT_FOUND: u8 = 3;
 pub const EXISTS: u8 = 4;
 pub const UNAVAILABLE: u8 = 5;
+/// No credential, a wrong one, or one without the right role or namespace.
+pub const DENIED: u8 = 6;
 
 /// A failed call to a shoal server, shown as the server's message.
 #[derive(Debug)]
@@ -44,6 +47,7 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
                 Code::NotFound => NOT_FOUND,
                 Code::AlreadyExists => EXISTS,
                 Code::Unavailable | Code::DeadlineExceeded => UNAVAILABLE,
+                Code::PermissionDenied | Code::Unauthenticated => DENIED,
                 _ => FAILURE,
             };
         }

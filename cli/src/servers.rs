@@ -31,6 +31,18 @@ pub struct MasterArgs {
     /// Address for Prometheus `/metrics` ("" to disable).
     #[arg(long, env = "SHOAL_METRICS_LISTEN", default_value = "0.0.0.0:9700")]
     pub metrics_listen: String,
+    /// A local directory under which datasets may use `file://` (or bare path)
+    /// stores; repeat for more. Without one, local stores are refused: a local
+    /// store reads the master's and workers' own disks.
+    #[arg(long = "allow-local-root", env = "SHOAL_ALLOW_LOCAL_ROOTS", value_delimiter = ',')]
+    pub allow_local_roots: Vec<PathBuf>,
+}
+
+/// `dirs`, resolved (each must exist).
+pub fn canonical_roots(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    dirs.iter()
+        .map(|d| std::fs::canonicalize(d).with_context(|| format!("--allow-local-root {}", d.display())))
+        .collect()
 }
 
 #[derive(Args, Debug, Clone)]
@@ -108,6 +120,7 @@ pub async fn run_master(args: MasterArgs) -> Result<()> {
         lost_worker_timeout: args.lost_worker_timeout,
         heartbeat_interval: args.heartbeat_interval,
         stale_block_grace: args.stale_block_grace,
+        local_roots: canonical_roots(&args.allow_local_roots)?,
     };
     let stop = shutdown_on_signals();
     crate::metrics_http::serve(Some(&args.metrics_listen), "master", stop.clone()).await?;

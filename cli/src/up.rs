@@ -107,7 +107,12 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         let (k, v) = o.split_once('=').with_context(|| format!("option {o:?} is not KEY=VALUE"))?;
         options.insert(k.to_string(), v.to_string());
     }
-    shoal_core::StoreSpec::parse(&uri, &options)?;
+    let store = shoal_core::StoreSpec::parse(&uri, &options)?;
+    // A local store is allowed as this command names it (the demo: the data dir).
+    let local_roots = match store.config.get("root") {
+        Some(root) if store.service == "fs" => crate::servers::canonical_roots(&[root.into()])?,
+        _ => Vec::new(),
+    };
     let block_size = shoal_core::size::parse_size(&args.block_size)?;
     let allow_other = crate::mount::parse_mount_options(&args.mount_options)?;
     let mountpoint = args.mountpoint.clone().unwrap_or_else(|| data.join("mnt"));
@@ -126,6 +131,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         lost_worker_timeout: Duration::from_secs(15),
         heartbeat_interval: Duration::from_secs(1),
         stale_block_grace: Duration::from_secs(60),
+        local_roots,
     };
     let master_task = tokio::spawn(shoal_master::serve(master_cfg, master_listener, stop.clone()));
     // Worker: MEM tier on tmpfs when there is one.
@@ -180,6 +186,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
                     mount: Some(MountSpec { uri: uri.clone(), options: options.clone().into_iter().collect() }),
                     cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
                     sync_interval_seconds: 0,
+                    namespace: String::new(),
                 };
                 client
                     .create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false })

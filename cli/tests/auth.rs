@@ -1,13 +1,14 @@
-//! Shared-token authentication: with `SHOAL_TOKEN_FILE` set, the master and the
-//! worker refuse requests without the token (`Unauthenticated`), and every shoal
-//! client (worker, CLI, mount) sends it.
+//! Authentication: with `SHOAL_TOKEN_FILE` set, the master and the worker
+//! refuse requests without the token (`Unauthenticated`), and every shoal client
+//! (worker, CLI, mount) sends it; with a credentials table (`SHOAL_TOKENS_FILE`)
+//! each token has a role (admin, worker, client) and namespaces.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::*;
-use shoal_proto::master::ListDatasetsRequest;
+use shoal_proto::master::{GetDatasetRequest, ListDatasetsRequest};
 use shoal_proto::worker::StatsRequest;
 
 /// A master and a worker started with `server_env`, the worker registered, and a
@@ -16,7 +17,17 @@ fn cluster(root: &Path, server_env: &[(&str, &str)], client_env: &[(&str, &str)]
     let src = root.join("src");
     write_tree(&src, &tree_spec(64 * 1024, false));
     let master = Proc::start(
-        &["master", "--data-dir", root.join("m").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        &[
+            "master",
+            "--data-dir",
+            root.join("m").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--allow-local-root",
+            root.to_str().unwrap(),
+        ],
         server_env,
         &root.join("master.log"),
     );
@@ -204,4 +215,127 @@ async fn with_certificates_master_and_worker_speak_only_tls() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("SHOAL_TLS_KEY"), "{err}");
+}
+
+/// `req` with `token` as its credential.
+fn with_token<T>(req: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(req);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_namespaces_limit_what_each_credential_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (admin, worker, client, ml) = (
+        "admin-token-0123456789abcdef",
+        "worker-token-0123456789abcdef",
+        "client-token-0123456789abcdef",
+        "ml-client-token-0123456789abc",
+    );
+    let table = root.join("tokens");
+    std::fs::write(
+        &table,
+        format!("# role namespaces token\nadmin * {admin}\nworker * {worker}\nclient * {client}\nclient ml {ml}\n"),
+    )
+    .unwrap();
+    let file = |name: &str, token: &str| {
+        let p = root.join(name);
+        std::fs::write(&p, token).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let (admin_f, worker_f, client_f, ml_f) =
+        (file("admin", admin), file("worker", worker), file("client", client), file("ml", ml));
+    // Servers check the table; as clients, master and worker hold the worker token.
+    let servers = [("SHOAL_TOKENS_FILE", table.to_str().unwrap()), ("SHOAL_TOKEN_FILE", worker_f.as_str())];
+    let as_admin = [("SHOAL_TOKEN_FILE", admin_f.as_str())];
+    let as_client = [("SHOAL_TOKEN_FILE", client_f.as_str())];
+    let as_ml = [("SHOAL_TOKEN_FILE", ml_f.as_str())];
+    let (master, _worker, src) = cluster(root, &servers, &as_admin);
+    let m = master.addr.as_str();
+
+    // A client reads, and may not change anything: exit 6, the role named.
+    for args in [
+        vec!["dataset", "create", "x", src.to_str().unwrap()],
+        vec!["dataset", "rm", "ds"],
+        vec!["dataset", "sync", "ds"],
+        vec!["dataset", "pin", "ds"],
+        vec!["prewarm", "ds"],
+        vec!["cache", "free", "ds"],
+    ] {
+        let mut a = args.clone();
+        a.extend(["--master", m]);
+        let (code, out, err) = cli_env(&a, &as_client);
+        assert_eq!(code, 6, "{args:?}: {out}{err}");
+        assert!(err.contains("needs the admin role"), "{args:?}: {err}");
+    }
+    for args in [vec!["dataset", "ls"], vec!["dataset", "show", "ds"], vec!["workers"], vec!["status"]] {
+        let mut a = args.clone();
+        a.extend(["--master", m]);
+        let (code, out, err) = cli_env(&a, &as_client);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    // The admin prewarms; the master drives the worker with its worker token.
+    let (code, out, err) = cli_env(&["prewarm", "ds", "-o", "json", "--master", m], &as_admin);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"completed\""), "{out}");
+    // A mount with the client credential reads byte for byte.
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _guard = MountGuard(mnt.clone());
+    let mount = Proc::start_until(
+        &["mount", "ds", mnt.to_str().unwrap(), "--master", m],
+        &as_client,
+        &root.join("mount.log"),
+        "mounted dataset ",
+    );
+    let got = std::fs::read(mnt.join("multi/three-and-a-half")).unwrap();
+    assert_eq!(sha256(&got), sha256(&std::fs::read(src.join("multi/three-and-a-half")).unwrap()));
+    drop(mount);
+
+    // Store credentials: for the worker role only; GetDataset is for clients.
+    let mut raw = master_client(m).await;
+    let req = || GetDatasetRequest { name: "ds".into() };
+    assert!(raw.get_store_spec(with_token(req(), worker)).await.is_ok());
+    for t in [client, admin, ml] {
+        let e = raw.get_store_spec(with_token(req(), t)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{t}");
+    }
+    let e = raw.get_dataset(with_token(req(), worker)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e = raw.delete_dataset(with_token(shoal_proto::master::DeleteDatasetRequest { name: "ds".into() }, client));
+    assert_eq!(e.await.unwrap_err().code(), tonic::Code::PermissionDenied);
+
+    // Namespaces: the `ml` credential sees only datasets of namespace ml.
+    let (code, out, err) =
+        cli_env(&["dataset", "create", "mlds", src.to_str().unwrap(), "--namespace", "ml", "--master", m], &as_admin);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli_env(&["dataset", "ls", "-o", "json", "--master", m], &as_ml);
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["mlds"]);
+    let (code, _, err) = cli_env(&["dataset", "show", "ds", "--master", m], &as_ml);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("namespace \"default\""), "{err}");
+    let e = raw.list_namespace(with_token(shoal_proto::master::ListNamespaceRequest { dataset: "ds".into() }, ml));
+    assert_eq!(e.await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let listed = raw.list_datasets(with_token(ListDatasetsRequest {}, client)).await.unwrap().into_inner();
+    assert_eq!(listed.datasets.len(), 2, "a credential of every namespace sees both");
+
+    // A bad table stops the server at start, naming the line.
+    let bad = root.join("bad-tokens");
+    std::fs::write(&bad, "admin * short\n").unwrap();
+    let (code, _, err) = cli_env(
+        &["master", "--data-dir", root.join("m2").to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        &[("SHOAL_TOKENS_FILE", bad.to_str().unwrap())],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("SHOAL_TOKENS_FILE") && err.contains("line 1"), "{err}");
 }

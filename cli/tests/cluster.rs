@@ -54,6 +54,7 @@ fn block_ref(info: &DatasetInfo, path: &str, inode: &Inode, index: u32) -> Block
         file_size: inode.size,
         mtime_sec: inode.mtime_sec,
         mtime_nsec: inode.mtime_nsec,
+        sig: inode.sig.clone(),
     }
 }
 
@@ -241,16 +242,42 @@ async fn s3_dataset_lists_and_reads_back_exactly() {
         "--option",
         &endpoint,
         "--option",
-        "access_key_id=test",
+        "access_key_id=AKIDSHOALTEST0001",
         "--option",
-        "secret_access_key=test",
+        "secret_access_key=s3cr3t-shoal-test-0001",
         "--block-size",
         "64KiB",
         "--master",
         &c.master.addr,
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(!out.contains("secret") || out.contains("***"), "secrets must not be printed: {out}");
+    // The secrets reach workers (they read the store) and no client reply.
+    for args in [vec!["dataset", "show", "s3ds"], vec!["dataset", "show", "s3ds", "-o", "json"], vec!["dataset", "ls"]]
+    {
+        let mut a = args.clone();
+        a.extend(["--master", &c.master.addr]);
+        let (code, shown, err) = cli(&a);
+        assert_eq!(code, 0, "{err}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("AKIDSHOAL"), "{args:?} shows a secret: {shown}");
+    }
+    for printed in [&out, &err] {
+        assert!(!printed.contains("s3cr3t") && !printed.contains("AKIDSHOAL"), "create printed a secret: {printed}");
+    }
+    let mut m = master_client(&c.master.addr).await;
+    let options = |i: &DatasetInfo| i.spec.as_ref().unwrap().mount.as_ref().unwrap().options.clone();
+    let got = m.get_dataset(GetDatasetRequest { name: "s3ds".into() }).await.unwrap().into_inner();
+    let listed = m.list_datasets(ListDatasetsRequest {}).await.unwrap().into_inner().datasets;
+    let (streamed, _) = namespace(&mut m, "s3ds").await;
+    for (what, o) in
+        [("GetDataset", options(&got)), ("ListDatasets", options(&listed[0])), ("ListNamespace", options(&streamed))]
+    {
+        assert_eq!(o["secret_access_key"], "***", "{what}");
+        assert_eq!(o["access_key_id"], "***", "{what}");
+        assert_eq!(o["endpoint"], s3.endpoint, "{what} shows what is not secret");
+    }
+    // This master has no credentials table, so every caller may act as a worker.
+    let full = m.get_store_spec(GetDatasetRequest { name: "s3ds".into() }).await.unwrap().into_inner();
+    assert_eq!(options(&full)["secret_access_key"], "s3cr3t-shoal-test-0001");
     check_dataset(&c, "s3ds", &tree, None).await;
 
     // Re-sync applies exactly the differences.
@@ -486,9 +513,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let src = c.root.join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), b"x").unwrap();
+    std::fs::write(src.join("g"), b"secret of g").unwrap();
     let m = c.master.addr.as_str();
     let s = src.to_str().unwrap();
     assert_eq!(cli(&["dataset", "create", "good", s, "--master", m]).0, 0);
+    let missing = c.root.join("no/such/dir");
+    let root = c.root.to_str().unwrap();
     let long = "a".repeat(256);
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["dataset", "create", "x", "ftp://h/p"], 2, "unknown scheme"),
@@ -513,7 +543,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
         (vec!["dataset", "create", "a/b", s], 2, "'/'"),
         (vec!["dataset", "create", "..", s], 2, "'..'"),
         (vec!["dataset", "create", &long, s], 2, "253"),
-        (vec!["dataset", "create", "x", "/no/such/dir/anywhere"], 3, "/no/such/dir"),
+        (vec!["dataset", "create", "x", missing.to_str().unwrap()], 3, "no/such/dir"),
+        // Local stores only under --allow-local-root, and never over the master's state.
+        (vec!["dataset", "create", "x", "/usr/share"], 6, "--allow-local-root"),
+        (vec!["dataset", "create", "x", "file:///etc"], 6, "--allow-local-root"),
+        (vec!["dataset", "create", "x", root], 2, "master's own state"),
+        (vec!["dataset", "create", "x", s, "--namespace", "Not_A_Namespace"], 2, "namespace"),
         (vec!["dataset", "create", "x", s, "--block-size", "1KiB"], 2, "block size"),
         (vec!["dataset", "show", "nope"], 3, "not found"),
     ];
@@ -546,7 +581,30 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ..Default::default()
     };
     let e = w.read_block(ReadBlockRequest { block: Some(evil), offset: 0, length: 0 }).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "unsigned: {e:?}");
+    // A client can name a block, never define one: /g's path under /f's id and
+    // signature (which would cache g's bytes as f's for every reader), or /f's
+    // reference with another file id, or a larger block size, are all refused,
+    // and nothing is read or cached.
+    let (info, ns) = namespace(&mut mc, "good").await;
+    let f = block_ref(&info, "/f", &ns["/f"], 0);
+    let before = stats(&mut w).await;
+    let forged = [
+        BlockRef { path: "/g".into(), file_size: ns["/g"].size, ..f.clone() },
+        BlockRef { file_id: ns["/g"].file_id, ..f.clone() },
+        BlockRef { block_size: 2 << 20, ..f.clone() },
+        BlockRef { sig: vec![0; 16], ..f.clone() },
+    ];
+    for r in forged {
+        let e = w.read_block(ReadBlockRequest { block: Some(r.clone()), offset: 0, length: 0 }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{r:?}: {e:?}");
+        let e = w.cache_block(CacheBlockRequest { block: Some(r.clone()) }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{r:?}: {e:?}");
+    }
+    let after = stats(&mut w).await;
+    assert_eq!(after.store_reads, before.store_reads, "a forged reference reads nothing");
+    assert_eq!(after.tiers.iter().map(|t| t.blocks).sum::<u64>(), before.tiers.iter().map(|t| t.blocks).sum::<u64>());
+    assert_eq!(read_block(&mut w, f).await, b"x", "the signed reference reads f");
 
     let (_, out, _) = cli(&["dataset", "ls", "-o", "json", "--master", m]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -569,6 +627,10 @@ async fn newly_cached_blocks_reach_the_master_before_the_next_heartbeat() {
             "127.0.0.1:0",
             "--heartbeat-interval",
             "60s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--allow-local-root",
+            root.to_str().unwrap(),
         ],
         &[],
         &root.join("master.log"),
@@ -599,4 +661,64 @@ async fn newly_cached_blocks_reach_the_master_before_the_next_heartbeat() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A worker keeps its tiers across restarts; a master started on new state
+/// issues the same file ids again for other files. The worker must drop the old
+/// cluster's blocks instead of serving them as the new files (measured before
+/// this test existed: 9 of 51 files read back with another file's bytes).
+#[test]
+fn a_new_master_incarnation_never_reads_the_old_ones_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Tree B is tree A with one file added in front: every file id shifts by one.
+    let (a, b) = (root.join("a"), root.join("b"));
+    let names: Vec<String> = (0..50).map(|i| format!("f{i:02}")).collect();
+    for (d, extra) in [(&a, false), (&b, true)] {
+        std::fs::create_dir_all(d).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            std::fs::write(d.join(n), content(i as u64, 3000 + i * 7)).unwrap();
+        }
+        if extra {
+            std::fs::write(d.join("e00"), content(999, 4000)).unwrap();
+        }
+    }
+    let master = start_master(&root.join("m1"), "127.0.0.1:0", &root.join("m1.log"));
+    let addr = master.addr.clone();
+    let worker =
+        start_worker(&addr, "127.0.0.1:0", &tiers(&root.join("w"), "64MiB", "64MiB"), &[], &root.join("worker.log"));
+    wait_until_registered(&addr, &worker.addr);
+    let create = |src: &std::path::Path| {
+        let (code, out, err) =
+            cli(&["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &addr]);
+        assert_eq!(code, 0, "{out}{err}");
+    };
+    create(&a);
+    let (code, out, err) = cli(&["prewarm", "ds", "-o", "json", "--master", &addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"completed\""), "{out}");
+
+    // A new incarnation on the same address: new state, the same ids for B's files.
+    drop(master);
+    let master = start_master(&root.join("m2"), &addr, &root.join("m2.log"));
+    wait_until_registered(&addr, &worker.addr);
+    create(&b);
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let _guard = MountGuard(mnt.clone());
+    let _mount = Proc::start_until(
+        &["mount", "ds", mnt.to_str().unwrap(), "--master", &master.addr],
+        &[],
+        &root.join("mount.log"),
+        "mounted dataset ",
+    );
+    let mut wrong = Vec::new();
+    for n in names.iter().map(String::as_str).chain(["e00"]) {
+        if std::fs::read(mnt.join(n)).unwrap() != std::fs::read(b.join(n)).unwrap() {
+            wrong.push(n.to_string());
+        }
+    }
+    assert!(wrong.is_empty(), "files read back with another file's bytes: {wrong:?}");
+    let log = std::fs::read_to_string(root.join("worker.log")).unwrap();
+    assert!(log.contains("cached for another cluster"), "the worker dropped the old cluster's blocks:\n{log}");
 }

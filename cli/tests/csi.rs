@@ -244,6 +244,20 @@ async fn malformed_requests_are_refused_with_the_right_code_and_nothing_is_mount
             }),
             tonic::Code::NotFound,
         ),
+        (
+            "no pod namespace (podInfoOnMount off)",
+            with(&|r| {
+                r.volume_context.remove("csi.storage.k8s.io/pod.namespace");
+            }),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "a pod of another namespace",
+            with(&|r| {
+                r.volume_context.insert("csi.storage.k8s.io/pod.namespace".into(), "tenant-b".into());
+            }),
+            tonic::Code::PermissionDenied,
+        ),
     ];
     for (what, req, code) in cases {
         let err = csi.node_publish_volume(req).await.expect_err(what);

@@ -1,5 +1,6 @@
 //! shoal-core: the vocabulary every shoal component shares.
 //!
+//! - [`identity`]: the cluster id and the signatures that bind block references to listed files;
 //! - [`ids`]: dataset names and the block identity (`BlockId`) with its arithmetic;
 //! - [`uri`]: parsing a dataset's store URI and options into an OpenDAL service config;
 //! - [`store`]: the under-store (`UnderStore`), OpenDAL with retry and timeout layers;
@@ -10,6 +11,7 @@
 
 pub mod error;
 pub mod fusedev;
+pub mod identity;
 pub mod ids;
 pub mod mapped;
 pub mod metrics;

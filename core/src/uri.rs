@@ -37,15 +37,144 @@ impl std::fmt::Debug for StoreSpec {
     }
 }
 
-/// Whether an option's value is a secret that must not be shown.
+/// Every secret config key of the OpenDAL services shoal opens (s3, gcs, oss,
+/// azblob, webhdfs, http, fs), serde aliases included: keys, secrets, session,
+/// SAS and delegation tokens, customer encryption keys and their digests,
+/// credential JSON, role-assumption external ids.
+pub const SECRET_KEYS: &[&str] = &[
+    "access_key",
+    "access_key_id",
+    "access_key_secret",
+    "account_key",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_sse_customer_key_base64",
+    "aws_token",
+    "azure_storage_access_key",
+    "azure_storage_account_key",
+    "azure_storage_master_key",
+    "azure_storage_sas_key",
+    "azure_storage_sas_token",
+    "credential",
+    "delegation",
+    "encryption_key",
+    "encryption_key_sha256",
+    "external_id",
+    "google_service_account_key",
+    "master_key",
+    "password",
+    "sas_key",
+    "sas_token",
+    "secret_access_key",
+    "security_token",
+    "server_side_encryption_customer_key",
+    "server_side_encryption_customer_key_md5",
+    "service_account_key",
+    "session_token",
+    "token",
+];
+
+/// Every other config key of those services (and shoal's own
+/// `credentials_file`, a path): shown as given. A key in neither list is
+/// treated as secret.
+pub const PUBLIC_KEYS: &[&str] = &[
+    "account_name",
+    "addressing_style",
+    "allow_anonymous",
+    "assume_role_duration_seconds",
+    "assume_role_session_tags",
+    "atomic_write_dir",
+    "aws_bucket",
+    "aws_bucket_name",
+    "aws_checksum_algorithm",
+    "aws_endpoint",
+    "aws_endpoint_url",
+    "aws_profile",
+    "aws_region",
+    "aws_request_payer",
+    "aws_server_side_encryption",
+    "aws_sse_kms_key_id",
+    "aws_virtual_hosted_style_request",
+    "azure_container_name",
+    "azure_endpoint",
+    "azure_storage_account_name",
+    "azure_storage_endpoint",
+    "batch_max_operations",
+    "bucket",
+    "bucket_name",
+    "checksum_algorithm",
+    "container",
+    "container_name",
+    "credential_path",
+    CREDENTIALS_FILE_OPTION,
+    "default_acl",
+    "default_storage_class",
+    "delete_max_size",
+    "disable_config_load",
+    "disable_ec2_metadata",
+    "disable_list_batch",
+    "disable_list_objects_v2",
+    "disable_stat_with_override",
+    "disable_vm_metadata",
+    "disable_write_with_if_match",
+    "enable_request_payer",
+    "enable_versioning",
+    "enable_virtual_host_style",
+    "enable_write_with_append",
+    "encryption_algorithm",
+    "endpoint",
+    "endpoint_url",
+    "google_application_credentials",
+    "google_bucket",
+    "google_bucket_name",
+    "google_service_account",
+    "google_service_account_path",
+    "google_skip_signature",
+    "oidc_provider_arn",
+    "oidc_token_file",
+    "predefined_acl",
+    "presign_addressing_style",
+    "presign_endpoint",
+    "profile",
+    "region",
+    "request_payer",
+    "role_arn",
+    "role_session_name",
+    "root",
+    "scope",
+    "server_side_encryption",
+    "server_side_encryption_aws_kms_key_id",
+    "server_side_encryption_customer_algorithm",
+    "server_side_encryption_key_id",
+    "service_account",
+    "service_account_path",
+    "skip_signature",
+    "sts_endpoint",
+    "user_name",
+    "username",
+    "virtual_hosted_style_request",
+];
+
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "***";
+
+/// Whether an option's value is a secret that must not be shown: a known
+/// secret key, or any key not known to be public (fail closed).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["secret", "password", "token", "credential", "sas", "account_key", "access_key_id"].iter().any(|s| k.contains(s))
+    SECRET_KEYS.contains(&k.as_str()) || !PUBLIC_KEYS.contains(&k.as_str())
 }
 
-/// A copy of an options map with secret values replaced by `***`.
+/// A copy of an options map with secret values replaced by [`REDACTED`].
 pub fn redact(options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    options.iter().map(|(k, v)| (k.clone(), if is_secret_key(k) { "***".to_string() } else { v.clone() })).collect()
+    options.iter().map(|(k, v)| (k.clone(), if is_secret_key(k) { REDACTED.to_string() } else { v.clone() })).collect()
+}
+
+/// Options as a client that only sees redacted records can use them: without
+/// the redacted values (the store's credentials then come from its environment).
+pub fn without_redacted(options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    options.iter().filter(|(_, v)| v.as_str() != REDACTED).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn env_any(keys: &[&str]) -> bool {
@@ -279,5 +408,25 @@ mod tests {
         assert!(!shown.contains("SK") && !shown.contains("AK"), "{shown}");
         let e = StoreSpec::parse("s3://b", &opts(&[("region", "r"), ("credentials_file", "/nonexistent/x")]));
         assert!(e.unwrap_err().to_string().contains("/nonexistent/x"));
+    }
+
+    #[test]
+    fn every_secret_key_is_redacted_and_every_public_one_shown() {
+        for k in SECRET_KEYS {
+            assert!(is_secret_key(k), "{k}");
+            assert!(!PUBLIC_KEYS.contains(k), "{k} is in both lists");
+            let m = opts(&[(k, "v4lue")]);
+            assert_eq!(redact(&m)[*k], REDACTED, "{k}");
+            assert!(without_redacted(&redact(&m)).is_empty(), "{k}");
+        }
+        for k in PUBLIC_KEYS {
+            assert!(!is_secret_key(k), "{k}");
+            assert_eq!(redact(&opts(&[(k, "v")]))[*k], "v", "{k}");
+        }
+        // Keys the old substring rule missed, and an unknown key: redacted.
+        for k in ["delegation", "server_side_encryption_customer_key", "encryption_key", "master_key", "some_new_key"] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        assert_eq!(SECRET_KEYS.len(), 31);
     }
 }

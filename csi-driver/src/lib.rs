@@ -51,6 +51,8 @@ pub enum CsiError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Denied(String),
     #[error("master: {0}")]
     Master(String),
     #[error("{0}")]
@@ -67,6 +69,7 @@ impl From<CsiError> for tonic::Status {
         match e {
             CsiError::Invalid(_) => tonic::Status::invalid_argument(msg),
             CsiError::NotFound(_) => tonic::Status::not_found(msg),
+            CsiError::Denied(_) => tonic::Status::permission_denied(msg),
             CsiError::Master(_) => tonic::Status::unavailable(msg),
             CsiError::Aborted(_) => tonic::Status::aborted(msg),
             CsiError::Mount(_) | CsiError::Io(_) => tonic::Status::internal(msg),

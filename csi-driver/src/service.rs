@@ -31,11 +31,12 @@ impl CsiService {
     }
 
     /// The dataset exists on the master (`NotFound` if not, `Unavailable` if the
-    /// master cannot be reached).
-    async fn check_dataset(&self, dataset: &str) -> Result<(), CsiError> {
+    /// master cannot be reached); its record.
+    async fn check_dataset(&self, dataset: &str) -> Result<shoal_proto::master::DatasetInfo, CsiError> {
         let mut master = self.master.clone();
         match master.get_dataset(GetDatasetRequest { name: dataset.to_string() }).await {
-            Ok(_) => Ok(()),
+            Ok(info) => Ok(info.into_inner()),
+            Err(s) if s.code() == tonic::Code::PermissionDenied => Err(CsiError::Denied(s.message().to_string())),
             Err(s) if s.code() == tonic::Code::NotFound => {
                 Err(CsiError::NotFound(format!("dataset {dataset:?} is not registered with the master")))
             }
@@ -105,9 +106,18 @@ impl Node for CsiService {
         let r = req.get_ref();
         let result = async {
             let dataset = validate::dataset_of(&r.volume_id, &r.volume_context)?;
+            let pod_ns = validate::pod_namespace(&r.volume_context)?;
             let target = validate::target_path(&r.target_path, &self.cfg.target_root)?;
             validate::capability(r.volume_capability.as_ref())?;
-            self.check_dataset(dataset).await?;
+            let info = self.check_dataset(dataset).await?;
+            // A pod reads only datasets of its own namespace (the mounts share
+            // the plugin's credential, so this is where tenants are kept apart).
+            if info.namespace() != pod_ns {
+                return Err(CsiError::Denied(format!(
+                    "dataset {dataset:?} belongs to namespace {:?}; a pod in {pod_ns:?} cannot mount it",
+                    info.namespace()
+                )));
+            }
             // The file system is read-only whatever the pod asked for. In its
             // own task: a caller that gives up must not cut a start in half.
             let (volumes, dataset) = (self.volumes.clone(), dataset.to_string());

@@ -27,6 +27,21 @@ pub fn dataset_of<'a>(
     Ok(dataset)
 }
 
+/// The volume-context key kubelet sets to the pod's namespace (when the
+/// CSIDriver has `podInfoOnMount: true`, as `deploy/base` does).
+pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+
+/// The namespace of the pod a volume is published for.
+pub fn pod_namespace(context: &std::collections::HashMap<String, String>) -> Result<&str, CsiError> {
+    match context.get(POD_NAMESPACE).map(String::as_str) {
+        Some(ns) if shoal_proto::auth::valid_namespace(ns) => Ok(ns),
+        Some(ns) => Err(CsiError::Invalid(format!("{POD_NAMESPACE} {ns:?} is not a namespace name"))),
+        None => Err(CsiError::Invalid(format!(
+            "volume_context has no {POD_NAMESPACE}: the CSIDriver object must set podInfoOnMount: true"
+        ))),
+    }
+}
+
 /// A target path must be absolute, normal (no `.`/`..`, no NUL), within
 /// `PATH_MAX`, and under `root` (kubelet's directory): the driver mounts nowhere
 /// else.
@@ -132,5 +147,16 @@ mod tests {
         assert!(capability(Some(&cap(Some(AccessType::Block(BlockVolume {})), Mode::MultiNodeReaderOnly))).is_err());
         assert!(capability(Some(&cap(None, Mode::MultiNodeReaderOnly))).is_err());
         assert!(capability(None).is_err());
+    }
+
+    #[test]
+    fn the_pod_namespace_comes_from_kubelet() {
+        let ctx = |v: Option<&str>| -> std::collections::HashMap<String, String> {
+            v.map(|v| (POD_NAMESPACE.to_string(), v.to_string())).into_iter().collect()
+        };
+        assert_eq!(pod_namespace(&ctx(Some("ml"))).unwrap(), "ml");
+        for bad in [None, Some(""), Some("ML"), Some("a/b")] {
+            assert!(matches!(pod_namespace(&ctx(bad)), Err(CsiError::Invalid(_))), "{bad:?}");
+        }
     }
 }

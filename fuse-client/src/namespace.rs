@@ -5,7 +5,7 @@
 //!
 //! - A [`Listing`] holds a directory's entries sorted by name as fixed-size
 //!   records over one shared name buffer (no allocation per entry), with an ino
-//!   index beside it: about 60 bytes per entry.
+//!   index beside it: about 76 bytes per entry (16 of them the file's signature).
 //! - Listings live in a cache weighed in bytes ([`Metadata::new`]'s budget).
 //!   Loading one prefetches its subdirectories in the background (eight at a
 //!   time, while the cache is under half its budget), so a cold `find` or
@@ -47,6 +47,8 @@ pub struct Entry {
     name_off: u32,
     name_len: u16,
     pub is_dir: bool,
+    /// The master's signature of this file version, sent with block references.
+    pub sig: [u8; shoal_core::identity::SIG_LEN],
 }
 
 impl Entry {
@@ -75,6 +77,7 @@ impl Entry {
             mtime_sec: self.mtime_sec,
             mtime_nsec: self.mtime_nsec,
             file_id: self.file_id,
+            sig: if self.is_dir { Vec::new() } else { self.sig.to_vec() },
             ..Default::default()
         }
     }
@@ -89,12 +92,23 @@ impl Entry {
             name_off,
             name_len: i.name.len() as u16,
             is_dir: i.kind == FileKind::Directory as i32,
+            sig: i.sig.as_slice().try_into().unwrap_or_default(),
         }
     }
 }
 
 fn root_entry() -> Entry {
-    Entry { ino: ROOT, size: 0, file_id: 0, mtime_sec: 0, mtime_nsec: 0, name_off: 0, name_len: 0, is_dir: true }
+    Entry {
+        ino: ROOT,
+        size: 0,
+        file_id: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+        name_off: 0,
+        name_len: 0,
+        is_dir: true,
+        sig: Default::default(),
+    }
 }
 
 /// A directory's children, sorted by name.
@@ -557,11 +571,11 @@ mod tests {
 
     #[test]
     fn entries_are_compact() {
-        assert!(std::mem::size_of::<Entry>() <= 48, "{}", std::mem::size_of::<Entry>());
+        assert!(std::mem::size_of::<Entry>() <= 64, "{}", std::mem::size_of::<Entry>());
         let many: Vec<Inode> = (0..10_000).map(|i| node(i + 10, &format!("file-{i:06}.jpg"), false, 100)).collect();
         let l = Listing::build(many);
         let per_entry = l.weight() as usize / 10_000;
-        assert!(per_entry <= 70, "{per_entry} bytes per entry");
+        assert!(per_entry <= 86, "{per_entry} bytes per entry");
         assert_eq!(l.lookup("file-004242.jpg").unwrap().ino, 4252);
     }
 }

@@ -187,6 +187,7 @@ impl Reader {
             file_size: inode.size,
             mtime_sec: inode.mtime_sec,
             mtime_nsec: inode.mtime_nsec,
+            sig: inode.sig.clone(),
         }
     }
 
@@ -444,7 +445,10 @@ impl Reader {
             .store
             .get_or_init(|| async {
                 let mount = self.dataset.spec.as_ref().and_then(|s| s.mount.clone()).unwrap_or_default();
+                // Secrets are redacted for clients: the store's credentials
+                // then come from this host's environment (or it is public).
                 let options: BTreeMap<_, _> = mount.options.into_iter().collect();
+                let options = shoal_core::uri::without_redacted(&options);
                 match StoreSpec::parse(&mount.uri, &options).and_then(|s| UnderStore::open(&s)) {
                     Ok(s) => Some(s),
                     Err(e) => {

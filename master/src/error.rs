@@ -20,6 +20,8 @@ pub enum MasterError {
     UnknownWorker(String),
     #[error("a sync of dataset {0:?} is already running")]
     SyncRunning(String),
+    #[error("local directory {0:?} is not under a root this master allows (start it with --allow-local-root DIR)")]
+    LocalRootRefused(String),
     #[error(transparent)]
     Core(#[from] CoreError),
     #[error("metadata store: {0}")]
@@ -42,6 +44,7 @@ impl From<MasterError> for Status {
             MasterError::InvalidArgument(_) => Code::InvalidArgument,
             MasterError::UnknownWorker(_) => Code::FailedPrecondition,
             MasterError::SyncRunning(_) => Code::Aborted,
+            MasterError::LocalRootRefused(_) => Code::PermissionDenied,
             MasterError::Core(c) if c.is_invalid_input() => Code::InvalidArgument,
             MasterError::Core(c) if c.is_not_found() => Code::NotFound,
             MasterError::Core(_) => Code::Unavailable,

@@ -35,6 +35,9 @@ pub struct MasterConfig {
     /// longer than mounts take to see the sync (their refresh interval), since
     /// until then they may still read the old content.
     pub stale_block_grace: Duration,
+    /// Local directories (`file://` stores) datasets may be created under;
+    /// empty: none. Canonical paths.
+    pub local_roots: Vec<PathBuf>,
 }
 
 impl Default for MasterConfig {
@@ -44,6 +47,7 @@ impl Default for MasterConfig {
             lost_worker_timeout: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(3),
             stale_block_grace: Duration::from_secs(60),
+            local_roots: Vec::new(),
         }
     }
 }

@@ -301,6 +301,7 @@ impl Loads {
                         file_size: f.inode.size,
                         mtime_sec: f.inode.mtime_sec,
                         mtime_nsec: f.inode.mtime_nsec,
+                        sig: f.inode.sig.clone(),
                     };
                     let mut placed = holders.iter().filter(|h| ranked.contains(&h.as_str())).count().min(replicas);
                     let mut already = placed == replicas;

@@ -7,7 +7,9 @@
 //!   one directory lists with one prefix scan, a path resolves with one point
 //!   lookup per component.
 //! - `jobs`:     load job id → `LoadJob` (spec and persisted progress)
-//! - `default`:  counters (`next_dataset_id`, `next_file_id`).
+//! - `default`:  counters (`next_dataset_id`, `next_file_id`), and the cluster's
+//!   identity made at the first start (`cluster_id`, `block_key`: see
+//!   `shoal_core::identity`).
 //!
 //! Soft state (workers, block locations) never lands here.
 
@@ -30,12 +32,38 @@ const CF_DENTRIES: &str = "dentries";
 const CF_JOBS: &str = "jobs";
 const KEY_NEXT_DATASET: &[u8] = b"next_dataset_id";
 const KEY_NEXT_FILE: &[u8] = b"next_file_id";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+const KEY_BLOCK_KEY: &[u8] = b"block_key";
 
-/// The master's RocksDB handle and id counters.
+/// The master's RocksDB handle, id counters and cluster identity.
 pub struct MetaStore {
     db: DB,
     next_dataset_id: AtomicU64,
     next_file_id: AtomicU64,
+    /// Made once, at the first start on this state; never changes after.
+    pub cluster_id: String,
+    block_key: [u8; shoal_core::identity::KEY_LEN],
+    pub signer: shoal_core::identity::Signer,
+}
+
+/// The cluster id and block key in `db`, made (and synced to disk) on the first start.
+fn cluster_identity(db: &DB) -> Result<(String, [u8; shoal_core::identity::KEY_LEN])> {
+    let id = db.get(KEY_CLUSTER_ID)?.and_then(|v| String::from_utf8(v).ok());
+    let key = db.get(KEY_BLOCK_KEY)?.and_then(|v| v.try_into().ok());
+    if let (Some(id), Some(key)) = (id, key) {
+        if shoal_core::identity::valid_cluster_id(&id) {
+            return Ok((id, key));
+        }
+    }
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    let key: [u8; shoal_core::identity::KEY_LEN] = rand::random();
+    let mut batch = WriteBatch::default();
+    batch.put(KEY_CLUSTER_ID, id.as_bytes());
+    batch.put(KEY_BLOCK_KEY, key);
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo)?;
+    Ok((id, key))
 }
 
 pub fn inode_key(ds: u32, ino: u64) -> [u8; 12] {
@@ -90,7 +118,19 @@ impl MetaStore {
         let next_dataset_id = AtomicU64::new(read_counter(&db, KEY_NEXT_DATASET, 1)?);
         // Inode numbers share this counter; 1 is every dataset's root.
         let next_file_id = AtomicU64::new(read_counter(&db, KEY_NEXT_FILE, ROOT_INO + 1)?);
-        Ok(Arc::new(Self { db, next_dataset_id, next_file_id }))
+        let (cluster_id, block_key) = cluster_identity(&db)?;
+        let signer = shoal_core::identity::Signer::new(&block_key).expect("key of KEY_LEN bytes");
+        Ok(Arc::new(Self { db, next_dataset_id, next_file_id, cluster_id, block_key, signer }))
+    }
+
+    /// The key workers verify block references with (sent at registration).
+    pub fn block_key(&self) -> &[u8] {
+        &self.block_key
+    }
+
+    /// Whether `file_id` is one this master has issued.
+    pub fn issued(&self, file_id: u64) -> bool {
+        file_id > ROOT_INO && file_id < self.next_file_id.load(Ordering::Relaxed)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -212,6 +212,11 @@ impl Syncer<'_> {
                     && old.mtime_nsec == mtime_nsec =>
             {
                 self.progress.unchanged += 1;
+                // Entries written before files were signed get their signature now.
+                if old.sig.is_empty() {
+                    let sig = self.sign(path, &old);
+                    self.put(&Inode { sig, ..old.clone() }, false)?;
+                }
                 old.ino
             }
             other => {
@@ -234,6 +239,7 @@ impl Syncer<'_> {
                     file_id,
                     ..Default::default()
                 };
+                let inode = Inode { sig: self.sign(path, &inode), ..inode };
                 self.put(&inode, is_new)?;
                 if is_new {
                     self.progress.added += 1;
@@ -246,6 +252,19 @@ impl Syncer<'_> {
         self.tally_file(parent, entry.size, true);
         self.see(ino);
         Ok(())
+    }
+
+    /// The master's signature of file `inode` at `path` (see `shoal_core::identity`).
+    fn sign(&self, path: &str, inode: &Inode) -> Vec<u8> {
+        self.meta.signer.sign(&shoal_core::identity::Signed {
+            dataset_id: self.ds,
+            file_id: inode.file_id,
+            block_size: self.block_size,
+            file_size: inode.size,
+            mtime_sec: inode.mtime_sec,
+            mtime_nsec: inode.mtime_nsec,
+            path,
+        })
     }
 
     /// Count a file of `size` bytes in directory `parent` into the dataset's

@@ -11,6 +11,7 @@ use futures::Stream;
 use rocksdb::WriteBatch;
 use shoal_core::ids::validate_block_size;
 use shoal_core::{validate_dataset_name, StoreSpec, UnderStore, DEFAULT_BLOCK_SIZE};
+use shoal_proto::auth::{principal, Principal, Role};
 use shoal_proto::master::master_server::Master;
 use shoal_proto::master::*;
 use tokio::sync::mpsc;
@@ -44,6 +45,19 @@ pub struct State {
     pub(crate) loads: Arc<Loads>,
     /// When each dataset's periodic sync was last tried (failures wait a period).
     sync_attempts: Mutex<HashMap<String, i64>>,
+    /// See [`crate::MasterConfig::local_roots`].
+    local_roots: Vec<std::path::PathBuf>,
+    /// The master's own state (never served as a dataset: it holds the block key).
+    data_dir: std::path::PathBuf,
+}
+
+/// A dataset record as clients see it: store options with secrets redacted.
+pub fn redacted(mut info: DatasetInfo) -> DatasetInfo {
+    if let Some(m) = info.spec.as_mut().and_then(|s| s.mount.as_mut()) {
+        let options: BTreeMap<_, _> = std::mem::take(&mut m.options).into_iter().collect();
+        m.options = shoal_core::uri::redact(&options).into_iter().collect();
+    }
+    info
 }
 
 fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
@@ -63,6 +77,8 @@ impl State {
             stores: Mutex::new(HashMap::new()),
             loads: Loads::new(meta.clone(), members.clone(), std::time::Duration::from_millis(heartbeat_interval_ms)),
             sync_attempts: Mutex::new(HashMap::new()),
+            local_roots: config.local_roots.clone(),
+            data_dir: std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
             meta,
             members,
         }
@@ -70,6 +86,34 @@ impl State {
 
     fn dataset(&self, name: &str) -> Result<DatasetInfo> {
         self.meta.get_dataset(name)?.ok_or_else(|| MasterError::DatasetNotFound(name.to_string()))
+    }
+
+    /// Dataset `name`, if `who` may see its namespace.
+    fn dataset_for(&self, who: &Principal, name: &str) -> std::result::Result<DatasetInfo, Status> {
+        let info = self.dataset(name)?;
+        who.require_namespace(info.namespace(), &format!("dataset {name:?}"))?;
+        Ok(info)
+    }
+
+    /// Refuse a local-directory store outside the roots an admin allowed.
+    fn check_local_root(&self, spec: &StoreSpec) -> Result<()> {
+        if spec.service != "fs" {
+            return Ok(());
+        }
+        let root = std::path::Path::new(spec.config.get("root").map(String::as_str).unwrap_or("/"));
+        // Resolved, so that neither '..' nor a symbolic link leads outside.
+        let real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        if self.data_dir.starts_with(&real) || real.starts_with(&self.data_dir) {
+            return Err(MasterError::InvalidArgument(format!(
+                "local directory {} holds the master's own state ({}); it cannot be a dataset",
+                real.display(),
+                self.data_dir.display()
+            )));
+        }
+        if self.local_roots.iter().any(|allowed| real.starts_with(allowed)) {
+            return Ok(());
+        }
+        Err(MasterError::LocalRootRefused(real.display().to_string()))
     }
 
     fn store(&self, info: &DatasetInfo) -> Result<UnderStore> {
@@ -161,6 +205,16 @@ impl State {
         let mount = spec.mount.as_ref().ok_or_else(|| MasterError::InvalidArgument("missing mount URI".into()))?;
         let options: BTreeMap<_, _> = mount.options.clone().into_iter().collect();
         let store_spec = StoreSpec::parse(&mount.uri, &options)?;
+        self.check_local_root(&store_spec)?;
+        if spec.namespace.is_empty() {
+            spec.namespace = "default".into();
+        }
+        if !shoal_proto::auth::valid_namespace(&spec.namespace) {
+            return Err(MasterError::InvalidArgument(format!(
+                "namespace {:?} is not a Kubernetes namespace name (lowercase letters, digits and '-')",
+                spec.namespace
+            )));
+        }
         let cache = spec.cache.get_or_insert_with(Default::default);
         if cache.block_size == 0 {
             cache.block_size = DEFAULT_BLOCK_SIZE;
@@ -219,6 +273,41 @@ impl MasterService {
         let meta = svc.meta.clone();
         svc.loads.resume(move |name| meta.get_dataset(name).ok().flatten());
         svc
+    }
+
+    /// The reported blocks this master issued: a live dataset's, under a file id
+    /// it handed out. Others are dropped from the report (and logged).
+    fn issued(&self, worker: &str, blocks: Vec<BlockKey>) -> Vec<BlockKey> {
+        if blocks.is_empty() {
+            return blocks;
+        }
+        let datasets: std::collections::HashSet<u32> =
+            self.meta.list_datasets().unwrap_or_default().iter().map(|d| d.id).collect();
+        let before = blocks.len();
+        let kept: Vec<BlockKey> =
+            blocks.into_iter().filter(|b| datasets.contains(&b.dataset_id) && self.meta.issued(b.file_id)).collect();
+        if kept.len() < before {
+            warn!(worker = %worker, refused = before - kept.len(), "a worker reported blocks this master never issued; ignored");
+        }
+        kept
+    }
+
+    /// Load job `id`, if `who` may see its dataset's namespace.
+    fn load_for(&self, who: &Principal, id: &str) -> std::result::Result<LoadJob, Status> {
+        let job = self.loads.get(id)?;
+        if !self.load_visible(who, &job) {
+            return Err(Status::permission_denied(format!("load job {id} is of a dataset this credential cannot see")));
+        }
+        Ok(job)
+    }
+
+    fn load_visible(&self, who: &Principal, job: &LoadJob) -> bool {
+        let ds = job.spec.as_ref().map(|s| s.dataset.as_str()).unwrap_or_default();
+        match self.meta.get_dataset(ds) {
+            Ok(Some(info)) => who.sees(info.namespace()),
+            // A job of a deleted dataset: only for credentials of every namespace.
+            _ => who.sees_all(),
+        }
     }
 
     /// Every dataset's cache policy, for workers.
@@ -331,20 +420,33 @@ async fn free_on_workers(members: &Membership, blocks: Vec<shoal_core::BlockId>)
 impl Master for MasterService {
     #[instrument(skip_all, fields(dataset = %req.get_ref().spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")))]
     async fn create_dataset(&self, req: Request<CreateDatasetRequest>) -> Result<Response<DatasetInfo>, Status> {
-        Ok(Response::new(self.create(req.into_inner()).await?))
+        let who = principal(&req);
+        who.require(Role::Admin, "CreateDataset")?;
+        let r = req.into_inner();
+        let ns = r.spec.as_ref().map(|s| s.namespace.as_str()).filter(|n| !n.is_empty()).unwrap_or("default");
+        who.require_namespace(ns, "the new dataset")?;
+        Ok(Response::new(redacted(self.create(r).await?)))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
     async fn get_dataset(&self, req: Request<GetDatasetRequest>) -> Result<Response<DatasetInfo>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "GetDataset")?;
+        Ok(Response::new(redacted(self.dataset_for(&who, &req.get_ref().name)?)))
+    }
+
+    #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
+    async fn get_store_spec(&self, req: Request<GetDatasetRequest>) -> Result<Response<DatasetInfo>, Status> {
+        principal(&req).require(Role::Worker, "GetStoreSpec (store credentials)")?;
         Ok(Response::new(self.dataset(&req.get_ref().name)?))
     }
 
     #[instrument(skip_all)]
-    async fn list_datasets(
-        &self,
-        _req: Request<ListDatasetsRequest>,
-    ) -> Result<Response<ListDatasetsResponse>, Status> {
-        let datasets = self.meta.list_datasets()?;
+    async fn list_datasets(&self, req: Request<ListDatasetsRequest>) -> Result<Response<ListDatasetsResponse>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "ListDatasets")?;
+        let datasets =
+            self.meta.list_datasets()?.into_iter().filter(|d| who.sees(d.namespace())).map(redacted).collect();
         Ok(Response::new(ListDatasetsResponse { datasets }))
     }
 
@@ -353,9 +455,11 @@ impl Master for MasterService {
         &self,
         req: Request<DeleteDatasetRequest>,
     ) -> Result<Response<DeleteDatasetResponse>, Status> {
+        let who = principal(&req);
+        who.require(Role::Admin, "DeleteDataset")?;
         let name = &req.get_ref().name;
         let _guard = self.create_lock.lock().await;
-        let info = self.dataset(name)?;
+        let info = self.dataset_for(&who, name)?;
         if self.syncing.lock().expect("sync lock").contains(name) {
             return Err(MasterError::SyncRunning(name.clone()).into());
         }
@@ -367,9 +471,11 @@ impl Master for MasterService {
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
     async fn set_cache_policy(&self, req: Request<SetCachePolicyRequest>) -> Result<Response<DatasetInfo>, Status> {
+        let who = principal(&req);
+        who.require(Role::Admin, "SetCachePolicy")?;
         let r = req.into_inner();
         let _guard = self.create_lock.lock().await;
-        let mut info = self.dataset(&r.name)?;
+        let mut info = self.dataset_for(&who, &r.name)?;
         let spec = info.spec.get_or_insert_with(Default::default);
         let cache = spec.cache.get_or_insert_with(Default::default);
         if let Some(p) = r.pinned {
@@ -382,7 +488,7 @@ impl Master for MasterService {
         self.meta.put_dataset(&mut batch, &info);
         self.meta.write(batch).map_err(Status::from)?;
         info!(dataset = %r.name, pinned = ?r.pinned, ttl = ?r.ttl_seconds, "cache policy changed");
-        Ok(Response::new(info))
+        Ok(Response::new(redacted(info)))
     }
 
     type SyncDatasetStream = BoxStream<SyncProgress>;
@@ -392,7 +498,9 @@ impl Master for MasterService {
         &self,
         req: Request<SyncDatasetRequest>,
     ) -> Result<Response<Self::SyncDatasetStream>, Status> {
-        let info = self.dataset(&req.get_ref().name)?;
+        let who = principal(&req);
+        who.require(Role::Admin, "SyncDataset")?;
+        let info = self.dataset_for(&who, &req.get_ref().name)?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
@@ -400,7 +508,8 @@ impl Master for MasterService {
             let result = this
                 .run_sync(info, move |p| {
                     // A slow or gone client never stalls the sync.
-                    let _ = progress_tx.try_send(Ok(p.clone()));
+                    let p = SyncProgress { dataset: p.dataset.clone().map(redacted), ..p.clone() };
+                    let _ = progress_tx.try_send(Ok(p));
                 })
                 .await;
             if let Err(e) = result {
@@ -413,8 +522,10 @@ impl Master for MasterService {
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, parent = req.get_ref().parent))]
     async fn lookup(&self, req: Request<LookupRequest>) -> Result<Response<Inode>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "Lookup")?;
         let r = req.get_ref();
-        let info = self.dataset(&r.dataset)?;
+        let info = self.dataset_for(&who, &r.dataset)?;
         let found = self.meta.lookup(info.id, r.parent, &r.name).map_err(Status::from)?;
         let inode = found.ok_or_else(|| MasterError::EntryNotFound {
             dataset: r.dataset.clone(),
@@ -425,14 +536,18 @@ impl Master for MasterService {
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, ino = req.get_ref().ino))]
     async fn get_attr(&self, req: Request<GetAttrRequest>) -> Result<Response<Inode>, Status> {
-        let info = self.dataset(&req.get_ref().dataset)?;
+        let who = principal(&req);
+        who.require(Role::Client, "GetAttr")?;
+        let info = self.dataset_for(&who, &req.get_ref().dataset)?;
         Ok(Response::new(self.inode(&info, req.get_ref().ino)?))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, path = %req.get_ref().path))]
     async fn resolve_path(&self, req: Request<ResolvePathRequest>) -> Result<Response<Inode>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "ResolvePath")?;
         let r = req.get_ref();
-        let info = self.dataset(&r.dataset)?;
+        let info = self.dataset_for(&who, &r.dataset)?;
         let found = self.meta.resolve(info.id, &r.path).map_err(Status::from)?;
         let inode = found.ok_or_else(|| MasterError::EntryNotFound {
             dataset: r.dataset.clone(),
@@ -443,8 +558,10 @@ impl Master for MasterService {
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, ino = req.get_ref().ino))]
     async fn read_dir(&self, req: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "ReadDir")?;
         let r = req.get_ref();
-        let info = self.dataset(&r.dataset)?;
+        let info = self.dataset_for(&who, &r.dataset)?;
         let limit = match r.limit as usize {
             0 => READDIR_DEFAULT_LIMIT,
             n => n.min(READDIR_MAX_LIMIT),
@@ -467,12 +584,14 @@ impl Master for MasterService {
         &self,
         req: Request<ListNamespaceRequest>,
     ) -> Result<Response<Self::ListNamespaceStream>, Status> {
-        let info = self.dataset(&req.get_ref().dataset)?;
+        let who = principal(&req);
+        who.require(Role::Client, "ListNamespace")?;
+        let info = self.dataset_for(&who, &req.get_ref().dataset)?;
         let (tx, rx) = mpsc::channel(4);
         let meta = self.meta.clone();
         tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(NAMESPACE_CHUNK);
-            let mut first = Some(info.clone());
+            let mut first = Some(redacted(info.clone()));
             let res = meta.scan_inodes(info.id, |inode| {
                 chunk.push(inode);
                 if chunk.len() == NAMESPACE_CHUNK {
@@ -500,8 +619,10 @@ impl Master for MasterService {
         &self,
         req: Request<BlockLocationsRequest>,
     ) -> Result<Response<BlockLocationsResponse>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "GetBlockLocations")?;
         let r = req.get_ref();
-        let info = self.dataset(&r.dataset)?;
+        let info = self.dataset_for(&who, &r.dataset)?;
         let inode = self.inode(&info, r.ino)?;
         if inode.kind != FileKind::File as i32 {
             return Err(Status::failed_precondition(format!("inode {} is not a file", r.ino)));
@@ -522,6 +643,7 @@ impl Master for MasterService {
         &self,
         req: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        principal(&req).require(Role::Worker, "RegisterWorker")?;
         let r = req.into_inner();
         let worker = r.worker.ok_or_else(|| Status::invalid_argument("missing worker info"))?;
         if worker.id.is_empty() || worker.address.is_empty() {
@@ -530,39 +652,62 @@ impl Master for MasterService {
         if worker.address.parse::<std::net::SocketAddr>().is_err() && !worker.address.contains(':') {
             return Err(Status::invalid_argument(format!("worker address {:?} is not host:port", worker.address)));
         }
-        self.members.register(worker, &r.blocks);
+        let blocks = if r.cluster_id == self.meta.cluster_id {
+            self.issued(&worker.id, r.blocks)
+        } else {
+            if !r.blocks.is_empty() {
+                warn!(worker = %worker.id, blocks = r.blocks.len(), theirs = %r.cluster_id, ours = %self.meta.cluster_id,
+                    "a worker reported blocks of another cluster; they are ignored and the worker drops them");
+            }
+            Vec::new()
+        };
+        self.members.register(worker, &blocks);
         Ok(Response::new(RegisterWorkerResponse {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             policies: self.policies(),
+            cluster_id: self.meta.cluster_id.clone(),
+            block_key: self.meta.block_key().to_vec(),
         }))
     }
 
     #[instrument(skip_all, fields(worker = %req.get_ref().worker_id))]
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        principal(&req).require(Role::Worker, "Heartbeat")?;
         let r = req.into_inner();
-        let known = self.members.heartbeat(&r.worker_id, &r.added, &r.removed, r.tiers);
+        let added = self.issued(&r.worker_id, r.added);
+        let known = self.members.heartbeat(&r.worker_id, &added, &r.removed, r.tiers);
         Ok(Response::new(HeartbeatResponse { reregister: !known, policies: self.policies() }))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]
     async fn start_load(&self, req: Request<LoadSpec>) -> Result<Response<LoadJob>, Status> {
+        let who = principal(&req);
+        who.require(Role::Admin, "StartLoad")?;
         let spec = req.into_inner();
-        let info = self.dataset(&spec.dataset)?;
+        let info = self.dataset_for(&who, &spec.dataset)?;
         Ok(Response::new(self.loads.start(info, spec)?))
     }
 
     #[instrument(skip_all, fields(job = %req.get_ref().id))]
     async fn get_load(&self, req: Request<GetLoadRequest>) -> Result<Response<LoadJob>, Status> {
-        Ok(Response::new(self.loads.get(&req.get_ref().id)?))
+        let who = principal(&req);
+        who.require(Role::Client, "GetLoad")?;
+        Ok(Response::new(self.load_for(&who, &req.get_ref().id)?))
     }
 
     #[instrument(skip_all)]
-    async fn list_loads(&self, _req: Request<ListLoadsRequest>) -> Result<Response<ListLoadsResponse>, Status> {
-        Ok(Response::new(ListLoadsResponse { jobs: self.loads.list()? }))
+    async fn list_loads(&self, req: Request<ListLoadsRequest>) -> Result<Response<ListLoadsResponse>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "ListLoads")?;
+        let jobs = self.loads.list()?.into_iter().filter(|j| self.load_visible(&who, j)).collect();
+        Ok(Response::new(ListLoadsResponse { jobs }))
     }
 
     #[instrument(skip_all, fields(job = %req.get_ref().id))]
     async fn cancel_load(&self, req: Request<CancelLoadRequest>) -> Result<Response<LoadJob>, Status> {
+        let who = principal(&req);
+        who.require(Role::Admin, "CancelLoad")?;
+        self.load_for(&who, &req.get_ref().id)?;
         Ok(Response::new(self.loads.cancel(&req.get_ref().id)?))
     }
 
@@ -570,8 +715,10 @@ impl Master for MasterService {
 
     #[instrument(skip_all, fields(job = %req.get_ref().id))]
     async fn watch_load(&self, req: Request<GetLoadRequest>) -> Result<Response<Self::WatchLoadStream>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "WatchLoad")?;
         let id = req.into_inner().id;
-        self.loads.get(&id)?;
+        self.load_for(&who, &id)?;
         let loads = self.loads.clone();
         let (tx, rx) = mpsc::channel(4);
         let finished = self.loads.finished(&id);
@@ -594,16 +741,23 @@ impl Master for MasterService {
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset, path = %req.get_ref().path))]
     async fn free_cache(&self, req: Request<FreeCacheRequest>) -> Result<Response<FreeCacheResponse>, Status> {
+        let who = principal(&req);
+        who.require(Role::Admin, "FreeCache")?;
+        self.dataset_for(&who, &req.get_ref().dataset)?;
         Ok(Response::new(MasterService::free_cache(self, req.into_inner()).await?))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]
     async fn get_cache_usage(&self, req: Request<CacheUsageRequest>) -> Result<Response<CacheUsage>, Status> {
+        let who = principal(&req);
+        who.require(Role::Client, "GetCacheUsage")?;
+        self.dataset_for(&who, &req.get_ref().dataset)?;
         Ok(Response::new(self.cache_usage(&req.get_ref().dataset)?))
     }
 
     #[instrument(skip_all)]
-    async fn list_workers(&self, _req: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
+    async fn list_workers(&self, req: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
+        principal(&req).require(Role::Client, "ListWorkers")?;
         Ok(Response::new(ListWorkersResponse { workers: self.members.workers() }))
     }
 }

@@ -155,15 +155,23 @@ async fn apply(api: &Api<DataLoad>, dl: &DataLoad, ctx: &Ctx) -> Result<Action, 
     };
 
     if start {
-        let dataset = Api::<Dataset>::namespaced(ctx.client.clone(), &ns)
+        Api::<Dataset>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&dl.spec.dataset)
             .await?
             .ok_or_else(|| Error::MissingDataset(format!("Dataset {ns}/{} does not exist", dl.spec.dataset)))?;
-        let master_dataset = dataset
-            .status
-            .as_ref()
-            .and_then(|s| s.master_name.clone())
-            .unwrap_or_else(|| master_name(&ns, &dl.spec.dataset));
+        // From the names, never from status (which users may write), and only
+        // a dataset of this namespace.
+        let master_dataset = master_name(&ns, &dl.spec.dataset);
+        let owner = master
+            .get_dataset(shoal_proto::master::GetDatasetRequest { name: master_dataset.clone() })
+            .await
+            .map_err(Error::from_master)?;
+        if owner.get_ref().namespace() != ns {
+            return Err(Error::MasterRefused(format!(
+                "the master's dataset {master_dataset:?} belongs to namespace {:?}, not {ns:?}",
+                owner.get_ref().namespace()
+            )));
+        }
         let job = master.start_load(load_spec(dl, &master_dataset)).await.map_err(Error::from_master)?.into_inner();
         info!(job = %job.id, dataset = %master_dataset, "prewarm started");
         mirror(&mut status, &job);

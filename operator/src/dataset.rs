@@ -98,6 +98,7 @@ pub fn master_spec(
             ttl_seconds: duration("spec.cache.ttl", &cache.ttl)?,
         }),
         sync_interval_seconds: duration("spec.sync.interval", &ds.spec.sync.interval)?,
+        namespace: ns,
     })
 }
 
@@ -256,6 +257,15 @@ async fn ensure_on_master(ctx: &Ctx, spec: shoal_proto::master::DatasetSpec) -> 
     match master.get_dataset(GetDatasetRequest { name: spec.name.clone() }).await {
         Ok(found) => {
             let found = found.into_inner();
+            // Before anything else: a Dataset never takes over another namespace's.
+            if found.namespace() != spec.namespace {
+                return Err(Error::MasterRefused(format!(
+                    "the master's dataset {:?} belongs to namespace {:?}; a Dataset in {:?} cannot adopt it",
+                    spec.name,
+                    found.namespace(),
+                    spec.namespace
+                )));
+            }
             let have = found.spec.clone().unwrap_or_default();
             let (have_uri, want_uri) = (
                 have.mount.as_ref().map(|m| m.uri.as_str()).unwrap_or(""),
@@ -349,7 +359,18 @@ async fn cleanup(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
             .map(|_| ()),
     )?;
     label_nodes(ctx, &node_label(&ns, &name), &BTreeSet::new()).await?;
-    match ctx.master.clone().delete_dataset(DeleteDatasetRequest { name: master_name(&ns, &name) }).await {
+    // Only this namespace's dataset: a refused Dataset never deletes another's.
+    let mut master = ctx.master.clone();
+    match master.get_dataset(GetDatasetRequest { name: master_name(&ns, &name) }).await {
+        Ok(found) if found.get_ref().namespace() != ns => {
+            tracing::warn!(owner = %found.get_ref().namespace(), "the master's dataset of this name is another namespace's; left alone");
+            return Ok(Action::await_change());
+        }
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::NotFound => return Ok(Action::await_change()),
+        Err(s) => return Err(Error::from_master(s)),
+    }
+    match master.delete_dataset(DeleteDatasetRequest { name: master_name(&ns, &name) }).await {
         Ok(_) => {}
         Err(s) if s.code() == tonic::Code::NotFound => {}
         Err(s) => return Err(Error::from_master(s)),
@@ -431,6 +452,7 @@ mod tests {
         let secrets = [("secret_access_key".to_string(), "s3cr3t".to_string())].into();
         let spec = master_spec(&dataset(), &secrets).unwrap();
         assert_eq!(spec.name, "ml.imagenet");
+        assert_eq!(spec.namespace, "ml", "the dataset belongs to its resource's namespace");
         let mount = spec.mount.unwrap();
         assert_eq!(mount.uri, "s3://bucket/imagenet/");
         assert_eq!(mount.options["endpoint"], "http://minio:9000");

@@ -82,9 +82,10 @@ pub enum Error {
 impl Error {
     pub fn from_master(s: tonic::Status) -> Error {
         match s.code() {
-            tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
-                Error::MasterRefused(s.message().to_string())
-            }
+            tonic::Code::InvalidArgument
+            | tonic::Code::AlreadyExists
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied => Error::MasterRefused(s.message().to_string()),
             _ => Error::Master(format!("{}: {}", s.code(), s.message())),
         }
     }

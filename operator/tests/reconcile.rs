@@ -125,6 +125,7 @@ impl Shoal {
             lost_worker_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_millis(200),
             stale_block_grace: Duration::from_secs(60),
+            local_roots: vec![std::fs::canonicalize(dir.path()).unwrap()],
         };
         tokio::spawn(shoal_master::serve(cfg, listener, stop.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -155,11 +156,17 @@ impl Shoal {
     /// Register `ml.imagenet` (the source tree) on the master directly, as the
     /// operator would have; `block_size` 0 is the default.
     async fn register(&self, block_size: u64) -> shoal_proto::auth::Master {
+        self.register_in("ml", block_size).await
+    }
+
+    /// Register `ml.imagenet` as a dataset of namespace `ns`.
+    async fn register_in(&self, ns: &str, block_size: u64) -> shoal_proto::auth::Master {
         let mut master = self.master();
         master
             .create_dataset(shoal_proto::master::CreateDatasetRequest {
                 spec: Some(shoal_proto::master::DatasetSpec {
                     name: "ml.imagenet".into(),
+                    namespace: ns.into(),
                     mount: Some(shoal_proto::master::MountSpec { uri: self.src_uri(), options: Default::default() }),
                     cache: Some(shoal_proto::master::CachePolicy { block_size, ..Default::default() }),
                     ..Default::default()
@@ -345,11 +352,17 @@ async fn a_dataset_is_registered_served_as_pv_and_pvc_and_its_cache_nodes_labell
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
     server.finish().await;
 
-    // The master has it, with the credential from the Secret.
-    let info = shoal.master().get_dataset(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
+    // The master has it, in the resource's namespace, with the credential from
+    // the Secret: given to workers (GetStoreSpec), redacted for everyone else.
+    let info =
+        shoal.master().get_store_spec(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
     let spec = info.spec.unwrap();
+    assert_eq!(spec.namespace, "ml");
     assert_eq!(spec.mount.unwrap().options["token"], "tok-1");
     assert_eq!(spec.cache.unwrap().block_size, 64 * 1024);
+    let shown =
+        shoal.master().get_dataset(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
+    assert_eq!(shown.spec.unwrap().mount.unwrap().options["token"], "***", "clients never see the secret");
 
     // Prewarm, then the next pass labels the worker's node.
     let mut master = shoal.master();
@@ -433,6 +446,59 @@ async fn errors_become_conditions_and_events_not_crashes() {
     let server = ApiServer::start(handle, script);
     assert_eq!(dataset::reconcile(Arc::new(bad), ctx).await.unwrap(), Action::await_change());
     server.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_of_another_namespace_is_neither_adopted_nor_deleted() {
+    let shoal = Shoal::start().await;
+    // `ml.imagenet` on the master belongs to namespace `prod`, pinned.
+    let mut master = shoal.register_in("prod", 0).await;
+    master
+        .set_cache_policy(shoal_proto::master::SetCachePolicyRequest {
+            name: "ml.imagenet".into(),
+            pinned: Some(true),
+            ttl_seconds: None,
+        })
+        .await
+        .unwrap();
+    let (ctx, handle) = shoal.ctx();
+    let ds = dataset_resource(&shoal.src_uri(), &["shoal.io/cleanup"]);
+    let script = vec![
+        expect(Method::GET, "/api/v1/namespaces/ml/secrets/creds", &[], secret_reply),
+        expect(Method::PATCH, &format!("{DS_PATH}/status"), &[], |p| {
+            assert_eq!(p["status"]["phase"], "Failed");
+            let c = &p["status"]["conditions"][0];
+            assert_eq!(c["reason"], "MasterRefused");
+            let m = c["message"].as_str().unwrap();
+            assert!(m.contains("\"prod\"") && m.contains("\"ml\""), "{m}");
+            (200, ds_obj())
+        }),
+        expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/ml/events", &[], echo),
+    ];
+    let server = ApiServer::start(handle, script);
+    let action = dataset::reconcile(Arc::new(ds.clone()), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change(), "a permanent refusal, not a retry loop");
+    server.finish().await;
+    let kept = master.get_dataset(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
+    assert_eq!(kept.namespace(), "prod");
+    assert!(kept.spec.unwrap().cache.unwrap().pinned, "the other namespace's policy is untouched");
+
+    // Deleting the refused Dataset leaves the other namespace's dataset alone.
+    let mut gone = ds;
+    gone.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    let (ctx, handle) = shoal.ctx();
+    let script = vec![
+        expect(Method::DELETE, "/api/v1/namespaces/ml/persistentvolumeclaims/imagenet", &[], |_| not_found("pvc")),
+        expect(Method::DELETE, "/api/v1/persistentvolumes/shoal.ml.imagenet", &[], |_| not_found("pv")),
+        expect(Method::GET, NODES, &["labelSelector=dataset.shoal.io%2Fml.imagenet"], node_list(&[])),
+        expect(Method::PATCH, DS_PATH, &[], |_| (200, ds_obj())),
+    ];
+    let server = ApiServer::start(handle, script);
+    dataset::reconcile(Arc::new(gone), ctx).await.unwrap();
+    server.finish().await;
+    let kept = master.get_dataset(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
+    assert_eq!(kept.namespace(), "prod", "still there");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,11 @@
 //!   that CA (and the name `SHOAL_TLS_DOMAIN`, when the certificate names the
 //!   service rather than each address).
 //!
+//! - roles (`SHOAL_TOKENS_FILE`, servers only): a table of credentials, each
+//!   with a role (admin, worker, client) and the Kubernetes namespaces whose
+//!   datasets it may see; a server with it accepts only those tokens and gives
+//!   each request its [`Principal`]. The one shared token has every right.
+//!
 //! Without them nothing is checked. Files are read once (Kubernetes Secrets
 //! mounted as files); their contents are never logged.
 
@@ -49,12 +54,7 @@ fn read_token(path: Option<String>) -> Result<Option<Arc<str>>, AuthError> {
     let err = |reason: String| AuthError { path: format!("{TOKEN_FILE_ENV}={path}"), reason };
     let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read the token: {e}")))?;
     let token = text.trim();
-    if token.len() < 16 {
-        return Err(err("the token must be at least 16 characters".into()));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(err("the token must be printable ASCII without spaces".into()));
-    }
+    check_token(token).map_err(err)?;
     Ok(Some(token.into()))
 }
 
@@ -79,29 +79,219 @@ impl Interceptor for ClientAuth {
     }
 }
 
-/// Checks the token on every request a server receives.
-#[derive(Clone)]
-pub struct ServerAuth(Option<Arc<str>>);
+/// The environment variable naming a server's credentials table (roles).
+pub const TOKENS_FILE_ENV: &str = "SHOAL_TOKENS_FILE";
 
-impl ServerAuth {
-    pub fn from_env() -> Result<ServerAuth, AuthError> {
-        Ok(ServerAuth(token()?))
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Create, delete, sync, prewarm and free datasets; everything a client may.
+    Admin,
+    /// Cluster-internal: workers registering and reading store credentials, the
+    /// master driving workers.
+    Worker,
+    /// Read datasets: mounts, the CSI plugin, the scheduler.
+    Client,
+}
+
+impl Role {
+    fn bit(self) -> u8 {
+        match self {
+            Role::Admin => 1,
+            Role::Worker => 2,
+            Role::Client => 4,
+        }
     }
 
-    pub fn with_token(token: Option<&str>) -> ServerAuth {
-        ServerAuth(token.map(Into::into))
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Worker => "worker",
+            Role::Client => "client",
+        }
     }
 }
 
+/// Who sent a request, as the server's credentials table says; handlers read it
+/// from the request's extensions with [`principal`].
+#[derive(Debug, Clone)]
+pub struct Principal {
+    roles: u8,
+    /// Kubernetes namespaces whose datasets it may see; `None` = all.
+    namespaces: Option<Arc<[String]>>,
+}
+
+impl Principal {
+    /// Every right: a server without credentials, or the one shared token.
+    pub fn everything() -> Principal {
+        Principal { roles: 7, namespaces: None }
+    }
+
+    pub fn new(role: Role, namespaces: Option<Vec<String>>) -> Principal {
+        Principal { roles: role.bit(), namespaces: namespaces.map(Into::into) }
+    }
+
+    /// Whether it holds `role` (an admin is also a client).
+    pub fn has(&self, role: Role) -> bool {
+        let mut roles = self.roles;
+        if roles & Role::Admin.bit() != 0 {
+            roles |= Role::Client.bit();
+        }
+        roles & role.bit() != 0
+    }
+
+    /// `PermissionDenied` unless it holds `role`; `what` names the call.
+    pub fn require(&self, role: Role, what: &str) -> Result<(), Status> {
+        if self.has(role) {
+            return Ok(());
+        }
+        let held: Vec<&str> =
+            [Role::Admin, Role::Worker, Role::Client].into_iter().filter(|r| self.has(*r)).map(Role::as_str).collect();
+        Err(Status::permission_denied(format!(
+            "{what} needs the {} role; this credential has {}",
+            role.as_str(),
+            held.join(", ")
+        )))
+    }
+
+    /// Whether it may see datasets of Kubernetes namespace `ns`.
+    pub fn sees(&self, ns: &str) -> bool {
+        self.namespaces.as_ref().is_none_or(|list| list.iter().any(|n| n == ns))
+    }
+
+    /// Whether it may see every namespace.
+    pub fn sees_all(&self) -> bool {
+        self.namespaces.is_none()
+    }
+
+    /// `PermissionDenied` unless it may see namespace `ns`.
+    pub fn require_namespace(&self, ns: &str, what: &str) -> Result<(), Status> {
+        if self.sees(ns) {
+            return Ok(());
+        }
+        let list = self.namespaces.as_deref().unwrap_or_default().join(", ");
+        Err(Status::permission_denied(format!(
+            "{what} belongs to namespace {ns:?}; this credential is for namespaces {list}"
+        )))
+    }
+}
+
+/// The sender of `req` (every right when no interceptor ran: an in-process call).
+pub fn principal<T>(req: &Request<T>) -> Principal {
+    req.extensions().get::<Principal>().cloned().unwrap_or_else(Principal::everything)
+}
+
+/// Checks the credential of every request a server receives and attaches its
+/// [`Principal`].
+#[derive(Clone)]
+pub struct ServerAuth(Option<Arc<[(Arc<str>, Principal)]>>);
+
+impl ServerAuth {
+    /// From `$SHOAL_TOKENS_FILE` (a table of roles), else `$SHOAL_TOKEN_FILE`
+    /// (one shared token with every right), else open.
+    pub fn from_env() -> Result<ServerAuth, AuthError> {
+        if let Some(path) = std::env::var(TOKENS_FILE_ENV).ok().filter(|p| !p.is_empty()) {
+            let err = |reason: String| AuthError { path: format!("{TOKENS_FILE_ENV}={path}"), reason };
+            let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read the tokens: {e}")))?;
+            return Ok(ServerAuth(Some(parse_tokens(&text).map_err(err)?.into())));
+        }
+        Ok(Self::with_token(token()?.as_deref()))
+    }
+
+    /// One shared token with every right (`None`: open).
+    pub fn with_token(token: Option<&str>) -> ServerAuth {
+        ServerAuth(token.map(|t| vec![(Arc::<str>::from(t), Principal::everything())].into()))
+    }
+}
+
+fn check_token(token: &str) -> Result<(), String> {
+    if token.len() < 16 {
+        return Err("the token must be at least 16 characters".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token must be printable ASCII without spaces".into());
+    }
+    Ok(())
+}
+
+/// A credentials table: one line per credential, `ROLE NAMESPACES TOKEN`, where
+/// `ROLE` is `admin`, `worker` or `client` and `NAMESPACES` is `*` or a
+/// comma-separated list; blank lines and `#` comments are skipped. Errors name
+/// the line, never the token.
+pub fn parse_tokens(text: &str) -> Result<Vec<(Arc<str>, Principal)>, String> {
+    let mut out: Vec<(Arc<str>, Principal)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: String| format!("line {}: {why} (expected ROLE NAMESPACES TOKEN)", n + 1);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [role, namespaces, token] = fields[..] else {
+            return Err(bad(format!("{} fields instead of 3", fields.len())));
+        };
+        let role = match role {
+            "admin" => Role::Admin,
+            "worker" => Role::Worker,
+            "client" => Role::Client,
+            other => return Err(bad(format!("unknown role {other:?} (admin, worker or client)"))),
+        };
+        let namespaces = match namespaces {
+            "*" => None,
+            list => {
+                let list: Vec<String> = list.split(',').map(str::to_string).collect();
+                if let Some(n) = list.iter().find(|n| !valid_namespace(n)) {
+                    return Err(bad(format!("{n:?} is not a Kubernetes namespace name")));
+                }
+                Some(list)
+            }
+        };
+        check_token(token).map_err(bad)?;
+        if out.iter().any(|(t, _)| &**t == token) {
+            return Err(bad("the same token is listed twice".into()));
+        }
+        out.push((token.into(), Principal::new(role, namespaces)));
+    }
+    if out.is_empty() {
+        return Err("no credentials listed".into());
+    }
+    Ok(out)
+}
+
+/// A Kubernetes namespace name: a DNS label (lowercase letters, digits and
+/// '-', 1 to 63 characters, starting and ending with a letter or digit).
+pub fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 63
+        && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-')
+}
+
 impl Interceptor for ServerAuth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(want) = &self.0 else { return Ok(req) };
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(table) = &self.0 else {
+            req.extensions_mut().insert(Principal::everything());
+            return Ok(req);
+        };
         let got =
             req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match got {
-            Some(got) if constant_time_eq(got.as_bytes(), want.as_bytes()) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("wrong token")),
-            None => Err(Status::unauthenticated(format!("this server requires a token: set {TOKEN_FILE_ENV}"))),
+        let Some(got) = got else {
+            return Err(Status::unauthenticated(format!("this server requires a token: set {TOKEN_FILE_ENV}")));
+        };
+        // Every entry is compared, so the time taken says nothing of which matched.
+        let mut found = None;
+        for (token, p) in table.iter() {
+            if constant_time_eq(got.as_bytes(), token.as_bytes()) {
+                found = Some(p.clone());
+            }
+        }
+        match found {
+            Some(p) => {
+                req.extensions_mut().insert(p);
+                Ok(req)
+            }
+            None => Err(Status::unauthenticated("wrong token")),
         }
     }
 }
@@ -220,6 +410,42 @@ mod tests {
         for bad in [None, Some("Bearer 0123456789abcdef0124"), Some("Bearer "), Some("0123456789abcdef0123")] {
             let e = locked.call(request(bad)).unwrap_err();
             assert_eq!(e.code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_tokens_table_gives_each_credential_its_role_and_namespaces() {
+        let table = parse_tokens(
+            "# role namespaces token\nadmin * admin-0123456789abcdef\n\nworker * worker-0123456789abcdef\nclient a,b client-0123456789abcdef\n",
+        )
+        .unwrap();
+        let mut auth = ServerAuth(Some(table.into()));
+        let who =
+            |auth: &mut ServerAuth, t: &str| principal(&auth.call(request(Some(&format!("Bearer {t}")))).unwrap());
+        let admin = who(&mut auth, "admin-0123456789abcdef");
+        assert!(admin.has(Role::Admin) && admin.has(Role::Client) && !admin.has(Role::Worker) && admin.sees("x"));
+        let worker = who(&mut auth, "worker-0123456789abcdef");
+        assert!(worker.has(Role::Worker) && !worker.has(Role::Client) && !worker.has(Role::Admin));
+        let client = who(&mut auth, "client-0123456789abcdef");
+        assert!(client.has(Role::Client) && !client.has(Role::Admin) && !client.has(Role::Worker));
+        assert!(client.sees("a") && client.sees("b") && !client.sees("c"));
+        let denied = client.require(Role::Admin, "DeleteDataset").unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert_eq!(client.require_namespace("c", "dataset d").unwrap_err().code(), tonic::Code::PermissionDenied);
+        for bad in [None, Some("Bearer client-0123456789abcdeX")] {
+            assert_eq!(auth.call(request(bad)).unwrap_err().code(), tonic::Code::Unauthenticated);
+        }
+        for (text, why) in [
+            ("", "no credentials"),
+            ("root * 0123456789abcdef0123", "unknown role"),
+            ("client * short", "at least 16"),
+            ("client A_B 0123456789abcdef0123", "not a Kubernetes namespace"),
+            ("client *", "2 fields"),
+            ("client * 0123456789abcdef0123\nadmin * 0123456789abcdef0123", "twice"),
+        ] {
+            let e = parse_tokens(text).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+            assert!(!e.contains("0123456789abcdef0123"), "an error shows the token: {e}");
         }
     }
 

@@ -19,6 +19,16 @@ pub mod csi {
 
 pub mod auth;
 
+impl master::DatasetInfo {
+    /// The Kubernetes namespace the dataset belongs to ("" reads as `default`).
+    pub fn namespace(&self) -> &str {
+        match self.spec.as_ref().map(|s| s.namespace.as_str()) {
+            Some("") | None => "default",
+            Some(ns) => ns,
+        }
+    }
+}
+
 /// Largest gRPC message either side accepts (a block chunk is at most 4 MiB).
 /// A gRPC server's accepted connections, with Nagle's algorithm off. A reply's
 /// HTTP/2 frames (headers, data, trailers) go out in separate writes; with Nagle

@@ -375,6 +375,18 @@ impl BlockStore {
         freed
     }
 
+    /// Drop every block (they belong to another cluster); their removal is
+    /// not reported, as no master of this cluster ever heard of them.
+    pub fn clear(&self) -> usize {
+        let ids = self.all_blocks();
+        for id in &ids {
+            self.remove(*id);
+        }
+        self.settle();
+        let _ = self.take_deltas();
+        ids.len()
+    }
+
     /// Apply the datasets' cache policies: pin the cached blocks of pinned
     /// datasets (out of eviction's reach) and hand unpinned ones back.
     pub fn set_policies(&self, policies: HashMap<u32, Policy>) {

@@ -1,10 +1,12 @@
 //! The under-stores of the datasets this worker reads from, opened once per dataset
-//! from the spec the master holds, and the validation of block references that
-//! arrive on the wire (a hostile path never reaches the store).
+//! from the spec (credentials included) the master gives workers alone, and the
+//! validation of block references that arrive on the wire: a reference the
+//! master did not sign is refused, and a hostile path never reaches the store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use shoal_core::identity::{Signed, Signer};
 use shoal_core::{ids, StoreSpec, UnderStore};
 use shoal_proto::master::GetDatasetRequest;
 use shoal_proto::worker::BlockRef;
@@ -22,13 +24,29 @@ pub struct CheckedRef {
     pub len: u64,
     /// The file as the client's namespace listed it.
     pub version: shoal_core::Version,
+    /// The identity epoch the reference was verified under (see `Identity::during`).
+    pub epoch: u64,
 }
 
-/// Validate a block reference: a dataset name, a clean absolute path, an index
+/// Validate a block reference: signed by the master (`signer`: `None` until the
+/// worker knows its cluster), a dataset name, a clean absolute path, an index
 /// inside the file.
-pub fn check_ref(r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
+pub fn check_ref(r: Option<&BlockRef>, signer: Option<&Signer>) -> Result<CheckedRef, WorkerError> {
     let bad = |m: String| WorkerError::InvalidRequest(m);
     let r = r.ok_or_else(|| bad("missing block reference".into()))?;
+    let signer = signer.ok_or(WorkerError::NotRegistered)?;
+    let signed = Signed {
+        dataset_id: r.dataset_id,
+        file_id: r.file_id,
+        block_size: r.block_size,
+        file_size: r.file_size,
+        mtime_sec: r.mtime_sec,
+        mtime_nsec: r.mtime_nsec,
+        path: &r.path,
+    };
+    if !signer.verify(&signed, &r.sig) {
+        return Err(WorkerError::Unsigned(r.path.clone()));
+    }
     ids::validate_dataset_name(&r.dataset).map_err(|e| bad(e.to_string()))?;
     ids::validate_block_size(r.block_size).map_err(|e| bad(e.to_string()))?;
     if r.path == "/" || ids::validate_dataset_path(&r.path).is_err() {
@@ -44,6 +62,7 @@ pub fn check_ref(r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
         offset,
         len,
         version: shoal_core::Version::listed(r.file_size, r.mtime_sec, r.mtime_nsec),
+        epoch: 0,
     })
 }
 
@@ -65,7 +84,7 @@ impl Datasets {
         let info = self
             .master
             .clone()
-            .get_dataset(GetDatasetRequest { name: name.to_string() })
+            .get_store_spec(GetDatasetRequest { name: name.to_string() })
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::NotFound => WorkerError::DatasetGone(name.to_string()),
@@ -88,8 +107,25 @@ impl Datasets {
 mod tests {
     use super::*;
 
+    fn signer() -> Signer {
+        Signer::new(&[3; shoal_core::identity::KEY_LEN]).unwrap()
+    }
+
+    fn sign(mut r: BlockRef) -> BlockRef {
+        r.sig = signer().sign(&Signed {
+            dataset_id: r.dataset_id,
+            file_id: r.file_id,
+            block_size: r.block_size,
+            file_size: r.file_size,
+            mtime_sec: r.mtime_sec,
+            mtime_nsec: r.mtime_nsec,
+            path: &r.path,
+        });
+        r
+    }
+
     fn r(path: &str, index: u32, size: u64) -> BlockRef {
-        BlockRef {
+        sign(BlockRef {
             dataset: "ds".into(),
             dataset_id: 1,
             file_id: 9,
@@ -98,7 +134,29 @@ mod tests {
             block_size: 1 << 20,
             file_size: size,
             ..Default::default()
-        }
+        })
+    }
+
+    fn check_ref(r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
+        super::check_ref(r, Some(&signer()))
+    }
+
+    #[test]
+    fn unsigned_and_forged_refs_are_refused() {
+        let good = r("/a/b", 0, 10);
+        assert!(check_ref(Some(&good)).is_ok());
+        // Another file's path under this file's id (the poisoning of issue 16).
+        let forged = BlockRef { path: "/a/c".into(), ..good.clone() };
+        assert!(matches!(check_ref(Some(&forged)), Err(WorkerError::Unsigned(_))));
+        let bigger = BlockRef { block_size: 2 << 20, ..good.clone() };
+        assert!(matches!(check_ref(Some(&bigger)), Err(WorkerError::Unsigned(_))));
+        let unsigned = BlockRef { sig: Vec::new(), ..good.clone() };
+        assert!(matches!(check_ref(Some(&unsigned)), Err(WorkerError::Unsigned(_))));
+        assert!(matches!(super::check_ref(Some(&good), None), Err(WorkerError::NotRegistered)));
+        let other = Signer::new(&[4; shoal_core::identity::KEY_LEN]).unwrap();
+        assert!(matches!(super::check_ref(Some(&good), Some(&other)), Err(WorkerError::Unsigned(_))));
+        assert_eq!(tonic::Status::from(WorkerError::Unsigned("/a".into())).code(), tonic::Code::PermissionDenied);
+        assert_eq!(tonic::Status::from(WorkerError::NotRegistered).code(), tonic::Code::Unavailable);
     }
 
     #[test]
@@ -114,6 +172,7 @@ mod tests {
         assert!(check_ref(None).is_err());
         let mut bad_ds = r("/a", 0, 10);
         bad_ds.dataset = "../x".into();
+        let bad_ds = sign(bad_ds);
         assert!(check_ref(Some(&bad_ds)).is_err());
     }
 }

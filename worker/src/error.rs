@@ -12,6 +12,10 @@ pub enum WorkerError {
     InvalidRequest(String),
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
+    #[error("block reference for {0:?} is not signed by this cluster's master (read the namespace from the master)")]
+    Unsigned(String),
+    #[error("this worker has not registered with its master yet: it cannot verify block references")]
+    NotRegistered,
     #[error("dataset {0:?} is unknown to the master")]
     DatasetGone(String),
     #[error("master unreachable: {0}")]
@@ -28,6 +32,8 @@ impl From<WorkerError> for Status {
             WorkerError::InvalidRequest(_) => Code::InvalidArgument,
             WorkerError::Config(_) => Code::FailedPrecondition,
             WorkerError::DatasetGone(_) => Code::NotFound,
+            WorkerError::Unsigned(_) => Code::PermissionDenied,
+            WorkerError::NotRegistered => Code::Unavailable,
             WorkerError::Store(c) if c.is_not_found() => Code::NotFound,
             WorkerError::Store(CoreError::Changed { .. }) => Code::FailedPrecondition,
             WorkerError::Store(c) if c.is_invalid_input() => Code::InvalidArgument,

@@ -6,6 +6,7 @@
 pub mod block_store;
 pub mod datasets;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod service;
 pub mod tier;
@@ -114,8 +115,10 @@ async fn report_loop(
     me: WorkerInfo,
     store: Arc<BlockStore>,
     report_soon: Arc<tokio::sync::Notify>,
+    who: (Arc<identity::Identity>, Vec<std::path::PathBuf>),
     shutdown: CancellationToken,
 ) {
+    let (identity, tier_dirs) = who;
     let mut interval = Duration::from_secs(3);
     let mut registered = false;
     loop {
@@ -129,11 +132,17 @@ async fn report_loop(
             .await
             .unwrap_or_default();
             let n = blocks.len();
-            let req = RegisterWorkerRequest { worker: Some(WorkerInfo { tiers, ..me.clone() }), blocks };
+            let cluster_id = identity.cluster().unwrap_or_default();
+            let req = RegisterWorkerRequest { worker: Some(WorkerInfo { tiers, ..me.clone() }), blocks, cluster_id };
             match master.register_worker(req).await {
                 Ok(resp) => {
-                    registered = true;
                     let resp = resp.into_inner();
+                    if let Err(e) = adopt_cluster(&store, &identity, &tier_dirs, &resp).await {
+                        warn!(error = %e, "cannot take on the master's cluster identity; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    registered = true;
                     interval = Duration::from_millis(resp.heartbeat_interval_ms.clamp(100, 60_000));
                     let s = store.clone();
                     let _ = tokio::task::spawn_blocking(move || apply_policies(&s, &resp.policies)).await;
@@ -198,6 +207,46 @@ async fn report_loop(
     }
 }
 
+/// Serve under the cluster a registration answered with. Blocks cached for
+/// another cluster (or for none known) are dropped before its key is taken on,
+/// so no reference of the new cluster can read them.
+async fn adopt_cluster(
+    store: &Arc<BlockStore>,
+    identity: &Arc<identity::Identity>,
+    dirs: &[std::path::PathBuf],
+    resp: &shoal_proto::master::RegisterWorkerResponse,
+) -> Result<(), WorkerError> {
+    let signer = shoal_core::identity::Signer::new(&resp.block_key)
+        .filter(|_| shoal_core::identity::valid_cluster_id(&resp.cluster_id))
+        .ok_or_else(|| WorkerError::Master("the master sent no valid cluster id and block key".into()))?;
+    let changed = identity.cluster().as_deref() != Some(resp.cluster_id.as_str());
+    let (s, id, dirs) = (store.clone(), identity.clone(), dirs.to_vec());
+    let (cluster, key) = (resp.cluster_id.clone(), resp.block_key.clone());
+    let (dropped, marked) = tokio::task::spawn_blocking(move || {
+        let (mut dropped, mut marked) = (0, Ok(()));
+        // The old blocks go before the tiers are marked as the new cluster's: a
+        // crash in between leaves the old mark, and the next start clears again.
+        id.set(cluster.clone(), signer, || {
+            dropped = s.clear();
+            marked = crate::identity::store(&dirs, &cluster, &key);
+        });
+        (dropped, marked)
+    })
+    .await
+    .map_err(|e| WorkerError::Config(e.to_string()))?;
+    if dropped > 0 {
+        warn!(blocks = dropped, cluster = %resp.cluster_id, "dropped every cached block: they were cached for another cluster");
+    }
+    if let Err(e) = marked {
+        warn!(error = %e, "cannot mark the tiers with the cluster id; a restart will drop their blocks");
+    }
+    if !changed {
+        return Ok(());
+    }
+    info!(cluster = %resp.cluster_id, "serving for cluster");
+    Ok(())
+}
+
 /// Open the tiers and serve the worker API on `listener` until `shutdown`.
 pub async fn serve(
     config: WorkerConfig,
@@ -227,8 +276,20 @@ pub async fn serve(
         datasets::Datasets::new(master.clone()),
         config.fill_budget,
     );
+    // The tiers' own record of their cluster serves until the master answers.
+    let dirs: Vec<std::path::PathBuf> = config.tiers.iter().map(|t| t.dir.clone()).collect();
+    if let Some((cluster, signer)) = identity::load(&dirs) {
+        service.0.identity.set(cluster, signer, || {});
+    }
     let me = WorkerInfo { id: config.id.clone(), node: config.node.clone(), address: advertise, ..Default::default() };
-    let reporter = tokio::spawn(report_loop(master, me, store, service.0.report_soon.clone(), shutdown.clone()));
+    let reporter = tokio::spawn(report_loop(
+        master,
+        me,
+        store,
+        service.0.report_soon.clone(),
+        (service.0.identity.clone(), dirs),
+        shutdown.clone(),
+    ));
     info!(addr = %local, id = %config.id, "worker serving");
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = shoal_proto::auth::server_tls().map_err(|e| WorkerError::Config(e.to_string()))? {

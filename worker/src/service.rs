@@ -57,6 +57,8 @@ pub struct State {
     /// Woken when a block is newly cached, so the master hears of it within
     /// [`crate::EARLY_REPORT_DELAY`] rather than a whole heartbeat interval.
     pub report_soon: Arc<tokio::sync::Notify>,
+    /// The cluster and key block references are verified with.
+    pub identity: Arc<crate::identity::Identity>,
 }
 
 /// The worker's gRPC service; cheap to clone.
@@ -79,7 +81,14 @@ impl WorkerService {
             fill_units,
             counters: Counters::default(),
             report_soon: Arc::new(tokio::sync::Notify::new()),
+            identity: Arc::default(),
         }))
+    }
+
+    /// A block reference from the wire, verified against the master's signature.
+    fn check(&self, r: Option<&BlockRef>) -> Result<CheckedRef, WorkerError> {
+        let (signer, epoch) = self.0.identity.signer().unzip();
+        Ok(CheckedRef { epoch: epoch.unwrap_or(0), ..check_ref(r, signer.as_ref())? })
     }
 
     /// Bytes of a cached block, verified where it is trusted again (SSD tier).
@@ -154,7 +163,13 @@ impl WorkerService {
         let store = self.0.store.clone();
         let d = data.clone();
         let dataset = r.dataset_id;
-        let cached = blocking(move || store.insert(id, dataset, &d)).await?.map_err(Status::from)?;
+        let (identity, epoch) = (self.0.identity.clone(), r.epoch);
+        // Cached only under the cluster the reference was verified for.
+        let cached = blocking(move || identity.during(epoch, || store.insert(id, dataset, &d)))
+            .await?
+            .transpose()
+            .map_err(Status::from)?
+            .flatten();
         if cached.is_none() {
             warn!(block = %id, "no tier has room; serving the block uncached");
         } else {
@@ -176,7 +191,7 @@ impl Worker for WorkerService {
     #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or(""), block))]
     async fn read_block(&self, req: Request<ReadBlockRequest>) -> Result<Response<Self::ReadBlockStream>, Status> {
         let r = req.get_ref();
-        let checked = check_ref(r.block.as_ref())?;
+        let checked = self.check(r.block.as_ref())?;
         tracing::Span::current().record("block", tracing::field::display(checked.id));
         if r.offset > checked.len {
             return Err(Status::out_of_range(format!("offset {} is past the block's {} bytes", r.offset, checked.len)));
@@ -199,7 +214,7 @@ impl Worker for WorkerService {
     #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or("")))]
     async fn open_local(&self, req: Request<OpenLocalRequest>) -> Result<Response<OpenLocalResponse>, Status> {
         let r = req.get_ref();
-        let checked = check_ref(r.block.as_ref())?;
+        let checked = self.check(r.block.as_ref())?;
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["open_local"]).start_timer();
         let mut cached = self.0.store.get(checked.id);
         if cached.is_none() && r.fill {
@@ -222,7 +237,7 @@ impl Worker for WorkerService {
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or("")))]
     async fn cache_block(&self, req: Request<CacheBlockRequest>) -> Result<Response<CacheBlockResponse>, Status> {
-        let checked = check_ref(req.get_ref().block.as_ref())?;
+        let checked = self.check(req.get_ref().block.as_ref())?;
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["cache_block"]).start_timer();
         if let Some(c) = self.0.store.get(checked.id) {
             return Ok(Response::new(CacheBlockResponse {
@@ -244,6 +259,10 @@ impl Worker for WorkerService {
 
     #[instrument(skip_all, fields(blocks = req.get_ref().blocks.len()))]
     async fn free_blocks(&self, req: Request<FreeBlocksRequest>) -> Result<Response<FreeBlocksResponse>, Status> {
+        let who = shoal_proto::auth::principal(&req);
+        if !who.has(shoal_proto::auth::Role::Worker) {
+            who.require(shoal_proto::auth::Role::Admin, "FreeBlocks")?;
+        }
         let ids: Vec<BlockId> = req.into_inner().blocks.iter().map(|b| BlockId::new(b.file_id, b.index)).collect();
         let store = self.0.store.clone();
         let (n, bytes) = blocking(move || {

@@ -174,7 +174,11 @@ pub fn publish_req(volume: &str, target: &Path) -> NodePublishVolumeRequest {
         target_path: target.to_string_lossy().into_owned(),
         volume_capability: Some(mount_cap(Mode::MultiNodeReaderOnly)),
         readonly: true,
-        volume_context: [("dataset".to_string(), "ds".to_string())].into(),
+        volume_context: [
+            ("dataset".to_string(), "ds".to_string()),
+            ("csi.storage.k8s.io/pod.namespace".to_string(), "default".to_string()),
+        ]
+        .into(),
         ..Default::default()
     }
 }

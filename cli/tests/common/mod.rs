@@ -131,10 +131,15 @@ impl Drop for Proc {
     }
 }
 
+/// A master whose local stores may be anywhere under its data dir's parent
+/// (the test's root).
 pub fn start_master(data_dir: &Path, listen: &str, log: &Path) -> Proc {
+    let root = data_dir.parent().unwrap().to_str().unwrap();
     Proc::start(
         &[
             "master",
+            "--allow-local-root",
+            root,
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--listen",
