@@ -4,9 +4,10 @@
 #
 #  - shoal-tokens: a random credential per role (admin, worker, client) and the
 #    credentials table (tokens) that the master and workers check them against
-#    (README.md: Authentication). Each pod mounts only its own credential: the
-#    master and the operator admin, workers worker, the CSI plugin (and the
-#    mounts it starts) and the scheduler client.
+#    (README.md: Authentication); the table holds only SHA-256 digests, so the
+#    servers that mount it hold no one's credential. Each pod mounts only its
+#    own credential: the master and the operator admin, workers worker, the CSI
+#    plugin (and the mounts it starts) and the scheduler client.
 #  - shoal-grpc-tls: a CA (ca.crt) and a certificate for the name
 #    shoal.shoal-system.svc (tls.crt, tls.key) that the master and workers serve
 #    gRPC with; every component verifies them against ca.crt.
@@ -14,7 +15,7 @@
 # Usage: deploy/make-secrets.sh            create the namespace and apply both Secrets
 #        deploy/make-secrets.sh --print    write both Secrets as YAML to stdout
 #                                          (nothing is applied; e.g. for a GitOps repo)
-# Needs openssl and kubectl (only --print works without a cluster). Existing
+# Needs openssl, and kubectl unless --print. Existing
 # Secrets are replaced: restart the shoal workloads afterwards (deploy/README.md).
 # Nothing secret is written to disk outside a temporary directory that is removed.
 set -euo pipefail
@@ -26,7 +27,9 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: $0 [--print]" >&2; exit 2 ;;
 esac
-for tool in openssl kubectl; do
+tools=(openssl base64)
+$print || tools+=(kubectl)
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || { echo "$0: $tool is required" >&2; exit 1; }
 done
 
@@ -40,11 +43,12 @@ umask 077
 for role in admin worker client; do
   openssl rand -hex 32 | tr -d '\n' >"$tmp/$role"
 done
+sha() { openssl dgst -sha256 -r <"$1" | cut -d' ' -f1; }
 {
-  echo "# role  namespaces  token"
-  echo "admin  *  $(cat "$tmp/admin")"
-  echo "worker *  $(cat "$tmp/worker")"
-  echo "client *  $(cat "$tmp/client")"
+  echo "# role  namespaces  token (its SHA-256 digest)"
+  echo "admin  *  sha256:$(sha "$tmp/admin")"
+  echo "worker *  sha256:$(sha "$tmp/worker")"
+  echo "client *  sha256:$(sha "$tmp/client")"
 } >"$tmp/tokens"
 
 # A CA valid ten years, and the gRPC servers' certificate, two years.
@@ -56,13 +60,19 @@ printf "subjectAltName=DNS:%s,DNS:shoal-master.%s.svc\nextendedKeyUsage=serverAu
 openssl x509 -req -in "$tmp/tls.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" -CAcreateserial \
   -days 730 -extfile "$tmp/ext" -out "$tmp/tls.crt" 2>/dev/null
 
+# One Secret as YAML: NAME, then KEY=FILE pairs.
+secret() {
+  local name="$1"
+  shift
+  printf 'apiVersion: v1\nkind: Secret\ntype: Opaque\nmetadata:\n  name: %s\n  namespace: %s\ndata:\n' "$name" "$ns"
+  for kv in "$@"; do
+    printf '  %s: %s\n' "${kv%%=*}" "$(base64 -w0 <"${kv#*=}")"
+  done
+}
 secrets() {
-  kubectl create secret generic shoal-tokens -n "$ns" --dry-run=client -o yaml \
-    --from-file=tokens="$tmp/tokens" --from-file=admin="$tmp/admin" \
-    --from-file=worker="$tmp/worker" --from-file=client="$tmp/client"
+  secret shoal-tokens tokens="$tmp/tokens" admin="$tmp/admin" worker="$tmp/worker" client="$tmp/client"
   echo "---"
-  kubectl create secret generic shoal-grpc-tls -n "$ns" --dry-run=client -o yaml \
-    --from-file=tls.crt="$tmp/tls.crt" --from-file=tls.key="$tmp/tls.key" --from-file=ca.crt="$tmp/ca.crt"
+  secret shoal-grpc-tls tls.crt="$tmp/tls.crt" tls.key="$tmp/tls.key" ca.crt="$tmp/ca.crt"
 }
 
 if $print; then

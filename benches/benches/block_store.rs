@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
 /// A MEM-tier hit as the worker serves it, with and without `check_ref` (the
 /// signature verification, path and range checks) first.
 fn signed_refs(c: &mut Criterion) {
-    use shoal_core::identity::{Signed, Signer, KEY_LEN};
+    use shoal_core::identity::{Signer, KEY_LEN};
     let signer = Signer::new(&[7; KEY_LEN]).unwrap();
     let mem_dir =
         tempfile::tempdir_in(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" }).unwrap();
@@ -74,28 +74,19 @@ fn signed_refs(c: &mut Criterion) {
         let refs: Vec<shoal_proto::worker::BlockRef> = (0..BLOCKS)
             .map(|i| {
                 store.insert(BlockId::new(u64::from(i) + 2, 0), 1, &data).unwrap().unwrap();
-                let path = format!("/train/class-{i:03}/image-{i:06}.jpg");
-                let f = Signed {
+                let mut r = shoal_proto::worker::BlockRef {
+                    dataset: "imagenet".into(),
                     dataset_id: 1,
                     file_id: u64::from(i) + 2,
+                    index: 0,
+                    path: format!("/train/class-{i:03}/image-{i:06}.jpg"),
                     block_size: 8 << 20,
                     file_size: len as u64,
                     mtime_sec: 1_700_000_000,
-                    mtime_nsec: 0,
-                    path: &path,
+                    ..Default::default()
                 };
-                shoal_proto::worker::BlockRef {
-                    dataset: "imagenet".into(),
-                    dataset_id: 1,
-                    file_id: f.file_id,
-                    index: 0,
-                    path: path.clone(),
-                    block_size: f.block_size,
-                    file_size: f.file_size,
-                    mtime_sec: f.mtime_sec,
-                    mtime_nsec: 0,
-                    sig: signer.sign(&f),
-                }
+                r.sig = signer.sign(&shoal_worker::datasets::signed_fields(&r));
+                r
             })
             .collect();
         let hit = |r: &shoal_proto::worker::BlockRef| {

@@ -237,7 +237,11 @@ async fn roles_and_namespaces_limit_what_each_credential_does() {
     let table = root.join("tokens");
     std::fs::write(
         &table,
-        format!("# role namespaces token\nadmin * {admin}\nworker * {worker}\nclient * {client}\nclient ml {ml}\n"),
+        // The client's as its digest, the others as they are.
+        format!(
+            "# role namespaces token\nadmin * {admin}\nworker * {worker}\nclient * sha256:{}\nclient ml {ml}\n",
+            sha256(client.as_bytes())
+        ),
     )
     .unwrap();
     let file = |name: &str, token: &str| {
@@ -252,7 +256,7 @@ async fn roles_and_namespaces_limit_what_each_credential_does() {
     let as_admin = [("SHOAL_TOKEN_FILE", admin_f.as_str())];
     let as_client = [("SHOAL_TOKEN_FILE", client_f.as_str())];
     let as_ml = [("SHOAL_TOKEN_FILE", ml_f.as_str())];
-    let (master, _worker, src) = cluster(root, &servers, &as_admin);
+    let (master, wproc, src) = cluster(root, &servers, &as_admin);
     let m = master.addr.as_str();
 
     // A client reads, and may not change anything: exit 6, the role named.
@@ -293,6 +297,27 @@ async fn roles_and_namespaces_limit_what_each_credential_does() {
     let got = std::fs::read(mnt.join("multi/three-and-a-half")).unwrap();
     assert_eq!(sha256(&got), sha256(&std::fs::read(src.join("multi/three-and-a-half")).unwrap()));
     drop(mount);
+    // ... from the worker's tiers (the prewarmed blocks), not the store: the
+    // worker verified the mount's references.
+    let mut w = worker_client(&wproc.addr).await;
+    let stats = w.stats(with_token(StatsRequest {}, client)).await.unwrap().into_inner();
+    assert!(stats.hits > 0, "the mount read through the worker: {stats:?}");
+    // Registering (which hands out the signing key) is for workers only.
+    for t in [client, admin, ml] {
+        let reg = shoal_proto::master::RegisterWorkerRequest {
+            worker: Some(shoal_proto::master::WorkerInfo {
+                id: "intruder".into(),
+                address: "127.0.0.1:9".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = master_client(m).await.register_worker(with_token(reg, t)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{t}");
+    }
+    // Freeing workers' blocks: the master's credential, not a client's.
+    let free = shoal_proto::worker::FreeBlocksRequest { blocks: vec![] };
+    assert_eq!(w.free_blocks(with_token(free, client)).await.unwrap_err().code(), tonic::Code::PermissionDenied);
 
     // Store credentials: for the worker role only; GetDataset is for clients.
     let mut raw = master_client(m).await;

@@ -34,16 +34,35 @@ const KEY_NEXT_DATASET: &[u8] = b"next_dataset_id";
 const KEY_NEXT_FILE: &[u8] = b"next_file_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 const KEY_BLOCK_KEY: &[u8] = b"block_key";
+/// Every file id below it may have been handed out (written synced before any
+/// is): a restart continues from here, so no id is ever issued twice, even if
+/// the unsynced counter was lost with a crash of the machine.
+const KEY_FILE_RESERVED: &[u8] = b"file_id_reserved";
+/// File ids reserved per synced write.
+const FILE_RESERVE: u64 = 1 << 16;
+/// Set once every namespace synced before files were signed has been signed.
+const KEY_ALL_SIGNED: &[u8] = b"files_signed_v1";
 
 /// The master's RocksDB handle, id counters and cluster identity.
 pub struct MetaStore {
     db: DB,
     next_dataset_id: AtomicU64,
     next_file_id: AtomicU64,
+    /// See [`KEY_FILE_RESERVED`].
+    file_reserved: std::sync::Mutex<u64>,
     /// Made once, at the first start on this state; never changes after.
     pub cluster_id: String,
     block_key: [u8; shoal_core::identity::KEY_LEN],
     pub signer: shoal_core::identity::Signer,
+}
+
+/// Reserve the file ids below `from + FILE_RESERVE` with a synced write; the new bound.
+fn reserve_ids(db: &DB, from: u64) -> Result<u64> {
+    let bound = from + FILE_RESERVE;
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.put_opt(KEY_FILE_RESERVED, bound.to_be_bytes(), &wo)?;
+    Ok(bound)
 }
 
 /// The cluster id and block key in `db`, made (and synced to disk) on the first start.
@@ -117,15 +136,27 @@ impl MetaStore {
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let next_dataset_id = AtomicU64::new(read_counter(&db, KEY_NEXT_DATASET, 1)?);
         // Inode numbers share this counter; 1 is every dataset's root.
-        let next_file_id = AtomicU64::new(read_counter(&db, KEY_NEXT_FILE, ROOT_INO + 1)?);
+        let next = read_counter(&db, KEY_NEXT_FILE, ROOT_INO + 1)?.max(read_counter(&db, KEY_FILE_RESERVED, 0)?);
+        let next_file_id = AtomicU64::new(next);
+        let file_reserved = std::sync::Mutex::new(reserve_ids(&db, next)?);
         let (cluster_id, block_key) = cluster_identity(&db)?;
         let signer = shoal_core::identity::Signer::new(&block_key).expect("key of KEY_LEN bytes");
-        Ok(Arc::new(Self { db, next_dataset_id, next_file_id, cluster_id, block_key, signer }))
+        Ok(Arc::new(Self { db, next_dataset_id, next_file_id, file_reserved, cluster_id, block_key, signer }))
     }
 
     /// The key workers verify block references with (sent at registration).
     pub fn block_key(&self) -> &[u8] {
         &self.block_key
+    }
+
+    /// Whether every namespace's files carry signatures (see
+    /// [`crate::namespace::sign_unsigned`]).
+    pub fn all_signed(&self) -> Result<bool> {
+        Ok(self.db.get(KEY_ALL_SIGNED)?.is_some())
+    }
+
+    pub fn mark_all_signed(&self) -> Result<()> {
+        Ok(self.db.put(KEY_ALL_SIGNED, [1])?)
     }
 
     /// Whether `file_id` is one this master has issued.
@@ -152,6 +183,16 @@ impl MetaStore {
 
     pub fn alloc_file_id(&self, batch: &mut WriteBatch) -> u64 {
         let id = self.next_file_id.fetch_add(1, Ordering::SeqCst);
+        let mut reserved = self.file_reserved.lock().expect("reserve lock");
+        if id >= *reserved {
+            // Rare (once per FILE_RESERVE ids); a failure here means the disk
+            // is gone, and the batch that would use the id fails to write too.
+            match reserve_ids(&self.db, id + 1) {
+                Ok(r) => *reserved = r,
+                Err(e) => tracing::error!(error = %e, "cannot reserve file ids"),
+            }
+        }
+        drop(reserved);
         batch.put(KEY_NEXT_FILE, (id + 1).to_be_bytes());
         id
     }
@@ -374,5 +415,23 @@ mod tests {
         assert!(more);
         assert_eq!(store.resolve(7, "/c d").unwrap().unwrap().ino, 12);
         assert!(store.resolve(7, "/c d/x").unwrap().is_none());
+    }
+
+    #[test]
+    fn file_ids_are_never_issued_twice_even_if_the_counter_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let meta = MetaStore::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            let ids: Vec<u64> = (0..10).map(|_| meta.alloc_file_id(&mut b)).collect();
+            // The batch (and so the counter) is never written: a crash.
+            drop(b);
+            ids
+        };
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        let next = meta.alloc_file_id(&mut b);
+        assert!(first.iter().all(|id| *id < next), "{next} reuses one of {first:?}");
+        assert!(meta.issued(next) && !meta.issued(next + 1) && !meta.issued(ROOT_INO));
     }
 }

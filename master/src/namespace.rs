@@ -42,6 +42,56 @@ pub fn root_inode(mtime: i64) -> Inode {
     Inode { ino: ROOT_INO, parent: ROOT_INO, kind: FileKind::Directory as i32, mtime_sec: mtime, ..Default::default() }
 }
 
+/// The master's signature of file `inode` at `path` of dataset `ds` (see
+/// `shoal_core::identity`).
+fn sign_file(meta: &MetaStore, ds: u32, block_size: u64, path: &str, inode: &Inode) -> Vec<u8> {
+    meta.signer.sign(&shoal_core::identity::Signed {
+        dataset_id: ds,
+        file_id: inode.file_id,
+        block_size,
+        file_size: inode.size,
+        mtime_sec: inode.mtime_sec,
+        mtime_nsec: inode.mtime_nsec,
+        path,
+    })
+}
+
+/// Sign every file of `info` that has no signature (a namespace synced before
+/// files were signed); how many. The caller holds the dataset's sync slot, so
+/// no sync rewrites these inodes meanwhile.
+pub fn sign_unsigned(meta: &MetaStore, info: &DatasetInfo) -> Result<u64> {
+    let Some(root) = meta.get_inode(info.id, ROOT_INO)? else { return Ok(0) };
+    let block_size = crate::load::block_size(info);
+    let (mut batch, mut pending, mut signed) = (WriteBatch::default(), 0, 0u64);
+    let mut failed = None;
+    meta.walk_files(info.id, &root, "/", &mut |path, inode| {
+        if !inode.sig.is_empty() || failed.is_some() {
+            return;
+        }
+        let sig = sign_file(meta, info.id, block_size, &path, &inode);
+        meta.put_inode(&mut batch, info.id, &Inode { sig, ..inode });
+        (pending, signed) = (pending + 1, signed + 1);
+        if pending >= BATCH_ENTRIES {
+            failed = meta.write(std::mem::take(&mut batch)).err();
+            pending = 0;
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    // A new generation, so that running mounts reload their listings (and
+    // with them the signatures) as after a sync.
+    if signed > 0 {
+        let name = info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
+        if let Some(mut now) = meta.get_dataset(name)?.filter(|d| d.id == info.id) {
+            now.generation += 1;
+            meta.put_dataset(&mut batch, &now);
+        }
+    }
+    meta.write(batch)?;
+    Ok(signed)
+}
+
 /// A directory's aggregates: direct entries, files and bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sums {
@@ -254,17 +304,8 @@ impl Syncer<'_> {
         Ok(())
     }
 
-    /// The master's signature of file `inode` at `path` (see `shoal_core::identity`).
     fn sign(&self, path: &str, inode: &Inode) -> Vec<u8> {
-        self.meta.signer.sign(&shoal_core::identity::Signed {
-            dataset_id: self.ds,
-            file_id: inode.file_id,
-            block_size: self.block_size,
-            file_size: inode.size,
-            mtime_sec: inode.mtime_sec,
-            mtime_nsec: inode.mtime_nsec,
-            path,
-        })
+        sign_file(self.meta, self.ds, self.block_size, path, inode)
     }
 
     /// Count a file of `size` bytes in directory `parent` into the dataset's
@@ -426,6 +467,47 @@ mod tests {
     fn sums(meta: &MetaStore, path: &str) -> (u64, u64, u64) {
         let d = meta.resolve(1, path).unwrap().unwrap();
         (d.entries, d.tree_files, d.tree_bytes)
+    }
+
+    #[test]
+    fn every_file_is_signed_by_the_sync_or_after_an_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        meta.put_inode(&mut b, 1, &root_inode(0));
+        meta.write(b).unwrap();
+        let info = DatasetInfo { id: 1, root_inode: ROOT_INO, ..Default::default() };
+        let listing = || vec![entry("/a/x", false, 10), entry("/a/b/y", false, 20), entry("/c", false, 5)];
+        let synced = futures::executor::block_on(sync_listing(&meta, info, futures::stream::iter(listing()), |_| {}))
+            .unwrap()
+            .info;
+        let bs = crate::load::block_size(&synced);
+        let verify = |path: &str| {
+            let i = meta.resolve(1, path).unwrap().unwrap();
+            !i.sig.is_empty() && i.sig == sign_file(&meta, 1, bs, path, &i)
+        };
+        let files = ["/a/x", "/a/b/y", "/c"];
+        assert!(files.iter().all(|p| verify(p)), "the sync signs each file at its path");
+        // A namespace written before signatures: signed once, at start.
+        let mut b = WriteBatch::default();
+        for p in files {
+            let i = meta.resolve(1, p).unwrap().unwrap();
+            meta.put_inode(&mut b, 1, &Inode { sig: Vec::new(), ..i });
+        }
+        meta.write(b).unwrap();
+        assert!(!verify("/c"));
+        assert_eq!(sign_unsigned(&meta, &synced).unwrap(), 3);
+        assert!(files.iter().all(|p| verify(p)));
+        assert_eq!(sign_unsigned(&meta, &synced).unwrap(), 0, "nothing left to sign");
+        // A re-sync of the same listing keeps every signature (and counts no change).
+        let before: Vec<_> = files.iter().map(|p| meta.resolve(1, p).unwrap().unwrap().sig).collect();
+        let again = futures::executor::block_on(sync_listing(&meta, synced, futures::stream::iter(listing()), |p| {
+            assert_eq!(p.changed, 0);
+        }))
+        .unwrap();
+        let after: Vec<_> = files.iter().map(|p| meta.resolve(1, p).unwrap().unwrap().sig).collect();
+        assert_eq!(before, after);
+        assert_eq!(again.info.file_count, 3);
     }
 
     #[test]

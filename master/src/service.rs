@@ -272,24 +272,66 @@ impl MasterService {
         let svc = Self(Arc::new(State::new(meta, members, config)));
         let meta = svc.meta.clone();
         svc.loads.resume(move |name| meta.get_dataset(name).ok().flatten());
+        if !svc.meta.all_signed().unwrap_or(false) {
+            tokio::spawn(svc.clone().sign_unsigned());
+        }
         svc
+    }
+
+    /// Sign the files of namespaces synced before files were signed (once, in
+    /// the background: until then workers refuse their references and mounts
+    /// read those files from the store). A dataset being synced is left to its
+    /// sync, which signs what it finds unsigned.
+    async fn sign_unsigned(self) {
+        let Ok(datasets) = self.meta.list_datasets() else { return };
+        let mut all = true;
+        for info in datasets {
+            let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            if self.claim_sync(&name).is_err() {
+                all = false;
+                continue;
+            }
+            let meta = self.meta.clone();
+            let signed = tokio::task::spawn_blocking(move || namespace::sign_unsigned(&meta, &info)).await;
+            self.syncing.lock().expect("sync lock").remove(&name);
+            match signed {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    info!(dataset = %name, files = n, "signed the files of a namespace synced before signatures")
+                }
+                Ok(Err(e)) => {
+                    all = false;
+                    warn!(dataset = %name, error = %e, "cannot sign the files of a namespace");
+                }
+                Err(e) => {
+                    all = false;
+                    warn!(dataset = %name, error = %e, "signing task failed");
+                }
+            }
+        }
+        if all {
+            if let Err(e) = self.meta.mark_all_signed() {
+                warn!(error = %e, "cannot record that every namespace is signed");
+            }
+        }
     }
 
     /// The reported blocks this master issued: a live dataset's, under a file id
     /// it handed out. Others are dropped from the report (and logged).
-    fn issued(&self, worker: &str, blocks: Vec<BlockKey>) -> Vec<BlockKey> {
+    /// The reported blocks this master issued (a live dataset's, under a file
+    /// id it handed out), and the others, which the worker is told to delete.
+    fn issued(&self, worker: &str, blocks: Vec<BlockKey>) -> (Vec<BlockKey>, Vec<BlockKey>) {
         if blocks.is_empty() {
-            return blocks;
+            return (blocks, Vec::new());
         }
         let datasets: std::collections::HashSet<u32> =
             self.meta.list_datasets().unwrap_or_default().iter().map(|d| d.id).collect();
-        let before = blocks.len();
-        let kept: Vec<BlockKey> =
-            blocks.into_iter().filter(|b| datasets.contains(&b.dataset_id) && self.meta.issued(b.file_id)).collect();
-        if kept.len() < before {
-            warn!(worker = %worker, refused = before - kept.len(), "a worker reported blocks this master never issued; ignored");
+        let (kept, refused): (Vec<BlockKey>, Vec<BlockKey>) =
+            blocks.into_iter().partition(|b| datasets.contains(&b.dataset_id) && self.meta.issued(b.file_id));
+        if !refused.is_empty() {
+            warn!(worker = %worker, refused = refused.len(), "a worker reported blocks this master never issued; it deletes them");
         }
-        kept
+        (kept, refused)
     }
 
     /// Load job `id`, if `who` may see its dataset's namespace.
@@ -652,14 +694,14 @@ impl Master for MasterService {
         if worker.address.parse::<std::net::SocketAddr>().is_err() && !worker.address.contains(':') {
             return Err(Status::invalid_argument(format!("worker address {:?} is not host:port", worker.address)));
         }
-        let blocks = if r.cluster_id == self.meta.cluster_id {
+        let (blocks, drop) = if r.cluster_id == self.meta.cluster_id {
             self.issued(&worker.id, r.blocks)
         } else {
             if !r.blocks.is_empty() {
                 warn!(worker = %worker.id, blocks = r.blocks.len(), theirs = %r.cluster_id, ours = %self.meta.cluster_id,
                     "a worker reported blocks of another cluster; they are ignored and the worker drops them");
             }
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         self.members.register(worker, &blocks);
         Ok(Response::new(RegisterWorkerResponse {
@@ -667,6 +709,7 @@ impl Master for MasterService {
             policies: self.policies(),
             cluster_id: self.meta.cluster_id.clone(),
             block_key: self.meta.block_key().to_vec(),
+            drop,
         }))
     }
 
@@ -674,9 +717,9 @@ impl Master for MasterService {
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         principal(&req).require(Role::Worker, "Heartbeat")?;
         let r = req.into_inner();
-        let added = self.issued(&r.worker_id, r.added);
+        let (added, drop) = self.issued(&r.worker_id, r.added);
         let known = self.members.heartbeat(&r.worker_id, &added, &r.removed, r.tiers);
-        Ok(Response::new(HeartbeatResponse { reregister: !known, policies: self.policies() }))
+        Ok(Response::new(HeartbeatResponse { reregister: !known, policies: self.policies(), drop }))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]

@@ -184,7 +184,39 @@ pub fn principal<T>(req: &Request<T>) -> Principal {
 /// Checks the credential of every request a server receives and attaches its
 /// [`Principal`].
 #[derive(Clone)]
-pub struct ServerAuth(Option<Arc<[(Arc<str>, Principal)]>>);
+pub struct ServerAuth(Option<Arc<Credentials>>);
+
+/// A server's credentials: each token's SHA-256 digest and who holds it.
+#[derive(Debug, Clone)]
+pub struct Credentials(Vec<([u8; 32], Principal)>);
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+impl Credentials {
+    /// Who holds `token`. Every entry is compared in constant time, so the time
+    /// taken says nothing of which matched.
+    pub fn find(&self, token: &str) -> Option<Principal> {
+        let d = digest(token);
+        let mut found = None;
+        for (want, p) in &self.0 {
+            if constant_time_eq(&d, want) {
+                found = Some(p.clone());
+            }
+        }
+        found
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl ServerAuth {
     /// From `$SHOAL_TOKENS_FILE` (a table of roles), else `$SHOAL_TOKEN_FILE`
@@ -193,14 +225,14 @@ impl ServerAuth {
         if let Some(path) = std::env::var(TOKENS_FILE_ENV).ok().filter(|p| !p.is_empty()) {
             let err = |reason: String| AuthError { path: format!("{TOKENS_FILE_ENV}={path}"), reason };
             let text = std::fs::read_to_string(&path).map_err(|e| err(format!("cannot read the tokens: {e}")))?;
-            return Ok(ServerAuth(Some(parse_tokens(&text).map_err(err)?.into())));
+            return Ok(ServerAuth(Some(Arc::new(parse_tokens(&text).map_err(err)?))));
         }
         Ok(Self::with_token(token()?.as_deref()))
     }
 
     /// One shared token with every right (`None`: open).
     pub fn with_token(token: Option<&str>) -> ServerAuth {
-        ServerAuth(token.map(|t| vec![(Arc::<str>::from(t), Principal::everything())].into()))
+        ServerAuth(token.map(|t| Arc::new(Credentials(vec![(digest(t), Principal::everything())]))))
     }
 }
 
@@ -215,11 +247,12 @@ fn check_token(token: &str) -> Result<(), String> {
 }
 
 /// A credentials table: one line per credential, `ROLE NAMESPACES TOKEN`, where
-/// `ROLE` is `admin`, `worker` or `client` and `NAMESPACES` is `*` or a
-/// comma-separated list; blank lines and `#` comments are skipped. Errors name
-/// the line, never the token.
-pub fn parse_tokens(text: &str) -> Result<Vec<(Arc<str>, Principal)>, String> {
-    let mut out: Vec<(Arc<str>, Principal)> = Vec::new();
+/// `ROLE` is `admin`, `worker` or `client`, `NAMESPACES` is `*` or a
+/// comma-separated list (`*` for workers), and `TOKEN` the token or, better,
+/// `sha256:` and its digest in hex (then the table holds no credential itself);
+/// blank lines and `#` comments are skipped. Errors name the line, never the token.
+pub fn parse_tokens(text: &str) -> Result<Credentials, String> {
+    let mut out: Vec<([u8; 32], Principal)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -246,16 +279,28 @@ pub fn parse_tokens(text: &str) -> Result<Vec<(Arc<str>, Principal)>, String> {
                 Some(list)
             }
         };
-        check_token(token).map_err(bad)?;
-        if out.iter().any(|(t, _)| &**t == token) {
+        if role == Role::Worker && namespaces.is_some() {
+            return Err(bad("a worker credential is for every namespace: write *".into()));
+        }
+        let d = match token.strip_prefix("sha256:") {
+            Some(hex) => hex::decode(hex)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| bad("sha256: must be followed by 64 hex digits".into()))?,
+            None => {
+                check_token(token).map_err(bad)?;
+                digest(token)
+            }
+        };
+        if out.iter().any(|(t, _)| *t == d) {
             return Err(bad("the same token is listed twice".into()));
         }
-        out.push((token.into(), Principal::new(role, namespaces)));
+        out.push((d, Principal::new(role, namespaces)));
     }
     if out.is_empty() {
         return Err("no credentials listed".into());
     }
-    Ok(out)
+    Ok(Credentials(out))
 }
 
 /// A Kubernetes namespace name: a DNS label (lowercase letters, digits and
@@ -279,14 +324,7 @@ impl Interceptor for ServerAuth {
         let Some(got) = got else {
             return Err(Status::unauthenticated(format!("this server requires a token: set {TOKEN_FILE_ENV}")));
         };
-        // Every entry is compared, so the time taken says nothing of which matched.
-        let mut found = None;
-        for (token, p) in table.iter() {
-            if constant_time_eq(got.as_bytes(), token.as_bytes()) {
-                found = Some(p.clone());
-            }
-        }
-        match found {
+        match table.find(got) {
             Some(p) => {
                 req.extensions_mut().insert(p);
                 Ok(req)
@@ -416,10 +454,14 @@ mod tests {
     #[test]
     fn a_tokens_table_gives_each_credential_its_role_and_namespaces() {
         let table = parse_tokens(
-            "# role namespaces token\nadmin * admin-0123456789abcdef\n\nworker * worker-0123456789abcdef\nclient a,b client-0123456789abcdef\n",
+            "# role namespaces token\nadmin * admin-0123456789abcdef\n\nworker * worker-0123456789abcdef\nclient a,b sha256:509d156eb94230ad3aafdb4de1c50cb659ab73f8d21769549d74c34680dd521f\n",
         )
         .unwrap();
-        let mut auth = ServerAuth(Some(table.into()));
+        assert_eq!(
+            hex::encode(digest("client-0123456789abcdef")),
+            "509d156eb94230ad3aafdb4de1c50cb659ab73f8d21769549d74c34680dd521f"
+        );
+        let mut auth = ServerAuth(Some(Arc::new(table)));
         let who =
             |auth: &mut ServerAuth, t: &str| principal(&auth.call(request(Some(&format!("Bearer {t}")))).unwrap());
         let admin = who(&mut auth, "admin-0123456789abcdef");
@@ -442,6 +484,8 @@ mod tests {
             ("client A_B 0123456789abcdef0123", "not a Kubernetes namespace"),
             ("client *", "2 fields"),
             ("client * 0123456789abcdef0123\nadmin * 0123456789abcdef0123", "twice"),
+            ("worker a 0123456789abcdef0123", "every namespace"),
+            ("client * sha256:abcd", "64 hex digits"),
         ] {
             let e = parse_tokens(text).unwrap_err();
             assert!(e.contains(why), "{text:?}: {e}");

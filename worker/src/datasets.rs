@@ -28,14 +28,9 @@ pub struct CheckedRef {
     pub epoch: u64,
 }
 
-/// Validate a block reference: signed by the master (`signer`: `None` until the
-/// worker knows its cluster), a dataset name, a clean absolute path, an index
-/// inside the file.
-pub fn check_ref(r: Option<&BlockRef>, signer: Option<&Signer>) -> Result<CheckedRef, WorkerError> {
-    let bad = |m: String| WorkerError::InvalidRequest(m);
-    let r = r.ok_or_else(|| bad("missing block reference".into()))?;
-    let signer = signer.ok_or(WorkerError::NotRegistered)?;
-    let signed = Signed {
+/// What the master's signature of a reference covers.
+pub fn signed_fields(r: &BlockRef) -> Signed<'_> {
+    Signed {
         dataset_id: r.dataset_id,
         file_id: r.file_id,
         block_size: r.block_size,
@@ -43,8 +38,17 @@ pub fn check_ref(r: Option<&BlockRef>, signer: Option<&Signer>) -> Result<Checke
         mtime_sec: r.mtime_sec,
         mtime_nsec: r.mtime_nsec,
         path: &r.path,
-    };
-    if !signer.verify(&signed, &r.sig) {
+    }
+}
+
+/// Validate a block reference: signed by the master (`signer`: `None` until the
+/// worker knows its cluster), a dataset name, a clean absolute path, an index
+/// inside the file.
+pub fn check_ref(r: Option<&BlockRef>, signer: Option<&Signer>) -> Result<CheckedRef, WorkerError> {
+    let bad = |m: String| WorkerError::InvalidRequest(m);
+    let r = r.ok_or_else(|| bad("missing block reference".into()))?;
+    let signer = signer.ok_or(WorkerError::NotRegistered)?;
+    if !signer.verify(&signed_fields(r), &r.sig) {
         return Err(WorkerError::Unsigned(r.path.clone()));
     }
     ids::validate_dataset_name(&r.dataset).map_err(|e| bad(e.to_string()))?;
@@ -66,10 +70,11 @@ pub fn check_ref(r: Option<&BlockRef>, signer: Option<&Signer>) -> Result<Checke
     })
 }
 
-/// Stores by dataset, looked up from the master on first use.
+/// Stores by dataset (and identity epoch: a new cluster's dataset of the same
+/// name and id is another dataset), looked up from the master on first use.
 pub struct Datasets {
     master: shoal_proto::auth::Master,
-    stores: Mutex<HashMap<(String, u32), UnderStore>>,
+    stores: Mutex<HashMap<(String, u32, u64), UnderStore>>,
 }
 
 impl Datasets {
@@ -77,8 +82,8 @@ impl Datasets {
         Self { master, stores: Mutex::new(HashMap::new()) }
     }
 
-    pub async fn store(&self, name: &str, id: u32) -> Result<UnderStore, WorkerError> {
-        if let Some(s) = self.stores.lock().expect("stores lock").get(&(name.to_string(), id)) {
+    pub async fn store(&self, name: &str, id: u32, epoch: u64) -> Result<UnderStore, WorkerError> {
+        if let Some(s) = self.stores.lock().expect("stores lock").get(&(name.to_string(), id, epoch)) {
             return Ok(s.clone());
         }
         let info = self
@@ -98,7 +103,7 @@ impl Datasets {
         let mount = info.spec.and_then(|s| s.mount).unwrap_or_default();
         let options: BTreeMap<_, _> = mount.options.into_iter().collect();
         let store = UnderStore::open(&StoreSpec::parse(&mount.uri, &options)?)?;
-        self.stores.lock().expect("stores lock").insert((name.to_string(), id), store.clone());
+        self.stores.lock().expect("stores lock").insert((name.to_string(), id, epoch), store.clone());
         Ok(store)
     }
 }
@@ -112,15 +117,7 @@ mod tests {
     }
 
     fn sign(mut r: BlockRef) -> BlockRef {
-        r.sig = signer().sign(&Signed {
-            dataset_id: r.dataset_id,
-            file_id: r.file_id,
-            block_size: r.block_size,
-            file_size: r.file_size,
-            mtime_sec: r.mtime_sec,
-            mtime_nsec: r.mtime_nsec,
-            path: &r.path,
-        });
+        r.sig = signer().sign(&signed_fields(&r));
         r
     }
 

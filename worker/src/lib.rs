@@ -68,6 +68,17 @@ fn apply_policies(store: &BlockStore, policies: &[shoal_proto::master::DatasetPo
     store.set_policies(map);
 }
 
+/// Delete the blocks the master says it never issued (a report of another
+/// incarnation's ids, a dataset deleted meanwhile).
+fn drop_refused(store: &BlockStore, refused: &[BlockKey]) {
+    for b in refused {
+        store.remove(shoal_core::BlockId::new(b.file_id, b.index));
+    }
+    if !refused.is_empty() {
+        warn!(blocks = refused.len(), "deleted blocks the master never issued");
+    }
+}
+
 /// Report keys of removed blocks.
 fn keys(ids: impl IntoIterator<Item = shoal_core::BlockId>) -> Vec<BlockKey> {
     ids.into_iter().map(|b| BlockKey { file_id: b.file_id, index: b.index, ..Default::default() }).collect()
@@ -145,7 +156,11 @@ async fn report_loop(
                     registered = true;
                     interval = Duration::from_millis(resp.heartbeat_interval_ms.clamp(100, 60_000));
                     let s = store.clone();
-                    let _ = tokio::task::spawn_blocking(move || apply_policies(&s, &resp.policies)).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        drop_refused(&s, &resp.drop);
+                        apply_policies(&s, &resp.policies)
+                    })
+                    .await;
                     info!(blocks = n, "registered with the master");
                 }
                 Err(e) => warn!(error = %e.message(), "cannot register with the master; retrying"),
@@ -181,7 +196,9 @@ async fn report_loop(
                 Ok(resp) => {
                     let s = store.clone();
                     let _ = tokio::task::spawn_blocking(move || {
-                        apply_policies(&s, &resp.into_inner().policies);
+                        let resp = resp.into_inner();
+                        drop_refused(&s, &resp.drop);
+                        apply_policies(&s, &resp.policies);
                         let n = s.expire(std::time::SystemTime::now());
                         if n > 0 {
                             info!(blocks = n, "freed blocks past their dataset's TTL");
@@ -221,14 +238,14 @@ async fn adopt_cluster(
         .ok_or_else(|| WorkerError::Master("the master sent no valid cluster id and block key".into()))?;
     let changed = identity.cluster().as_deref() != Some(resp.cluster_id.as_str());
     let (s, id, dirs) = (store.clone(), identity.clone(), dirs.to_vec());
-    let (cluster, key) = (resp.cluster_id.clone(), resp.block_key.clone());
+    let cluster = resp.cluster_id.clone();
     let (dropped, marked) = tokio::task::spawn_blocking(move || {
         let (mut dropped, mut marked) = (0, Ok(()));
         // The old blocks go before the tiers are marked as the new cluster's: a
         // crash in between leaves the old mark, and the next start clears again.
         id.set(cluster.clone(), signer, || {
             dropped = s.clear();
-            marked = crate::identity::store(&dirs, &cluster, &key);
+            marked = crate::identity::store(&dirs, &cluster);
         });
         (dropped, marked)
     })
@@ -256,11 +273,19 @@ pub async fn serve(
     let auth = shoal_proto::auth::ServerAuth::from_env().map_err(|e| WorkerError::Config(e.to_string()))?;
     let tiers = config.tiers.clone();
     let marks = config.watermarks;
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || BlockStore::open_with(&tiers, marks))
-            .await
-            .map_err(|e| WorkerError::Config(e.to_string()))??,
-    );
+    // Tiers of another (or no known) cluster than the rest lose their blocks
+    // before the store scans them.
+    let dirs: Vec<std::path::PathBuf> = config.tiers.iter().map(|t| t.dir.clone()).collect();
+    let (store, cluster) = {
+        let dirs = dirs.clone();
+        tokio::task::spawn_blocking(move || {
+            let cluster = identity::prepare(&dirs)?;
+            Ok::<_, WorkerError>((BlockStore::open_with(&tiers, marks)?, cluster))
+        })
+        .await
+        .map_err(|e| WorkerError::Config(e.to_string()))??
+    };
+    let store = Arc::new(store);
     let local = listener.local_addr().map_err(|e| WorkerError::Io("listener".into(), e))?;
     let advertise = config.advertise.clone().unwrap_or_else(|| {
         if local.ip().is_unspecified() {
@@ -275,12 +300,8 @@ pub async fn serve(
         store.clone(),
         datasets::Datasets::new(master.clone()),
         config.fill_budget,
+        Arc::new(identity::Identity::with_cluster(cluster)),
     );
-    // The tiers' own record of their cluster serves until the master answers.
-    let dirs: Vec<std::path::PathBuf> = config.tiers.iter().map(|t| t.dir.clone()).collect();
-    if let Some((cluster, signer)) = identity::load(&dirs) {
-        service.0.identity.set(cluster, signer, || {});
-    }
     let me = WorkerInfo { id: config.id.clone(), node: config.node.clone(), address: advertise, ..Default::default() };
     let reporter = tokio::spawn(report_loop(
         master,

@@ -49,7 +49,10 @@ pub struct State {
     pub id: String,
     pub store: Arc<BlockStore>,
     datasets: Datasets,
-    inflight: Mutex<HashMap<BlockId, Flight>>,
+    /// Store reads in flight, by block and the identity epoch their reference
+    /// was verified under (a read of the old cluster is never shared with one
+    /// of the new).
+    inflight: Mutex<HashMap<(BlockId, u64), Flight>>,
     /// Bytes of store reads in flight, in [`FILL_UNIT`]s (bounds the memory fills use).
     fill_budget: tokio::sync::Semaphore,
     fill_units: u32,
@@ -70,7 +73,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl WorkerService {
-    pub fn new(id: String, store: Arc<BlockStore>, datasets: Datasets, fill_budget: u64) -> Self {
+    pub fn new(
+        id: String,
+        store: Arc<BlockStore>,
+        datasets: Datasets,
+        fill_budget: u64,
+        identity: Arc<crate::identity::Identity>,
+    ) -> Self {
         let fill_units = (fill_budget / FILL_UNIT).clamp(1, u64::from(u32::MAX >> 4)) as u32;
         Self(Arc::new(State {
             id,
@@ -81,7 +90,7 @@ impl WorkerService {
             fill_units,
             counters: Counters::default(),
             report_soon: Arc::new(tokio::sync::Notify::new()),
-            identity: Arc::default(),
+            identity,
         }))
     }
 
@@ -127,11 +136,12 @@ impl WorkerService {
                 return Ok(Fetched { source: c.tier.as_str(), cached: Some(c), data });
             }
         }
-        let cell = self.0.inflight.lock().expect("inflight lock").entry(id).or_default().clone();
+        let key = (id, r.epoch);
+        let cell = self.0.inflight.lock().expect("inflight lock").entry(key).or_default().clone();
         let result = cell.get_or_init(|| self.fill(r.clone(), split)).await.clone();
         let mut inflight = self.0.inflight.lock().expect("inflight lock");
-        if inflight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&id);
+        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&key);
         }
         result
     }
@@ -149,7 +159,7 @@ impl WorkerService {
         if crate::tier::fail_point_armed("worker::before_store_read") {
             blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
         }
-        let under = self.0.datasets.store(&r.dataset, r.dataset_id).await?;
+        let under = self.0.datasets.store(&r.dataset, r.dataset_id, r.epoch).await?;
         // Wait for room in the fill budget; the block's bytes are held until cached.
         let units = r.len.div_ceil(FILL_UNIT).clamp(1, u64::from(self.0.fill_units)) as u32;
         let waited = std::time::Instant::now();
@@ -259,9 +269,14 @@ impl Worker for WorkerService {
 
     #[instrument(skip_all, fields(blocks = req.get_ref().blocks.len()))]
     async fn free_blocks(&self, req: Request<FreeBlocksRequest>) -> Result<Response<FreeBlocksResponse>, Status> {
+        // The master (worker or admin credential); a namespace's admin could
+        // evict every tenant's blocks, so only an admin of every namespace.
         let who = shoal_proto::auth::principal(&req);
         if !who.has(shoal_proto::auth::Role::Worker) {
             who.require(shoal_proto::auth::Role::Admin, "FreeBlocks")?;
+            if !who.sees_all() {
+                return Err(Status::permission_denied("FreeBlocks needs an admin credential of every namespace"));
+            }
         }
         let ids: Vec<BlockId> = req.into_inner().blocks.iter().map(|b| BlockId::new(b.file_id, b.index)).collect();
         let store = self.0.store.clone();
