@@ -469,14 +469,19 @@ mod tests {
         (d.entries, d.tree_files, d.tree_bytes)
     }
 
-    #[test]
-    fn every_file_is_signed_by_the_sync_or_after_an_upgrade() {
+    /// A master state with dataset 1's root, and the dataset's record.
+    fn fresh() -> (tempfile::TempDir, std::sync::Arc<MetaStore>, DatasetInfo) {
         let dir = tempfile::tempdir().unwrap();
         let meta = MetaStore::open(dir.path()).unwrap();
         let mut b = WriteBatch::default();
         meta.put_inode(&mut b, 1, &root_inode(0));
         meta.write(b).unwrap();
-        let info = DatasetInfo { id: 1, root_inode: ROOT_INO, ..Default::default() };
+        (dir, meta, DatasetInfo { id: 1, root_inode: ROOT_INO, ..Default::default() })
+    }
+
+    #[test]
+    fn every_file_is_signed_by_the_sync_or_after_an_upgrade() {
+        let (_dir, meta, info) = fresh();
         let listing = || vec![entry("/a/x", false, 10), entry("/a/b/y", false, 20), entry("/c", false, 5)];
         let synced = futures::executor::block_on(sync_listing(&meta, info, futures::stream::iter(listing()), |_| {}))
             .unwrap()
@@ -512,12 +517,7 @@ mod tests {
 
     #[test]
     fn directory_sums_follow_every_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = MetaStore::open(dir.path()).unwrap();
-        let mut b = WriteBatch::default();
-        meta.put_inode(&mut b, 1, &root_inode(0));
-        meta.write(b).unwrap();
-        let info = DatasetInfo { id: 1, root_inode: ROOT_INO, ..Default::default() };
+        let (_dir, meta, info) = fresh();
         // Children come before their directories, as object stores list them.
         let first = vec![
             entry("/a/b/y", false, 20),
