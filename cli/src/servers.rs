@@ -83,11 +83,7 @@ pub struct WorkerArgs {
 
 pub use shoal_core::size::parse_duration;
 
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
+pub use shoal_core::host_name;
 
 /// Cancelled on SIGINT or SIGTERM.
 pub fn shutdown_on_signals() -> CancellationToken {

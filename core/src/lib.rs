@@ -25,3 +25,11 @@ pub use error::CoreError;
 pub use ids::{validate_dataset_name, BlockId, DEFAULT_BLOCK_SIZE};
 pub use store::{StoreEntry, UnderStore, Version};
 pub use uri::StoreSpec;
+
+/// This machine's host name: the default node name of workers and clients (a
+/// client on a worker's node reads its blocks by short-circuit).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -4,9 +4,11 @@
 //! answers, from the store directly. Owns the mount's lifecycle (mount, unmount);
 //! it holds no durable state.
 
+pub mod files;
 pub mod fs;
 pub mod metrics;
 pub mod namespace;
+pub mod order;
 pub mod reader;
 pub mod takeover;
 
@@ -113,15 +115,15 @@ pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, MountError
 pub use shoal_core::mounts::is_mounted;
 
 /// Follow re-syncs of the dataset: when its generation moves, load the listings
-/// in memory again and tell the kernel which entries and inodes (and so which
-/// cached pages) to forget. The master being down only delays this.
+/// in memory again and tell the kernel (of a mount) which entries and inodes
+/// (and so which cached pages) to forget. The master being down only delays this.
 async fn refresh_loop(
     mut master: shoal_proto::auth::Master,
     dataset: String,
     mut generation: u64,
     meta: Arc<namespace::Metadata>,
     totals: Arc<fs::Totals>,
-    kernel: Kernel,
+    kernel: Option<Kernel>,
     every: Duration,
 ) {
     loop {
@@ -138,6 +140,8 @@ async fn refresh_loop(
         let (entries, mut inodes) = meta.resync(dropped).await;
         inodes.sort_unstable();
         inodes.dedup();
+        generation = info.generation;
+        let Some(kernel) = &kernel else { continue };
         if dropped {
             if let Err(e) = shoal_core::fusedev::notify(&kernel.dev, shoal_core::fusedev::NOTIFY_INC_EPOCH) {
                 tracing::warn!(error = %e, "the kernel cannot revalidate all entries (Linux 6.16+): entries of directories dropped from memory may show their old attributes until --attr-timeout");
@@ -150,7 +154,6 @@ async fn refresh_loop(
             inodes = inodes.len(),
             "namespace re-synced"
         );
-        generation = info.generation;
         let n = kernel.notifier.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for (parent, name) in entries {
@@ -257,10 +260,10 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
             dataset.generation,
             meta,
             totals,
-            Kernel {
+            Some(Kernel {
                 notifier: session.notifier(),
                 dev: session.as_fd().try_clone_to_owned().map(std::fs::File::from).map_err(mount_err)?,
-            },
+            }),
             opts.refresh,
         ));
     }

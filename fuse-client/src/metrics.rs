@@ -40,6 +40,15 @@ pub static DIR_PREFETCH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric")
 });
 
+pub static ORDER_PREFETCH: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shoal_fuse_order_prefetch_blocks_total",
+        "Blocks an order-aware prefetch asked the owning worker to cache, by result (loaded, cached, failed)",
+        &["result"]
+    )
+    .expect("metric")
+});
+
 /// Count one operation and its latency.
 pub fn op(name: &str, ok: bool, started: std::time::Instant) {
     OPS.with_label_values(&[name, if ok { "ok" } else { "error" }]).inc();

@@ -165,6 +165,12 @@ impl Reader {
         });
     }
 
+    /// Bytes of tier quota of the live workers.
+    pub fn worker_capacity(&self) -> u64 {
+        let workers = self.workers.read().expect("workers lock");
+        workers.iter().flat_map(|w| &w.tiers).map(|t| t.quota_bytes).sum()
+    }
+
     fn client(&self, addr: &str) -> Option<shoal_proto::auth::Worker> {
         let mut clients = self.clients.lock().expect("clients lock");
         if let Some(c) = clients.get(addr) {
@@ -244,7 +250,7 @@ impl Reader {
                         if this.is_cached(&inode, 0) {
                             return;
                         }
-                        let result = match this.cache_on_owner(&inode, &path).await {
+                        let result = match this.cache_on_owner(&inode, &path, 0).await {
                             Ok(true) => "cached",
                             Ok(false) => "loaded",
                             Err(e) => {
@@ -259,9 +265,9 @@ impl Reader {
         });
     }
 
-    /// `CacheBlock` of a file's first block on its owner; true if it was cached already.
-    async fn cache_on_owner(&self, inode: &Inode, path: &str) -> Result<bool, String> {
-        let id = BlockId::new(inode.file_id, 0);
+    /// `CacheBlock` of a file's block on its owner; true if it was cached already.
+    pub(crate) async fn cache_on_owner(&self, inode: &Inode, path: &str, index: u32) -> Result<bool, String> {
+        let id = BlockId::new(inode.file_id, index);
         let owner = {
             let workers = self.workers.read().expect("workers lock");
             let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
@@ -270,7 +276,7 @@ impl Reader {
         };
         let w = owner.ok_or("no worker is known")?;
         let mut c = self.client(&w.address).ok_or("bad worker address")?;
-        let r = self.block_ref(inode, path, 0);
+        let r = self.block_ref(inode, path, index);
         let resp = c.cache_block(CacheBlockRequest { block: Some(r) }).await.map_err(|s| s.message().to_string())?;
         Ok(resp.into_inner().already_cached)
     }
