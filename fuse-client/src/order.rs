@@ -122,11 +122,12 @@ impl Plan {
         self.finished.load(Ordering::Relaxed)
     }
 
-    /// Whether the plan may start file `next` with the cursor at `cursor`.
+    /// Whether the plan may start file `next` with the cursor at `cursor`: the
+    /// files from the cursor to `next`, included, fit the window.
     fn in_window(&self, cursor: usize, next: usize) -> bool {
         next == cursor
             || (next - cursor < self.config.window_files
-                && self.prefix[next] - self.prefix[cursor] < self.config.window_bytes)
+                && self.prefix[next + 1] - self.prefix[cursor] <= self.config.window_bytes)
     }
 }
 
@@ -151,7 +152,12 @@ async fn drive(reader: Weak<Reader>, plan: Weak<Plan>) {
     let mut next = 0usize;
     let mut slots: Option<Arc<Semaphore>> = None;
     loop {
-        let (Some(reader), Some(p)) = (reader.upgrade(), plan.upgrade()) else { return };
+        let Some(p) = plan.upgrade() else { return };
+        let Some(reader) = reader.upgrade() else {
+            // The dataset was closed: nothing more can be fetched.
+            p.finished.store(true, Ordering::Relaxed);
+            return;
+        };
         let slots = slots.get_or_insert_with(|| Arc::new(Semaphore::new(p.config.parallel))).clone();
         if p.cancelled.load(Ordering::Relaxed) || next >= p.files.len() {
             p.finished.store(true, Ordering::Relaxed);
@@ -174,6 +180,9 @@ async fn drive(reader: Weak<Reader>, plan: Weak<Plan>) {
         let blocks = ids::block_count(inode.size, reader.block_size()) as u32;
         for index in 0..blocks {
             let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            if p.cancelled.load(Ordering::Relaxed) {
+                break;
+            }
             let (reader, plan) = (reader.clone(), p.clone());
             let (inode, path) = (inode.clone(), path.clone());
             tokio::spawn(async move {
@@ -220,8 +229,11 @@ mod tests {
         assert!(!p.in_window(0, 3), "three files ahead at most");
         assert!(p.in_window(5, 7) && !p.in_window(5, 8));
         let p = Plan::new(files(&[40, 40, 40, 40]), PlanConfig { window_files: 100, window_bytes: 100, parallel: 4 });
-        assert!(p.in_window(0, 2), "80 bytes ahead");
-        assert!(!p.in_window(0, 3), "120 bytes would be ahead");
+        assert!(p.in_window(0, 1), "files 0 and 1: 80 bytes ahead");
+        assert!(!p.in_window(0, 2), "files 0 to 2 would be 120 bytes ahead");
+        assert!(p.in_window(1, 2) && !p.in_window(1, 3));
+        let p = Plan::new(files(&[50, 50, 50]), PlanConfig { window_files: 100, window_bytes: 100, parallel: 4 });
+        assert!(p.in_window(0, 1) && !p.in_window(0, 2), "exactly the window's bytes fit");
         // A file larger than the window is still started when it is next.
         let p = Plan::new(files(&[5000, 1]), PlanConfig { window_files: 100, window_bytes: 100, parallel: 4 });
         assert!(p.in_window(0, 0) && !p.in_window(0, 1) && p.in_window(1, 1));

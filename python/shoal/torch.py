@@ -24,6 +24,11 @@ import torch.utils.data as tud
 import shoal
 
 _DEFAULT_WINDOW = {"window_files": None, "window_bytes": None, "parallel": None}
+# Indices a DataLoader takes from its sampler before it reads them (its
+# prefetch_factor x num_workers x batch_size, with room to spare): the plan's
+# cursor trails the sampler by this much, so files handed out but not yet read
+# are still prefetched.
+DEFAULT_LAG = 512
 
 
 def pil_loader(data):
@@ -86,7 +91,8 @@ class ImageFolder(ShoalDataset):
         base = root.rstrip("/")
         samples = []
         for c in self.classes:
-            for path, _ in ds.walk(f"{base}/{c}"):
+            # torchvision's order: directories sorted by path, files by name in each.
+            for path, _ in sorted(ds.walk(f"{base}/{c}"), key=lambda f: tuple(f[0].rsplit("/", 1))):
                 if extensions is None or path.lower().endswith(tuple(extensions)):
                     samples.append((path, self.class_to_idx[c]))
         self.samples = samples
@@ -105,48 +111,64 @@ class ImageFolder(ShoalDataset):
 class OrderedSampler(tud.Sampler):
     """Yields `sampler`'s indices; at each epoch's start, prefetches
     ``paths[i]`` of dataset `dataset` in that order, ahead of the indices
-    yielded so far (within `window_files`/`window_bytes`, `parallel` blocks in
-    flight)."""
+    yielded so far less `lag` (within `window_files`/`window_bytes`, `parallel`
+    blocks in flight). An epoch's plan runs until the window has passed the end
+    of the order, or the next epoch starts."""
 
-    def __init__(self, sampler, paths, dataset, master=None, **window):
+    def __init__(self, sampler, paths, dataset, master=None, lag=DEFAULT_LAG, **window):
         self.sampler = sampler
         self.paths = list(paths)
         self.dataset = dataset
         self.master = master
+        self.lag = lag
         unknown = set(window) - set(_DEFAULT_WINDOW)
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}")
         self.window = {**_DEFAULT_WINDOW, **window}
         self.plan = None
+        self._plan_pid = None
 
     @classmethod
-    def for_mount(cls, sampler, files, mountpoint, master=None, **window):
+    def for_mount(cls, sampler, files, mountpoint, master=None, **options):
         """For a dataset over a shoal FUSE mount: `files` are the paths the
         dataset opens (under `mountpoint`), in index order."""
         name = mounted_dataset(mountpoint)
         root = os.path.realpath(mountpoint)
         paths = ["/" + os.path.relpath(os.path.realpath(f), root) for f in files]
-        return cls(sampler, paths, name, master, **window)
+        return cls(sampler, paths, name, master, **options)
 
     def __len__(self):
         return len(self.sampler)
+
+    def __getstate__(self):
+        # The plan is a native object of this process: never pickled.
+        state = self.__dict__.copy()
+        state["plan"] = state["_plan_pid"] = None
+        return state
 
     def set_epoch(self, epoch):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
+    def _stop(self):
+        if self.plan is not None and self._plan_pid == os.getpid():
+            self.plan.cancel()
+        self.plan = None
+
     def __iter__(self):
         order = list(self.sampler)
-        if self.plan is not None:
-            self.plan.cancel()
+        self._stop()
         ds = shoal.open_dataset(self.dataset, self.master)
-        self.plan = ds.plan([self.paths[i] for i in order], **self.window)
+        plan = ds.plan([self.paths[i] for i in order], **self.window)
+        self.plan, self._plan_pid = plan, os.getpid()
         try:
             for pos, index in enumerate(order):
-                self.plan.advance(pos)
+                plan.advance(max(pos - self.lag, 0))
                 yield index
-        finally:
-            self.plan.cancel()
+        except GeneratorExit:
+            # The loader stopped early (a break): the rest is not wanted.
+            plan.cancel()
+            raise
 
 
 class ShoalIterableDataset(tud.IterableDataset):

@@ -208,7 +208,7 @@ impl Dataset {
             parallel: parallel.unwrap_or(d.parallel),
         };
         let plan = py.detach(|| ds.plan(&paths, config)).map_err(os_error)?;
-        Ok(Plan { inner: ForkBound::new(plan), _rt: self._rt.clone() })
+        Ok(Plan { inner: ForkBound::new(plan), _ds: ForkBound::new(ds), _rt: self._rt.clone() })
     }
 
     /// Where this process's blocks came from: `{short_circuit, worker, store, failures}`.
@@ -227,6 +227,8 @@ impl Dataset {
 #[pyclass(module = "shoal._native", frozen)]
 struct Plan {
     inner: ForkBound<Arc<shoal_fuse::order::Plan>>,
+    /// The dataset it reads through stays open while the plan lives.
+    _ds: ForkBound<Arc<files::Dataset>>,
     _rt: Arc<ForkBound<tokio::runtime::Runtime>>,
 }
 

@@ -76,7 +76,6 @@ assert shoal.split_uri("imagenet") == ("imagenet", "/")
 print("ok")
 "#
     );
-    drop(std::net::TcpListener::bind(("127.0.0.1", port)));
     let (ok, out, err) = python(&path, &code);
     assert!(ok && out.trim() == "ok", "{out}\n{err}");
 }
