@@ -176,7 +176,7 @@ fn main() -> Result<()> {
         &format!("Cold shuffled epoch from the store ({n} files, {mib} MiB), against a raw parallel download"),
         "python-cold",
         Metric::Bytes,
-        "MB/s",
+        "files/s",
     );
 
     // The local copy: a first pass after a page-cache drop, then a second.
