@@ -56,6 +56,7 @@ impl Servers {
             heartbeat_interval: Duration::from_millis(500),
             stale_block_grace: Duration::from_secs(60),
             local_roots: vec!["/".into()],
+            rebalance_on_join: true,
         };
         tokio::spawn(shoal_master::serve(mcfg, ml, stop.clone()));
         let wl = TcpListener::bind("127.0.0.1:0").await?;

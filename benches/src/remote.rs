@@ -136,6 +136,16 @@ impl RemoteStore {
     }
 }
 
+impl RemoteStore {
+    /// Let hosts behind this machine (network namespaces routed through it, as
+    /// the cluster test bed's are) reach the store: forwarding on here, and a
+    /// default route back from the store's namespace.
+    pub fn route_for_other_hosts(&self) -> Result<()> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+        run(&["ip", "netns", "exec", NETNS, "ip", "route", "replace", "default", "via", HOST_IP])
+    }
+}
+
 impl Drop for RemoteStore {
     fn drop(&mut self) {
         for c in &mut self.children {

@@ -428,6 +428,64 @@ async fn set_policy(common: &Common, name: &str, pinned: Option<bool>, ttl_secon
     Ok(())
 }
 
+#[derive(Subcommand, Debug)]
+pub enum WorkerAction {
+    /// Take a worker out of placement and copy each block it holds to the
+    /// workers that now own it (from the worker itself, not the store), with
+    /// progress; exits 0 once every block has moved and the worker can be stopped.
+    Drain {
+        /// Worker id (see `shoal workers`); in a worker's pod (a preStop hook),
+        /// its own id from SHOAL_WORKER_ID.
+        #[arg(env = "SHOAL_WORKER_ID")]
+        id: String,
+        /// Put a draining or drained worker back into placement instead.
+        #[arg(long)]
+        undo: bool,
+        /// Block copies in flight.
+        #[arg(long, default_value_t = 16)]
+        parallel: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+pub async fn worker_action(action: WorkerAction) -> Result<()> {
+    let WorkerAction::Drain { id, undo, parallel, common } = action;
+    let mut client = connect(&common.master).await?;
+    let req = DrainWorkerRequest { id: id.clone(), undo, parallel };
+    let mut stream =
+        client.drain_worker(req).await.map_err(Remote).with_context(|| format!("drain worker {id:?}"))?.into_inner();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} blocks {binary_bytes_per_sec} ETA {eta} {msg}")
+            .expect("template"),
+    );
+    let mut last = DrainProgress::default();
+    while let Some(p) = stream.message().await.map_err(Remote).with_context(|| format!("drain worker {id:?}"))? {
+        bar.set_length(p.blocks_total);
+        bar.set_position(p.blocks_moved + p.blocks_failed);
+        bar.set_message(format!("{} moved, {} failed", p.blocks_moved, p.blocks_failed));
+        last = p;
+    }
+    bar.finish_and_clear();
+    match common.output {
+        Output::Json => println!(
+            "{}",
+            json!({"worker": last.worker_id, "blocks_total": last.blocks_total, "blocks_moved": last.blocks_moved,
+                   "blocks_failed": last.blocks_failed, "bytes_moved": last.bytes_moved, "done": last.done,
+                   "message": last.message})
+        ),
+        Output::Table => println!("{}", last.message),
+    }
+    if !last.done {
+        bail!("the master ended the drain of {id:?} without a final report");
+    }
+    if last.blocks_failed > 0 {
+        bail!("{}", last.message);
+    }
+    Ok(())
+}
+
 pub async fn workers(common: Common) -> Result<()> {
     let mut client = connect(&common.master).await?;
     let list = client.list_workers(ListWorkersRequest {}).await.map_err(Remote).context("list workers")?.into_inner();
@@ -437,7 +495,7 @@ pub async fn workers(common: Common) -> Result<()> {
                 .workers
                 .iter()
                 .map(|w| {
-                    json!({"id": w.id, "node": w.node, "address": w.address, "alive": w.alive, "blocks": w.block_count,
+                    json!({"id": w.id, "node": w.node, "address": w.address, "alive": w.alive, "draining": w.draining, "blocks": w.block_count,
                            "tiers": w.tiers.iter().map(|t| json!({"kind": t.kind, "dir": t.dir, "quota_bytes": t.quota_bytes, "used_bytes": t.used_bytes, "blocks": t.blocks})).collect::<Vec<_>>()})
                 })
                 .collect();
@@ -456,7 +514,12 @@ pub async fn workers(common: Common) -> Result<()> {
                     vec![
                         w.id.clone(),
                         w.address.clone(),
-                        if w.alive { "alive" } else { "lost" }.to_string(),
+                        match (w.alive, w.draining) {
+                            (false, _) => "lost",
+                            (true, true) => "draining",
+                            (true, false) => "alive",
+                        }
+                        .to_string(),
                         w.block_count.to_string(),
                         tiers.join(", "),
                     ]

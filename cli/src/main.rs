@@ -29,8 +29,8 @@ struct Cli {
 enum Command {
     /// Run the metadata master.
     Master(servers::MasterArgs),
-    /// Run a cache worker.
-    Worker(servers::WorkerArgs),
+    /// Run a cache worker, or drain one (`shoal worker drain ID`).
+    Worker(servers::WorkerCmd),
     /// Manage datasets.
     #[command(subcommand)]
     Dataset(client::DatasetCmd),
@@ -68,7 +68,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(
         cli.command,
-        Command::Master(_) | Command::Worker(_) | Command::Mount(_) | Command::Up(_) | Command::Csi(_)
+        Command::Master(_)
+            | Command::Worker(servers::WorkerCmd { action: None, .. })
+            | Command::Mount(_)
+            | Command::Up(_)
+            | Command::Csi(_)
     );
     init_tracing(if is_server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -81,7 +85,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Master(args) => servers::run_master(args).await,
-            Command::Worker(args) => servers::run_worker(args).await,
+            Command::Worker(servers::WorkerCmd { action: Some(a), .. }) => client::worker_action(a).await,
+            Command::Worker(cmd) => servers::run_worker(cmd.serve).await,
             Command::Dataset(cmd) => client::dataset(cmd).await,
             Command::Workers(common) => client::workers(common).await,
             Command::Prewarm(args) => cache::prewarm(args).await,

@@ -36,6 +36,10 @@ pub struct MasterArgs {
     /// store reads the master's and workers' own disks.
     #[arg(long = "allow-local-root", env = "SHOAL_ALLOW_LOCAL_ROOTS", value_delimiter = ',')]
     pub allow_local_roots: Vec<PathBuf>,
+    /// Do not copy to a worker that joins the cached blocks it now owns by
+    /// placement (it then fills them on first read, from their holders).
+    #[arg(long)]
+    pub no_rebalance: bool,
 }
 
 /// `dirs`, resolved (each must exist).
@@ -43,6 +47,16 @@ pub fn canonical_roots(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     dirs.iter()
         .map(|d| std::fs::canonicalize(d).with_context(|| format!("--allow-local-root {}", d.display())))
         .collect()
+}
+
+/// `shoal worker`: run a worker, or act on one (`shoal worker drain ID`).
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct WorkerCmd {
+    #[command(subcommand)]
+    pub action: Option<crate::client::WorkerAction>,
+    #[command(flatten)]
+    pub serve: WorkerArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,6 +131,7 @@ pub async fn run_master(args: MasterArgs) -> Result<()> {
         heartbeat_interval: args.heartbeat_interval,
         stale_block_grace: args.stale_block_grace,
         local_roots: canonical_roots(&args.allow_local_roots)?,
+        rebalance_on_join: !args.no_rebalance,
     };
     let stop = shutdown_on_signals();
     crate::metrics_http::serve(Some(&args.metrics_listen), "master", stop.clone()).await?;

@@ -132,6 +132,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         heartbeat_interval: Duration::from_secs(1),
         stale_block_grace: Duration::from_secs(60),
         local_roots,
+        rebalance_on_join: true,
     };
     let master_task = tokio::spawn(shoal_master::serve(master_cfg, master_listener, stop.clone()));
     // Worker: MEM tier on tmpfs when there is one.

@@ -59,7 +59,11 @@ fn block_ref(info: &DatasetInfo, path: &str, inode: &Inode, index: u32) -> Block
 }
 
 async fn read_block(w: &mut WorkerClient<Channel>, r: BlockRef) -> Vec<u8> {
-    let mut s = w.read_block(ReadBlockRequest { block: Some(r), offset: 0, length: 0 }).await.unwrap().into_inner();
+    let mut s = w
+        .read_block(ReadBlockRequest { block: Some(r), offset: 0, length: 0, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let mut out = Vec::new();
     while let Some(c) = s.message().await.unwrap() {
         out.extend_from_slice(&c.data);
@@ -340,7 +344,12 @@ async fn an_object_changed_since_the_sync_is_refused_never_mixed() {
             let later = std::time::UNIX_EPOCH + std::time::Duration::from_secs(inode.mtime_sec as u64 + 2);
             std::fs::File::options().write(true).open(local.join("f.bin")).unwrap().set_modified(later).unwrap();
         }
-        let req = ReadBlockRequest { block: Some(block_ref(&info, "/f.bin", &inode, 1)), offset: 0, length: 0 };
+        let req = ReadBlockRequest {
+            block: Some(block_ref(&info, "/f.bin", &inode, 1)),
+            offset: 0,
+            length: 0,
+            ..Default::default()
+        };
         let err = w.read_block(req).await.expect_err("a block of the old version must not be filled from the new one");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{name}: {err:?}");
         assert!(err.message().contains("changed since the dataset was last synced"), "{name}: {err:?}");
@@ -378,6 +387,43 @@ async fn concurrent_misses_make_one_store_read() {
     let s = stats(&mut w.clone()).await;
     assert_eq!(s.store_reads, 1, "eight concurrent misses of one block must share one store read");
     assert_eq!(s.misses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_copy_never_reads_through_and_comes_only_from_known_workers() {
+    let c = cluster("64MiB", "256MiB", &[]);
+    let src = c.root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = content(7, 2 * BLOCK);
+    std::fs::write(src.join("f"), &data).unwrap();
+    let (code, _, err) =
+        cli(&["dataset", "create", "pc", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &c.master.addr]);
+    assert_eq!(code, 0, "{err}");
+    let mut m = master_client(&c.master.addr).await;
+    let (info, ns) = namespace(&mut m, "pc").await;
+    let mut w = worker_client(&c.worker.addr).await;
+    let r = block_ref(&info, "/f", &ns["/f"], 0);
+    // A copy request of a block this worker does not hold: NOT_FOUND, no store read.
+    let req = ReadBlockRequest { block: Some(r.clone()), cached_only: true, ..Default::default() };
+    let e = w.read_block(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert_eq!(stats(&mut w).await.store_reads, 0);
+    // A peer the master never listed is not asked (a caller cannot make the
+    // worker cache bytes from any address): the store is read instead.
+    let bogus = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let req = CacheBlockRequest { block: Some(r.clone()), peers: vec![bogus.local_addr().unwrap().to_string()] };
+    w.cache_block(req).await.unwrap();
+    let s = stats(&mut w).await;
+    assert_eq!((s.store_reads, s.peer_reads), (1, 0));
+    // Now cached: the copy request is served from the tier.
+    let req = ReadBlockRequest { block: Some(r), cached_only: true, ..Default::default() };
+    let mut stream = w.read_block(req).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(got, data[..BLOCK]);
+    assert_eq!(stats(&mut w).await.store_reads, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +493,7 @@ async fn worker_kill9_mid_write_leaves_no_partial_block() {
     for index in 0..4 {
         let mut w = w.clone();
         let r = block_ref(&info, "/f", &ns["/f"], index);
-        tokio::spawn(async move { w.cache_block(CacheBlockRequest { block: Some(r) }).await });
+        tokio::spawn(async move { w.cache_block(CacheBlockRequest { block: Some(r), ..Default::default() }).await });
     }
     // Kill it while block files sit written under their temporary names.
     let tmp = root.join("w/mem/tmp");
@@ -580,7 +626,10 @@ async fn bad_input_is_refused_and_changes_nothing() {
         file_size: 10,
         ..Default::default()
     };
-    let e = w.read_block(ReadBlockRequest { block: Some(evil), offset: 0, length: 0 }).await.unwrap_err();
+    let e = w
+        .read_block(ReadBlockRequest { block: Some(evil), offset: 0, length: 0, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "unsigned: {e:?}");
     // A client can name a block, never define one: /g's path under /f's id and
     // signature (which would cache g's bytes as f's for every reader), or /f's
@@ -596,9 +645,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
         BlockRef { sig: vec![0; 16], ..f.clone() },
     ];
     for r in forged {
-        let e = w.read_block(ReadBlockRequest { block: Some(r.clone()), offset: 0, length: 0 }).await.unwrap_err();
+        let e = w
+            .read_block(ReadBlockRequest { block: Some(r.clone()), offset: 0, length: 0, ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{r:?}: {e:?}");
-        let e = w.cache_block(CacheBlockRequest { block: Some(r.clone()) }).await.unwrap_err();
+        let e = w.cache_block(CacheBlockRequest { block: Some(r.clone()), ..Default::default() }).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{r:?}: {e:?}");
     }
     let after = stats(&mut w).await;

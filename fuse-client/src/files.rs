@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal_proto::master::{GetDatasetRequest, Inode};
+use shoal_proto::master::Inode;
 use tokio::runtime::Handle;
 
 use crate::namespace::{Entry, MetaError, Metadata, ROOT};
@@ -129,14 +129,7 @@ impl Dataset {
     /// Open `name` on the master. Must be called inside the runtime `rt` drives.
     pub async fn open(name: &str, opts: &OpenOptions) -> Result<Dataset, MountError> {
         let mut master = crate::master_client(&opts.master)?;
-        let info = master
-            .get_dataset(GetDatasetRequest { name: name.to_string() })
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::NotFound => MountError::NoDataset(name.to_string()),
-                _ => MountError::Master(s.message().to_string()),
-            })?
-            .into_inner();
+        let info = crate::get_dataset(&mut master, name).await?;
         let rt = Handle::current();
         let meta = Metadata::new(name, master.clone(), rt.clone(), opts.metadata_budget);
         let generation = info.generation;

@@ -112,6 +112,18 @@ pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, MountError
     Ok(shoal_proto::auth::master(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
 
+/// Dataset `name`'s record from the master: `NoDataset` if it has none.
+pub(crate) async fn get_dataset(
+    master: &mut shoal_proto::auth::Master,
+    name: &str,
+) -> Result<shoal_proto::master::DatasetInfo, MountError> {
+    let r = master.get_dataset(GetDatasetRequest { name: name.to_string() }).await.map_err(|s| match s.code() {
+        tonic::Code::NotFound => MountError::NoDataset(name.to_string()),
+        _ => MountError::Master(s.message().to_string()),
+    })?;
+    Ok(r.into_inner())
+}
+
 pub use shoal_core::mounts::is_mounted;
 
 /// Follow re-syncs of the dataset: when its generation moves, load the listings
@@ -194,14 +206,7 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
         }
     }
     let mut master = master_client(&opts.master)?;
-    let dataset = master
-        .get_dataset(GetDatasetRequest { name: opts.dataset.clone() })
-        .await
-        .map_err(|s| match s.code() {
-            tonic::Code::NotFound => MountError::NoDataset(opts.dataset.clone()),
-            _ => MountError::Master(s.message().to_string()),
-        })?
-        .into_inner();
+    let dataset = get_dataset(&mut master, &opts.dataset).await?;
     let meta = namespace::Metadata::new(
         &opts.dataset,
         master.clone(),

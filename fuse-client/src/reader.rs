@@ -62,6 +62,9 @@ pub struct Reader {
     cache: moka::future::Cache<BlockId, Bytes>,
     node: String,
     master_down_until: Mutex<Option<Instant>>,
+    /// Workers that could not be reached, and until when they are skipped (a
+    /// lost host costs one connect timeout, not one per block).
+    worker_down: Mutex<HashMap<String, Instant>>,
     prefetch_slots: tokio::sync::Semaphore,
     /// Blocks of large (multi-block) files fetched for a read or by readahead,
     /// newest last, held whatever the cache decides to admit: moka's TinyLFU
@@ -103,6 +106,15 @@ impl std::fmt::Debug for Reader {
     }
 }
 
+/// How long a worker that could not be reached is skipped.
+const WORKER_DOWN_FOR: Duration = Duration::from_secs(3);
+
+/// Ids of the workers that own blocks by placement (a draining worker owns none,
+/// though it still serves the blocks it holds).
+fn placed(workers: &[WorkerInfo]) -> impl Iterator<Item = &str> {
+    workers.iter().filter(|w| !w.draining).map(|w| w.id.as_str())
+}
+
 fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
     shoal_proto::auth::endpoint(addr)
         .ok()
@@ -129,6 +141,7 @@ impl Reader {
             cache,
             node: config.node.clone(),
             master_down_until: Mutex::new(None),
+            worker_down: Mutex::new(HashMap::new()),
             prefetch_slots: tokio::sync::Semaphore::new(DIR_PREFETCH_PARALLEL),
             streaming: Mutex::new(Streaming { budget: config.cache_bytes.max(block_size), ..Default::default() }),
             counters: SourceCounters::default(),
@@ -270,14 +283,26 @@ impl Reader {
         let id = BlockId::new(inode.file_id, index);
         let owner = {
             let workers = self.workers.read().expect("workers lock");
-            let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
+            let ranked = placement::rank(placed(&workers), id);
             let first = ranked.first().copied();
             workers.iter().find(|w| Some(w.id.as_str()) == first).cloned()
         };
         let w = owner.ok_or("no worker is known")?;
         let mut c = self.client(&w.address).ok_or("bad worker address")?;
         let r = self.block_ref(inode, path, index);
-        let resp = c.cache_block(CacheBlockRequest { block: Some(r) }).await.map_err(|s| s.message().to_string())?;
+        // A worker that holds it already (the owner before a join, or one being
+        // drained) is the source of the copy, not the store.
+        let holders = self.listed_holders(inode, index).await;
+        let peers = {
+            let workers = self.workers.read().expect("workers lock");
+            holders
+                .iter()
+                .filter(|h| **h != w.id)
+                .filter_map(|h| workers.iter().find(|x| x.id == *h).map(|x| x.address.clone()))
+                .collect()
+        };
+        let req = CacheBlockRequest { block: Some(r), peers };
+        let resp = c.cache_block(req).await.map_err(|s| s.message().to_string())?;
         Ok(resp.into_inner().already_cached)
     }
 
@@ -302,19 +327,31 @@ impl Reader {
         let (_, want) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
         let r = self.block_ref(inode, path, index);
         let workers = self.workers.read().expect("workers lock").clone();
-        let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
+        let ranked = placement::rank(placed(&workers), id);
         let by_id: BTreeMap<&str, &WorkerInfo> = workers.iter().map(|w| (w.id.as_str(), w)).collect();
         let owner = ranked.first().copied();
         let mut last = String::from("no worker is known");
+        let mut holders: Option<Vec<String>> = None;
 
         // 1. A worker on this node: map its block file. If it is also the owner,
-        //    let it read the block through from the store first. A worker that
-        //    failed that read-through (it is down, or the store failed it after
-        //    its own retries) is not asked to read it through again below.
+        //    let it fill the block first: copied from a worker the master lists
+        //    as holding it, else read through from the store. A worker that
+        //    failed that fill (it is down, or the store failed it after its own
+        //    retries) is not asked to read it through again below.
         let mut failed_fill: Option<&str> = None;
         if let Some(local) = workers.iter().find(|w| w.node == self.node) {
             let fill = owner == Some(local.id.as_str());
-            match self.short_circuit(local, &r, fill, want).await {
+            let mut peers = Vec::new();
+            if fill {
+                let listed = self.listed_holders(inode, index).await;
+                peers = listed
+                    .iter()
+                    .filter(|h| **h != local.id)
+                    .filter_map(|h| by_id.get(h.as_str()).map(|w| w.address.clone()))
+                    .collect();
+                holders = Some(listed);
+            }
+            match self.short_circuit(local, &r, fill, want, peers).await {
                 Ok(Some(b)) => {
                     self.counters.short_circuit.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::BLOCK_SOURCE.with_label_values(&["short_circuit"]).inc();
@@ -330,7 +367,10 @@ impl Reader {
             }
         }
         // 2. Workers the master says hold it, then 3. workers by rendezvous rank.
-        let mut order: Vec<String> = self.listed_holders(inode, index).await;
+        let mut order: Vec<String> = match holders {
+            Some(h) => h,
+            None => self.listed_holders(inode, index).await,
+        };
         for w in ranked.iter().take(3) {
             if !order.iter().any(|o| o == w) {
                 order.push(w.to_string());
@@ -338,6 +378,9 @@ impl Reader {
         }
         for wid in order.iter().filter(|w| Some(w.as_str()) != failed_fill) {
             let Some(w) = by_id.get(wid.as_str()) else { continue };
+            if self.worker_down.lock().expect("down lock").get(wid.as_str()).is_some_and(|t| Instant::now() < *t) {
+                continue;
+            }
             match self.remote(w, &r, want).await {
                 Ok(b) => {
                     self.counters.worker.fetch_add(1, Ordering::Relaxed);
@@ -387,10 +430,11 @@ impl Reader {
         r: &BlockRef,
         fill: bool,
         want: u64,
+        peers: Vec<String>,
     ) -> Result<Option<Bytes>, String> {
         let mut c = self.client(&w.address).ok_or("bad worker address")?;
         let resp = c
-            .open_local(OpenLocalRequest { block: Some(r.clone()), fill })
+            .open_local(OpenLocalRequest { block: Some(r.clone()), fill, peers })
             .await
             .map_err(|s| format!("open_local on {}: {}", w.id, s.message()))?
             .into_inner();
@@ -420,15 +464,19 @@ impl Reader {
 
     async fn remote(&self, w: &WorkerInfo, r: &BlockRef, want: u64) -> Result<Bytes, String> {
         let mut c = self.client(&w.address).ok_or("bad worker address")?;
+        let failed = |s: tonic::Status| {
+            if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
+                self.worker_down.lock().expect("down lock").insert(w.id.clone(), Instant::now() + WORKER_DOWN_FOR);
+            }
+            format!("read_block on {}: {}", w.id, s.message())
+        };
         let mut stream = c
-            .read_block(ReadBlockRequest { block: Some(r.clone()), offset: 0, length: 0 })
+            .read_block(ReadBlockRequest { block: Some(r.clone()), offset: 0, length: 0, cached_only: false })
             .await
-            .map_err(|s| format!("read_block on {}: {}", w.id, s.message()))?
+            .map_err(failed)?
             .into_inner();
         let mut chunks = Vec::new();
-        while let Some(chunk) =
-            stream.message().await.map_err(|s| format!("read_block on {}: {}", w.id, s.message()))?
-        {
+        while let Some(chunk) = stream.message().await.map_err(failed)? {
             chunks.push(chunk.data);
         }
         let data = if chunks.len() == 1 {

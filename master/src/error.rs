@@ -42,7 +42,7 @@ impl From<MasterError> for Status {
             }
             MasterError::DatasetExists(_) => Code::AlreadyExists,
             MasterError::InvalidArgument(_) => Code::InvalidArgument,
-            MasterError::UnknownWorker(_) => Code::FailedPrecondition,
+            MasterError::UnknownWorker(_) => Code::NotFound,
             MasterError::SyncRunning(_) => Code::Aborted,
             MasterError::LocalRootRefused(_) => Code::PermissionDenied,
             MasterError::Core(c) if c.is_invalid_input() => Code::InvalidArgument,

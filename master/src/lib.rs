@@ -8,6 +8,8 @@ pub mod membership;
 pub mod meta;
 pub mod metrics;
 pub mod namespace;
+pub mod pool;
+pub mod rebalance;
 pub mod service;
 
 use std::path::PathBuf;
@@ -38,6 +40,8 @@ pub struct MasterConfig {
     /// Local directories (`file://` stores) datasets may be created under;
     /// empty: none. Canonical paths.
     pub local_roots: Vec<PathBuf>,
+    /// Copy to a worker that joins the blocks it now owns (from their holders).
+    pub rebalance_on_join: bool,
 }
 
 impl Default for MasterConfig {
@@ -48,6 +52,7 @@ impl Default for MasterConfig {
             heartbeat_interval: Duration::from_secs(3),
             stale_block_grace: Duration::from_secs(60),
             local_roots: Vec::new(),
+            rebalance_on_join: true,
         }
     }
 }
@@ -69,6 +74,29 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
             tokio::select! {
                 _ = sync_stop.cancelled() => break,
                 _ = tick.tick() => syncer.sync_due().await,
+            }
+        }
+    });
+    // After a worker joins (and the joins of a master restart have settled, and
+    // the other workers have heard of it), the blocks it now owns are copied to it.
+    let rebalancer = (service.rebalancer.clone(), service.joined.clone());
+    let settle = (config.heartbeat_interval * 3).clamp(Duration::from_millis(500), Duration::from_secs(10));
+    let rebalance_stop = shutdown.clone();
+    let on_join = config.rebalance_on_join;
+    let rebalance = tokio::spawn(async move {
+        let (rebalancer, joined) = rebalancer;
+        loop {
+            tokio::select! {
+                _ = rebalance_stop.cancelled() => break,
+                _ = joined.notified() => {}
+            }
+            // Joins within the settling time are one rebalance.
+            while tokio::time::timeout(settle, joined.notified()).await.is_ok() {}
+            if !on_join {
+                continue;
+            }
+            if let Err(e) = rebalancer.rebalance(16).await {
+                tracing::warn!(error = %e, "rebalance after a worker joined failed");
             }
         }
     });
@@ -105,5 +133,6 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
         .await;
     reaper.abort();
     periodic.abort();
+    rebalance.abort();
     result.map_err(ServeError::Transport)
 }

@@ -53,19 +53,24 @@ pub struct Loads {
     meta: Arc<MetaStore>,
     members: Arc<Membership>,
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
-    clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
+    pool: Arc<crate::pool::WorkerPool>,
     resumed: AtomicBool,
     /// How long workers take to report new blocks (a few heartbeats).
     report_lag: Duration,
 }
 
 impl Loads {
-    pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>, heartbeat: Duration) -> Arc<Self> {
+    pub fn new(
+        meta: Arc<MetaStore>,
+        members: Arc<Membership>,
+        pool: Arc<crate::pool::WorkerPool>,
+        heartbeat: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             meta,
             members,
             jobs: Mutex::new(HashMap::new()),
-            clients: Mutex::new(HashMap::new()),
+            pool,
             resumed: AtomicBool::new(false),
             report_lag: (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(30)),
         })
@@ -86,20 +91,6 @@ impl Loads {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    fn client(&self, addr: &str) -> Option<shoal_proto::auth::Worker> {
-        let mut clients = self.clients.lock().expect("clients lock");
-        if let Some(c) = clients.get(addr) {
-            return Some(c.clone());
-        }
-        let ep = shoal_proto::auth::endpoint(addr)
-            .ok()?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(120));
-        let c = shoal_proto::auth::worker(ep.connect_lazy());
-        clients.insert(addr.to_string(), c.clone());
-        Some(c)
     }
 
     fn enumerate(&self, info: &DatasetInfo, spec: &LoadSpec) -> Result<Vec<FileTask>> {
@@ -258,7 +249,7 @@ impl Loads {
         let spec = handle.job.lock().expect("job lock").spec.clone().unwrap_or_default();
         let bs = block_size(&info);
         let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        let workers = self.members.live_workers();
+        let workers = self.members.placement_workers();
         if workers.is_empty() && !files.is_empty() {
             return self.finish(handle, LoadState::Failed, "no live worker to load into".into());
         }
@@ -290,19 +281,9 @@ impl Loads {
                     let id = BlockId::new(f.inode.file_id, index);
                     let len = ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
                     let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
-                    let holders = this.members.holders(id);
-                    let r = BlockRef {
-                        dataset: name,
-                        dataset_id,
-                        file_id: f.inode.file_id,
-                        index,
-                        path: f.path.clone(),
-                        block_size: bs,
-                        file_size: f.inode.size,
-                        mtime_sec: f.inode.mtime_sec,
-                        mtime_nsec: f.inode.mtime_nsec,
-                        sig: f.inode.sig.clone(),
-                    };
+                    let (holders, mut peers): (Vec<String>, Vec<String>) =
+                        this.members.holder_addresses(id).into_iter().unzip();
+                    let r = ref_of(&name, dataset_id, bs, &f.path, &f.inode, index);
                     let mut placed = holders.iter().filter(|h| ranked.contains(&h.as_str())).count().min(replicas);
                     let mut already = placed == replicas;
                     let mut last_err = None;
@@ -314,10 +295,15 @@ impl Loads {
                         if holders.iter().any(|h| h == wid) {
                             continue;
                         }
-                        let Some(mut c) = addr.get(*wid).and_then(|a| this.client(a)) else { continue };
-                        match c.cache_block(CacheBlockRequest { block: Some(r.clone()) }).await {
+                        let Some(a) = addr.get(*wid) else { continue };
+                        let Some(mut c) = this.pool.client(a) else { continue };
+                        // A copy the block already has (or the first replica
+                        // just made) is copied: the store is read once per block.
+                        let req = CacheBlockRequest { block: Some(r.clone()), peers: peers.clone() };
+                        match c.cache_block(req).await {
                             Ok(resp) => {
                                 placed += 1;
+                                peers.push(a.clone());
                                 already |= resp.into_inner().already_cached;
                             }
                             Err(s) => {
@@ -462,6 +448,27 @@ impl Loads {
             }
             None => self.get(id),
         }
+    }
+}
+
+/// The signed reference of block `index` of the file at `path`.
+pub fn block_ref(info: &DatasetInfo, bs: u64, path: &str, inode: &Inode, index: u32) -> BlockRef {
+    let name = info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
+    ref_of(name, info.id, bs, path, inode, index)
+}
+
+fn ref_of(dataset: &str, dataset_id: u32, bs: u64, path: &str, inode: &Inode, index: u32) -> BlockRef {
+    BlockRef {
+        dataset: dataset.to_string(),
+        dataset_id,
+        file_id: inode.file_id,
+        index,
+        path: path.to_string(),
+        block_size: bs,
+        file_size: inode.size,
+        mtime_sec: inode.mtime_sec,
+        mtime_nsec: inode.mtime_nsec,
+        sig: inode.sig.clone(),
     }
 }
 

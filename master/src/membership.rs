@@ -1,7 +1,9 @@
 //! Worker membership and the block location map: soft state, rebuilt from worker
 //! reports (a full report on register, deltas on heartbeat) after a master restart.
 //! A worker silent for longer than the lost-worker timeout is declared lost and its
-//! blocks leave the map.
+//! blocks leave the map. A worker being drained stays out of placement (and so
+//! does a drained one, whose blocks have left the map and whose reports are
+//! ignored) until it is undrained.
 //!
 //! Cache usage per dataset (distinct blocks and bytes, and what each worker holds)
 //! is counted as reports arrive, from the dataset and length each report carries:
@@ -15,10 +17,22 @@ use shoal_core::BlockId;
 use shoal_proto::master::{BlockKey, BlockLocation, TierInfo, WorkerInfo};
 use tracing::{info, warn};
 
+/// Where a worker is in a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Drain {
+    #[default]
+    No,
+    /// Out of placement; its blocks are being copied to their new owners.
+    Draining,
+    /// Its blocks have moved; it holds nothing the map knows of.
+    Drained,
+}
+
 struct WorkerState {
     info: WorkerInfo,
     last_seen: Instant,
     alive: bool,
+    drain: Drain,
     /// Each held block's dataset and length.
     blocks: HashMap<BlockId, (u32, u64)>,
 }
@@ -129,36 +143,97 @@ impl Membership {
         Self { inner: RwLock::new(Inner::default()), lost_after }
     }
 
-    /// A worker (re-)joins with its full block report.
-    pub fn register(&self, mut worker: WorkerInfo, blocks: &[BlockKey]) {
+    /// A worker (re-)joins with its full block report. A drain in progress
+    /// survives the worker's restart. Returns true if the worker was not a live member before
+    /// (new, or back after being lost).
+    pub fn register(&self, mut worker: WorkerInfo, blocks: &[BlockKey]) -> bool {
         let mut inner = self.inner.write().expect("membership lock");
         let id: Arc<str> = worker.id.clone().into();
         inner.drop_blocks(&id);
+        // A drain in progress goes on after a restart; a drained worker that
+        // registers again has come back, as a new member.
+        let (joined, drain) = match inner.workers.get(&*id) {
+            Some(w) if w.drain == Drain::Drained => (true, Drain::No),
+            Some(w) => (!w.alive, w.drain),
+            None => (true, Drain::No),
+        };
         worker.alive = true;
+        worker.draining = drain != Drain::No;
         worker.last_heartbeat_unix_ms = unix_ms();
         info!(worker = %id, address = %worker.address, blocks = blocks.len(), "worker registered");
         inner.workers.insert(
             id.to_string(),
-            WorkerState { info: worker, last_seen: Instant::now(), alive: true, blocks: HashMap::new() },
+            WorkerState { info: worker, last_seen: Instant::now(), alive: true, drain, blocks: HashMap::new() },
         );
-        for b in blocks {
-            inner.add_block(&id, b);
+        if drain != Drain::Drained {
+            for b in blocks {
+                inner.add_block(&id, b);
+            }
         }
+        joined
+    }
+
+    /// Start (or undo) a worker's drain. Errors if the worker is unknown.
+    pub fn set_drain(&self, id: &str, drain: Drain) -> Result<(), crate::MasterError> {
+        let mut inner = self.inner.write().expect("membership lock");
+        let w = inner.workers.get_mut(id).ok_or_else(|| crate::MasterError::UnknownWorker(id.to_string()))?;
+        w.drain = drain;
+        w.info.draining = drain != Drain::No;
+        if drain == Drain::Drained {
+            inner.drop_blocks(id);
+        }
+        info!(worker = %id, ?drain, "worker drain state");
+        Ok(())
+    }
+
+    /// The blocks one worker holds, each with its dataset id.
+    pub fn blocks_of(&self, id: &str) -> Vec<(BlockId, u32)> {
+        let inner = self.inner.read().expect("membership lock");
+        inner.workers.get(id).map(|w| w.blocks.iter().map(|(b, (ds, _))| (*b, *ds)).collect()).unwrap_or_default()
+    }
+
+    /// Every block in the map, with its dataset id and holders.
+    pub fn all_blocks(&self) -> Vec<(BlockId, u32, Vec<String>)> {
+        let inner = self.inner.read().expect("membership lock");
+        inner
+            .locations
+            .iter()
+            .filter_map(|(b, ws)| {
+                let first = ws.iter().next()?;
+                let ds = inner.workers.get(&**first)?.blocks.get(b)?.0;
+                Some((*b, ds, ws.iter().map(|w| w.to_string()).collect()))
+            })
+            .collect()
+    }
+
+    /// Live workers that take part in placement (not draining).
+    pub fn placement_workers(&self) -> Vec<WorkerInfo> {
+        self.live_workers().into_iter().filter(|w| !w.draining).collect()
+    }
+
+    /// Addresses of the live workers other than `id`: the peers it may copy from.
+    pub fn peer_addresses(&self, id: &str) -> Vec<String> {
+        let inner = self.inner.read().expect("membership lock");
+        inner.workers.iter().filter(|(w, st)| st.alive && *w != id).map(|(_, st)| st.info.address.clone()).collect()
     }
 
     /// Apply a heartbeat. Returns false if the worker is unknown or was declared
     /// lost: it must register again with a full report.
     pub fn heartbeat(&self, id: &str, added: &[BlockKey], removed: &[BlockKey], tiers: Vec<TierInfo>) -> bool {
         let mut inner = self.inner.write().expect("membership lock");
-        match inner.workers.get_mut(id) {
+        let drained = match inner.workers.get_mut(id) {
             Some(w) if w.alive => {
                 w.last_seen = Instant::now();
                 w.info.last_heartbeat_unix_ms = unix_ms();
                 if !tiers.is_empty() {
                     w.info.tiers = tiers;
                 }
+                w.drain == Drain::Drained
             }
             _ => return false,
+        };
+        if drained {
+            return true;
         }
         let id: Arc<str> = id.into();
         for b in removed {

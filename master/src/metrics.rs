@@ -48,5 +48,13 @@ pub static PREWARM_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric")
 });
+pub static MOVED_BLOCKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shoal_master_moved_blocks_total",
+        "Block copies to new owners by drains and rebalancing, by result (moved, failed)",
+        &["result"]
+    )
+    .expect("metric")
+});
 pub static PREWARM_RUNNING: LazyLock<IntGauge> =
     LazyLock::new(|| register_int_gauge!("shoal_master_prewarm_jobs_running", "Prewarm jobs running").expect("metric"));

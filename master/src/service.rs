@@ -43,6 +43,9 @@ pub struct State {
     syncing: Mutex<std::collections::HashSet<String>>,
     stores: Mutex<HashMap<u32, UnderStore>>,
     pub(crate) loads: Arc<Loads>,
+    pub(crate) rebalancer: Arc<crate::rebalance::Rebalancer>,
+    /// Woken when a worker joins: the blocks it now owns are copied to it.
+    pub(crate) joined: Arc<tokio::sync::Notify>,
     /// When each dataset's periodic sync was last tried (failures wait a period).
     sync_attempts: Mutex<HashMap<String, i64>>,
     /// See [`crate::MasterConfig::local_roots`].
@@ -69,13 +72,21 @@ fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
 impl State {
     fn new(meta: Arc<MetaStore>, members: Arc<Membership>, config: &crate::MasterConfig) -> Self {
         let heartbeat_interval_ms = config.heartbeat_interval.as_millis() as u64;
+        let pool = Arc::new(crate::pool::WorkerPool::default());
         Self {
+            rebalancer: crate::rebalance::Rebalancer::new(
+                meta.clone(),
+                members.clone(),
+                pool.clone(),
+                config.heartbeat_interval,
+            ),
+            joined: Arc::default(),
             heartbeat_interval_ms,
             stale_block_grace: config.stale_block_grace,
             create_lock: tokio::sync::Mutex::new(()),
             syncing: Mutex::new(Default::default()),
             stores: Mutex::new(HashMap::new()),
-            loads: Loads::new(meta.clone(), members.clone(), std::time::Duration::from_millis(heartbeat_interval_ms)),
+            loads: Loads::new(meta.clone(), members.clone(), pool, config.heartbeat_interval),
             sync_attempts: Mutex::new(HashMap::new()),
             local_roots: config.local_roots.clone(),
             data_dir: std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
@@ -703,13 +714,17 @@ impl Master for MasterService {
             }
             (Vec::new(), Vec::new())
         };
-        self.members.register(worker, &blocks);
+        let id = worker.id.clone();
+        if self.members.register(worker, &blocks) {
+            self.joined.notify_one();
+        }
         Ok(Response::new(RegisterWorkerResponse {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             policies: self.policies(),
             cluster_id: self.meta.cluster_id.clone(),
             block_key: self.meta.block_key().to_vec(),
             drop,
+            peers: self.members.peer_addresses(&id),
         }))
     }
 
@@ -719,7 +734,12 @@ impl Master for MasterService {
         let r = req.into_inner();
         let (added, drop) = self.issued(&r.worker_id, r.added);
         let known = self.members.heartbeat(&r.worker_id, &added, &r.removed, r.tiers);
-        Ok(Response::new(HeartbeatResponse { reregister: !known, policies: self.policies(), drop }))
+        Ok(Response::new(HeartbeatResponse {
+            reregister: !known,
+            policies: self.policies(),
+            drop,
+            peers: if known { self.members.peer_addresses(&r.worker_id) } else { Vec::new() },
+        }))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().dataset))]
@@ -802,5 +822,65 @@ impl Master for MasterService {
     async fn list_workers(&self, req: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
         principal(&req).require(Role::Client, "ListWorkers")?;
         Ok(Response::new(ListWorkersResponse { workers: self.members.workers() }))
+    }
+
+    type DrainWorkerStream = BoxStream<DrainProgress>;
+
+    #[instrument(skip_all, fields(worker = %req.get_ref().id))]
+    async fn drain_worker(
+        &self,
+        req: Request<DrainWorkerRequest>,
+    ) -> Result<Response<Self::DrainWorkerStream>, Status> {
+        // It moves every namespace's blocks: an admin of all of them, or a
+        // worker (a worker pod drains itself before it stops; worker
+        // credentials are trusted with every dataset's blocks already).
+        let who = principal(&req);
+        if !who.has(Role::Worker) {
+            who.require(Role::Admin, "DrainWorker")?;
+            if !who.sees_all() {
+                return Err(Status::permission_denied(
+                    "DrainWorker needs a worker credential or an admin credential of every namespace",
+                ));
+            }
+        }
+        let r = req.into_inner();
+        if r.undo {
+            self.rebalancer.undrain(&r.id)?;
+            let done = DrainProgress {
+                worker_id: r.id.clone(),
+                done: true,
+                message: format!("worker {} is back in placement", r.id),
+                ..Default::default()
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(done)]))));
+        }
+        if !self.members.workers().iter().any(|w| w.id == r.id) {
+            return Err(MasterError::UnknownWorker(r.id).into());
+        }
+        // The drain goes on if the caller goes away; progress is sent when the
+        // channel has room (the last report always).
+        let (tx, rx) = mpsc::channel(16);
+        let rebalancer = self.rebalancer.clone();
+        let parallel = if r.parallel == 0 { 16 } else { r.parallel as usize };
+        tokio::spawn(async move {
+            let mut last = std::time::Instant::now();
+            let result = rebalancer
+                .drain(&r.id, parallel, |p| {
+                    if p.done || last.elapsed() >= Duration::from_millis(200) {
+                        last = std::time::Instant::now();
+                        if p.done {
+                            let tx = tx.clone();
+                            tokio::spawn(async move { tx.send(Ok(p)).await });
+                        } else {
+                            let _ = tx.try_send(Ok(p));
+                        }
+                    }
+                })
+                .await;
+            if let Err(e) = result {
+                let _ = tx.send(Err(Status::from(e))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -126,6 +126,7 @@ impl Shoal {
             heartbeat_interval: Duration::from_millis(200),
             stale_block_grace: Duration::from_secs(60),
             local_roots: vec![std::fs::canonicalize(dir.path()).unwrap()],
+            ..Default::default()
         };
         tokio::spawn(shoal_master::serve(cfg, listener, stop.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

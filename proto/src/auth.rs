@@ -131,6 +131,12 @@ impl Principal {
         Principal { roles: role.bit(), namespaces: namespaces.map(Into::into) }
     }
 
+    /// Whether it holds every right: an open server's caller, or the holder of
+    /// the one shared token, where callers cannot be told apart.
+    pub fn is_everything(&self) -> bool {
+        self.roles == 7 && self.namespaces.is_none()
+    }
+
     /// Whether it holds `role` (an admin is also a client).
     pub fn has(&self, role: Role) -> bool {
         let mut roles = self.roles;

@@ -82,6 +82,11 @@ impl Datasets {
         Self { master, stores: Mutex::new(HashMap::new()) }
     }
 
+    /// The master these stores' specs come from.
+    pub fn master(&self) -> shoal_proto::auth::Master {
+        self.master.clone()
+    }
+
     pub async fn store(&self, name: &str, id: u32, epoch: u64) -> Result<UnderStore, WorkerError> {
         if let Some(s) = self.stores.lock().expect("stores lock").get(&(name.to_string(), id, epoch)) {
             return Ok(s.clone());

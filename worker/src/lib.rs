@@ -127,8 +127,10 @@ async fn report_loop(
     store: Arc<BlockStore>,
     report_soon: Arc<tokio::sync::Notify>,
     who: (Arc<identity::Identity>, Vec<std::path::PathBuf>),
+    peers: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     shutdown: CancellationToken,
 ) {
+    let set_peers = |list: &[String]| *peers.write().expect("peers lock") = list.iter().cloned().collect();
     let (identity, tier_dirs) = who;
     let mut interval = Duration::from_secs(3);
     let mut registered = false;
@@ -154,6 +156,7 @@ async fn report_loop(
                         continue;
                     }
                     registered = true;
+                    set_peers(&resp.peers);
                     interval = Duration::from_millis(resp.heartbeat_interval_ms.clamp(100, 60_000));
                     let s = store.clone();
                     let _ = tokio::task::spawn_blocking(move || {
@@ -194,6 +197,7 @@ async fn report_loop(
             match master.heartbeat(req).await {
                 Ok(resp) if resp.get_ref().reregister => registered = false,
                 Ok(resp) => {
+                    set_peers(&resp.get_ref().peers);
                     let s = store.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         let resp = resp.into_inner();
@@ -309,6 +313,7 @@ pub async fn serve(
         store,
         service.0.report_soon.clone(),
         (service.0.identity.clone(), dirs),
+        service.0.peers.clone(),
         shutdown.clone(),
     ));
     info!(addr = %local, id = %config.id, "worker serving");

@@ -23,6 +23,18 @@ pub static SERVED_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric")
 });
+pub static PEER_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shoal_worker_peer_reads_total",
+        "Fills that asked a peer worker for its copy, by result (copied, not_cached, failed)",
+        &["result"]
+    )
+    .expect("metric")
+});
+pub static PEER_READ_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("shoal_worker_peer_read_bytes_total", "Bytes of blocks copied from peer workers")
+        .expect("metric")
+});
 pub static STORE_READ_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("shoal_worker_store_read_bytes_total", "Bytes read from under-stores").expect("metric")
 });
@@ -64,10 +76,20 @@ pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 
 /// Refresh the tier gauges from the store.
 pub fn update_tiers(store: &crate::BlockStore) {
+    let (mut all_used, mut all_quota) = (0u64, 0u64);
     for (kind, _, quota, used, blocks, _) in store.tier_stats() {
         let k = kind.as_str();
         TIER_BLOCKS.with_label_values(&[k]).set(blocks as i64);
         TIER_USED.with_label_values(&[k]).set(used as i64);
         TIER_QUOTA.with_label_values(&[k]).set(quota as i64);
+        all_used += used;
+        all_quota += quota;
     }
+    CACHE_USED_RATIO.set(if all_quota == 0 { 0.0 } else { all_used as f64 / all_quota as f64 });
 }
+
+/// Used bytes over quota of all tiers: what an autoscaler scales the cache on.
+pub static CACHE_USED_RATIO: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    prometheus::register_gauge!("shoal_worker_cache_used_ratio", "Bytes used over the byte quota, all tiers together")
+        .expect("metric")
+});

@@ -1,13 +1,16 @@
 //! The worker's gRPC service: serves blocks from the tiered store, reads them
-//! through from the under-store on a miss (concurrent misses for one block share a
-//! single store read), and hands out block file paths for short-circuit reads.
+//! through on a miss (concurrent misses for one block share a single read), and
+//! hands out block file paths for short-circuit reads. A miss is filled by a
+//! copy from a peer worker that holds the block when the caller names one (and
+//! the master lists it as a live worker), else from the under-store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use shoal_core::BlockId;
 use shoal_proto::worker::worker_server::Worker;
@@ -30,7 +33,7 @@ const CHUNK: usize = 1 << 20;
 struct Fetched {
     cached: Option<Cached>,
     data: Bytes,
-    /// Where this request's bytes came from: "mem", "ssd" or "store".
+    /// Where this request's bytes came from: "mem", "ssd", "peer" or "store".
     source: &'static str,
 }
 
@@ -43,7 +46,14 @@ pub struct Counters {
     pub store_reads: AtomicU64,
     pub store_bytes: AtomicU64,
     pub corrupt_dropped: AtomicU64,
+    pub peer_reads: AtomicU64,
+    pub peer_bytes: AtomicU64,
 }
+
+/// How long a copy of one block from a peer may take before the store is read.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Peers tried for one block before the store.
+const PEERS_TRIED: usize = 3;
 
 pub struct State {
     pub id: String,
@@ -62,6 +72,37 @@ pub struct State {
     pub report_soon: Arc<tokio::sync::Notify>,
     /// The cluster and key block references are verified with.
     pub identity: Arc<crate::identity::Identity>,
+    /// Addresses of the other live workers, as the master last said: a fill
+    /// copies only from these (a caller cannot point it at any address).
+    pub peers: Arc<RwLock<HashSet<String>>>,
+    peer_clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
+    /// When the peer list was last asked of the master out of turn.
+    /// Held while asking, so that fills arriving meanwhile wait for the answer.
+    peers_asked: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// A block reference as it came on the wire (signed) and the peers named with it.
+#[derive(Clone, Default)]
+struct PeerHint {
+    wire: Option<BlockRef>,
+    peers: Vec<String>,
+    /// Named by the master or another server (worker or all-namespace admin
+    /// credential of a roles table): used as they are. Any other caller's are
+    /// checked against the master's list of live workers.
+    trusted: bool,
+}
+
+impl PeerHint {
+    fn new<T>(req: &Request<T>, wire: Option<&BlockRef>, peers: &[String]) -> Self {
+        if peers.is_empty() {
+            return Self::default();
+        }
+        let who = shoal_proto::auth::principal(req);
+        let trusted = !who.is_everything()
+            && (who.has(shoal_proto::auth::Role::Worker)
+                || (who.has(shoal_proto::auth::Role::Admin) && who.sees_all()));
+        Self { wire: wire.cloned(), peers: peers.to_vec(), trusted }
+    }
 }
 
 /// The worker's gRPC service; cheap to clone.
@@ -91,7 +132,85 @@ impl WorkerService {
             counters: Counters::default(),
             report_soon: Arc::new(tokio::sync::Notify::new()),
             identity,
+            peers: Arc::default(),
+            peer_clients: Mutex::default(),
+            peers_asked: tokio::sync::Mutex::default(),
         }))
+    }
+
+    /// Ask the master for the live workers now (at most twice a second): a
+    /// peer named before this worker's next heartbeat would tell of it.
+    async fn refresh_peers(&self) {
+        let mut asked = self.0.peers_asked.lock().await;
+        if asked.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        *asked = Some(std::time::Instant::now());
+        let mut master = self.0.datasets.master();
+        let req = shoal_proto::master::ListWorkersRequest {};
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), master.list_workers(req)).await {
+            let live = r.into_inner().workers.into_iter().filter(|w| w.alive && w.id != self.0.id);
+            *self.0.peers.write().expect("peers lock") = live.map(|w| w.address).collect();
+        }
+    }
+
+    fn peer_client(&self, addr: &str) -> Option<shoal_proto::auth::Worker> {
+        let mut clients = self.0.peer_clients.lock().expect("peer clients lock");
+        if let Some(c) = clients.get(addr) {
+            return Some(c.clone());
+        }
+        let ep = shoal_proto::auth::endpoint(addr).ok()?.connect_timeout(Duration::from_secs(2));
+        let c = shoal_proto::auth::worker(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+        clients.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
+
+    /// The block's bytes copied from a peer that holds it in a tier, or `None`
+    /// (no known peer named, or none had it whole in time).
+    async fn copy_from_peers(&self, r: &CheckedRef, hint: &PeerHint) -> Option<Bytes> {
+        let wire = hint.wire.as_ref()?;
+        let unknown = |hint: &PeerHint| {
+            let peers = self.0.peers.read().expect("peers lock");
+            !hint.trusted && hint.peers.iter().any(|p| !peers.contains(p))
+        };
+        if unknown(hint) {
+            self.refresh_peers().await;
+        }
+        let known: Vec<String> = {
+            let peers = self.0.peers.read().expect("peers lock");
+            hint.peers.iter().filter(|p| hint.trusted || peers.contains(*p)).take(PEERS_TRIED).cloned().collect()
+        };
+        for addr in known {
+            let Some(mut c) = self.peer_client(&addr) else { continue };
+            let req = ReadBlockRequest { block: Some(wire.clone()), offset: 0, length: 0, cached_only: true };
+            let copy = async {
+                let mut s = c.read_block(req).await?.into_inner();
+                let mut buf = BytesMut::with_capacity(r.len as usize);
+                while let Some(chunk) = s.message().await? {
+                    buf.extend_from_slice(&chunk.data);
+                }
+                Ok::<_, Status>(buf.freeze())
+            };
+            let outcome = match tokio::time::timeout(PEER_TIMEOUT, copy).await {
+                Ok(Ok(b)) if b.len() as u64 == r.len => {
+                    self.0.counters.peer_reads.fetch_add(1, Ordering::Relaxed);
+                    self.0.counters.peer_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    metrics::PEER_READS.with_label_values(&["copied"]).inc();
+                    metrics::PEER_READ_BYTES.inc_by(b.len() as u64);
+                    return Some(b);
+                }
+                Ok(Ok(b)) => format!("the peer sent {} of the block's {} bytes", b.len(), r.len),
+                Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                    metrics::PEER_READS.with_label_values(&["not_cached"]).inc();
+                    continue;
+                }
+                Ok(Err(s)) => s.message().to_string(),
+                Err(_) => format!("no copy within {PEER_TIMEOUT:?}"),
+            };
+            metrics::PEER_READS.with_label_values(&["failed"]).inc();
+            warn!(block = %r.id, peer = %addr, error = %outcome, "copy from a peer failed; trying the next source");
+        }
+        None
     }
 
     /// A block reference from the wire, verified against the master's signature.
@@ -127,7 +246,7 @@ impl WorkerService {
     /// however many requests ask for it at the same time.
     /// A block from the tiers, or read through from the store once for all
     /// concurrent callers. `split`: see [`shoal_core::UnderStore::read_ranges`].
-    async fn fetch(&self, r: &CheckedRef, split: bool) -> Result<Fetched, Status> {
+    async fn fetch(&self, r: &CheckedRef, split: bool, hint: PeerHint) -> Result<Fetched, Status> {
         let id = r.id;
         if let Some(c) = self.0.store.get(id) {
             if let Some(data) = self.read_cached(&c).await {
@@ -138,7 +257,7 @@ impl WorkerService {
         }
         let key = (id, r.epoch);
         let cell = self.0.inflight.lock().expect("inflight lock").entry(key).or_default().clone();
-        let result = cell.get_or_init(|| self.fill(r.clone(), split)).await.clone();
+        let result = cell.get_or_init(|| self.fill(r.clone(), split, hint)).await.clone();
         let mut inflight = self.0.inflight.lock().expect("inflight lock");
         if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             inflight.remove(&key);
@@ -146,7 +265,7 @@ impl WorkerService {
         result
     }
 
-    async fn fill(&self, r: CheckedRef, split: bool) -> Result<Fetched, Status> {
+    async fn fill(&self, r: CheckedRef, split: bool, hint: PeerHint) -> Result<Fetched, Status> {
         // Another request may have filled it between our miss and our flight.
         let id = r.id;
         if let Some(c) = self.0.store.get(id) {
@@ -154,22 +273,15 @@ impl WorkerService {
                 return Ok(Fetched { source: c.tier.as_str(), cached: Some(c), data });
             }
         }
-        self.0.counters.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::MISSES.inc();
-        if crate::tier::fail_point_armed("worker::before_store_read") {
-            blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
-        }
-        let under = self.0.datasets.store(&r.dataset, r.dataset_id, r.epoch).await?;
         // Wait for room in the fill budget; the block's bytes are held until cached.
         let units = r.len.div_ceil(FILL_UNIT).clamp(1, u64::from(self.0.fill_units)) as u32;
         let waited = std::time::Instant::now();
         let _room = self.0.fill_budget.acquire_many(units).await.map_err(|_| Status::unavailable("shutting down"))?;
         metrics::FILL_WAIT.observe(waited.elapsed().as_secs_f64());
-        let data =
-            under.read_ranges(&r.path, r.offset, r.len, split, Some(r.version)).await.map_err(WorkerError::from)?;
-        self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
-        self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        metrics::STORE_READ_BYTES.inc_by(data.len() as u64);
+        let (data, source) = match self.copy_from_peers(&r, &hint).await {
+            Some(data) => (data, "peer"),
+            None => (self.read_store(&r, split).await?, "store"),
+        };
         let store = self.0.store.clone();
         let d = data.clone();
         let dataset = r.dataset_id;
@@ -185,7 +297,22 @@ impl WorkerService {
         } else {
             self.0.report_soon.notify_one();
         }
-        Ok(Fetched { cached, data, source: "store" })
+        Ok(Fetched { cached, data, source })
+    }
+
+    async fn read_store(&self, r: &CheckedRef, split: bool) -> Result<Bytes, Status> {
+        self.0.counters.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::MISSES.inc();
+        if crate::tier::fail_point_armed("worker::before_store_read") {
+            blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
+        }
+        let under = self.0.datasets.store(&r.dataset, r.dataset_id, r.epoch).await?;
+        let data =
+            under.read_ranges(&r.path, r.offset, r.len, split, Some(r.version)).await.map_err(WorkerError::from)?;
+        self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
+        self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        metrics::STORE_READ_BYTES.inc_by(data.len() as u64);
+        Ok(data)
     }
 }
 
@@ -211,7 +338,21 @@ impl Worker for WorkerService {
             n => (r.offset + n).min(checked.len),
         };
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["read_block"]).start_timer();
-        let fetched = self.fetch(&checked, true).await?;
+        let fetched = if r.cached_only {
+            let cached = self.0.store.get(checked.id);
+            let data = match &cached {
+                Some(c) => self.read_cached(c).await,
+                None => None,
+            };
+            let (Some(c), Some(data)) = (cached, data) else {
+                return Err(Status::not_found(format!("block {} is not cached here", checked.id)));
+            };
+            self.0.counters.hits.fetch_add(1, Ordering::Relaxed);
+            metrics::HITS.with_label_values(&[c.tier.as_str()]).inc();
+            Fetched { source: c.tier.as_str(), cached: Some(c), data }
+        } else {
+            self.fetch(&checked, true, PeerHint::default()).await?
+        };
         let data = fetched.data.slice(r.offset as usize..end as usize);
         metrics::SERVED_BYTES.with_label_values(&[fetched.source]).inc_by(data.len() as u64);
         let chunks: Vec<Result<ReadBlockChunk, Status>> = (0..data.len())
@@ -228,7 +369,7 @@ impl Worker for WorkerService {
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["open_local"]).start_timer();
         let mut cached = self.0.store.get(checked.id);
         if cached.is_none() && r.fill {
-            cached = self.fetch(&checked, true).await?.cached;
+            cached = self.fetch(&checked, true, PeerHint::new(&req, r.block.as_ref(), &r.peers)).await?.cached;
         }
         Ok(Response::new(match cached {
             Some(c) => {
@@ -247,7 +388,8 @@ impl Worker for WorkerService {
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().block.as_ref().map(|b| b.dataset.as_str()).unwrap_or("")))]
     async fn cache_block(&self, req: Request<CacheBlockRequest>) -> Result<Response<CacheBlockResponse>, Status> {
-        let checked = self.check(req.get_ref().block.as_ref())?;
+        let r = req.get_ref();
+        let checked = self.check(r.block.as_ref())?;
         let _timer = metrics::REQUEST_SECONDS.with_label_values(&["cache_block"]).start_timer();
         if let Some(c) = self.0.store.get(checked.id) {
             return Ok(Response::new(CacheBlockResponse {
@@ -258,7 +400,7 @@ impl Worker for WorkerService {
         }
         // Prewarm and directory prefetch keep many blocks in flight: one request
         // per block is enough to fill the link, and cheaper than four.
-        let f = self.fetch(&checked, false).await?;
+        let f = self.fetch(&checked, false, PeerHint::new(&req, r.block.as_ref(), &r.peers)).await?;
         let c = f.cached.ok_or_else(|| Status::resource_exhausted("no cache tier has room for the block"))?;
         Ok(Response::new(CacheBlockResponse {
             already_cached: false,
@@ -320,6 +462,8 @@ impl Worker for WorkerService {
             demotions: sc.demotions.load(Ordering::Relaxed),
             corrupt_dropped: c.corrupt_dropped.load(Ordering::Relaxed),
             pinned_blocks: s.store.pinned_count() as u64,
+            peer_reads: c.peer_reads.load(Ordering::Relaxed),
+            peer_bytes: c.peer_bytes.load(Ordering::Relaxed),
         }))
     }
 }

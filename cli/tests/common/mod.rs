@@ -3,6 +3,7 @@
 //! generates source trees. Every wait is on a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod bed;
 pub mod csi_node;
 
 use std::collections::BTreeMap;
@@ -64,7 +65,20 @@ impl Proc {
     /// Start `shoal ARGS…`; waits for a stdout line containing `marker` and keeps
     /// what follows it as `addr`.
     pub fn start_until(args: &[&str], envs: &[(&str, &str)], log: &Path, marker: &'static str) -> Proc {
-        let mut cmd = Command::new(SHOAL);
+        Self::spawn(Command::new(SHOAL), args, envs, log, marker)
+    }
+
+    /// Start `shoal ARGS…` on a bed host; waits for its "listening on ADDR" line.
+    pub fn start_on(host: &bed::Host, args: &[&str], log: &Path) -> Proc {
+        Self::spawn(host.command(SHOAL), args, &[], log, "listening on ")
+    }
+
+    /// The same for a process that prints `marker` when it is ready.
+    pub fn start_on_until(host: &bed::Host, args: &[&str], log: &Path, marker: &'static str) -> Proc {
+        Self::spawn(host.command(SHOAL), args, &[], log, marker)
+    }
+
+    fn spawn(mut cmd: Command, args: &[&str], envs: &[(&str, &str)], log: &Path, marker: &'static str) -> Proc {
         cmd.args(args).stdout(Stdio::piped()).stderr(std::fs::File::create(log).unwrap());
         cmd.env("RUST_LOG", "info");
         for (k, v) in envs {
@@ -327,14 +341,22 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(log: &Path) -> S3Server {
-        let port = free_port();
-        let proc = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        Self::spawn(Command::new("python3"), "127.0.0.1", free_port(), log)
+    }
+
+    /// The server on a bed host, at the host's address.
+    pub fn start_on(host: &bed::Host, log: &Path) -> S3Server {
+        Self::spawn(host.command("python3"), &host.ip, 9000, log)
+    }
+
+    fn spawn(mut cmd: Command, ip: &str, port: u16, log: &Path) -> S3Server {
+        let proc = cmd
+            .args(["-m", "moto.server", "-H", ip, "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .expect("python3 with moto must be installed (pip install 'moto[server]'; .ci/run does it)");
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         wait_for_sync("moto_server to listen", || TcpStream::connect(&addr).is_ok());
         S3Server { proc, endpoint: format!("http://{addr}") }
     }
