@@ -34,6 +34,7 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use shoal_benches::peers::PeerMount;
 use shoal_benches::remote::{self, Network, RemoteStore, ACCESS_KEY, BUCKET, SECRET_KEY};
+use shoal_benches::shoal_bin;
 use shoal_benches::workload::{self, Sample};
 use shoal_benches::{data, drop_page_cache};
 use shoal_proto::master::{
@@ -73,15 +74,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn shoal_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("shoal")).context("no target directory")?;
-    if !bin.is_file() {
-        bail!("{} is missing: run `cargo build --release -p shoal` first", bin.display());
-    }
-    Ok(bin)
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {

@@ -33,6 +33,17 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Drop the kernel's page cache (root only); returns whether it worked.
+/// The release `shoal` binary next to the running benchmark (in `target/release`).
+pub fn shoal_bin() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().and_then(std::path::Path::parent).map(|d| d.join("shoal")).context("no target directory")?;
+    if !bin.is_file() {
+        anyhow::bail!("{} is missing: run `cargo build --release -p shoal` first", bin.display());
+    }
+    Ok(bin)
+}
+
 pub fn drop_page_cache() -> bool {
     // SAFETY-free: sync(1) then the documented procfs knob.
     let _ = std::process::Command::new("sync").status();

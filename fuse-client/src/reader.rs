@@ -116,9 +116,16 @@ fn placed(workers: &[WorkerInfo]) -> impl Iterator<Item = &str> {
 }
 
 fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
-    shoal_proto::auth::endpoint(addr)
-        .ok()
-        .map(|e| e.connect_timeout(Duration::from_secs(2)).timeout(timeout).tcp_nodelay(true))
+    shoal_proto::auth::endpoint(addr).ok().map(|e| {
+        // A host that vanished (no FIN, no RST) fails its connection's
+        // pings within ~3 s, and every read waiting on it moves on.
+        e.connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+    })
 }
 
 impl Reader {

@@ -186,6 +186,15 @@ impl Membership {
         Ok(())
     }
 
+    /// Take blocks a worker has just freed (at the master's request) off the
+    /// map at once, not at its next report.
+    pub fn forget(&self, id: &str, blocks: &[BlockId]) {
+        let mut inner = self.inner.write().expect("membership lock");
+        for b in blocks {
+            inner.remove_block(id, *b);
+        }
+    }
+
     /// The blocks one worker holds, each with its dataset id.
     pub fn blocks_of(&self, id: &str) -> Vec<(BlockId, u32)> {
         let inner = self.inner.read().expect("membership lock");

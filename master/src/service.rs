@@ -434,17 +434,17 @@ impl MasterService {
 /// Ask the workers holding any of `blocks` to drop them; what they freed.
 /// A worker that cannot be reached is skipped with a warning.
 async fn free_on_workers(members: &Membership, blocks: Vec<shoal_core::BlockId>) -> FreeCacheResponse {
-    let mut by_worker: HashMap<String, Vec<shoal_proto::worker::BlockId>> = HashMap::new();
+    let mut by_worker: HashMap<(String, String), Vec<shoal_core::BlockId>> = HashMap::new();
     for b in blocks {
-        for (_, addr) in members.holder_addresses(b) {
-            by_worker
-                .entry(addr)
-                .or_default()
-                .push(shoal_proto::worker::BlockId { file_id: b.file_id, index: b.index });
+        for holder in members.holder_addresses(b) {
+            by_worker.entry(holder).or_default().push(b);
         }
     }
     // All workers at once, each call bounded: a hung worker delays nothing else.
-    let calls = by_worker.into_iter().map(|(addr, blocks)| async move {
+    // What a worker freed leaves the map at once: a prewarm right after must
+    // not count those copies as still there.
+    let calls = by_worker.into_iter().map(|((id, addr), ids)| async move {
+        let blocks = ids.iter().map(|b| shoal_proto::worker::BlockId { file_id: b.file_id, index: b.index }).collect();
         let ep = match shoal_proto::auth::endpoint(&addr) {
             Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(30)),
             Err(e) => {
@@ -454,7 +454,10 @@ async fn free_on_workers(members: &Membership, blocks: Vec<shoal_core::BlockId>)
         };
         let mut c = shoal_proto::auth::worker(ep.connect_lazy());
         match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
-            Ok(r) => Some(r.into_inner()),
+            Ok(r) => {
+                members.forget(&id, &ids);
+                Some(r.into_inner())
+            }
             Err(s) => {
                 warn!(worker = %addr, error = %s.message(), "cannot free blocks on a worker");
                 None
