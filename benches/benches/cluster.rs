@@ -26,14 +26,14 @@
 mod bed;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use shoal_benches::procs::{cli, Proc};
 use shoal_benches::remote::{self, Network, RemoteStore, ACCESS_KEY, BUCKET, SECRET_KEY};
 use shoal_benches::shoal_bin;
 use shoal_proto::master::ListWorkersRequest;
@@ -41,60 +41,6 @@ use shoal_proto::worker::StatsRequest;
 
 const READERS: usize = 8;
 const LINK_MBIT: u64 = 2000;
-
-/// A `shoal` process on a bed host (or here), killed on drop.
-struct Proc {
-    child: Child,
-    addr: String,
-}
-
-impl Proc {
-    /// Start it and wait for the stdout line with `marker`; what follows is `addr`.
-    fn start(mut cmd: Command, args: &[&str], log: &Path, marker: &'static str) -> Result<Proc> {
-        let mut child = cmd
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log)?)
-            .env("RUST_LOG", "info")
-            .spawn()
-            .context("start shoal")?;
-        let out = child.stdout.take().context("stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split(marker).nth(1) {
-                    let _ = tx.send(rest.trim().to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Ok(Proc { child, addr }),
-            Err(_) => {
-                let _ = child.kill();
-                bail!("shoal {args:?} did not start: {}", std::fs::read_to_string(log).unwrap_or_default())
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn cli(args: &[&str]) -> Result<String> {
-    let out = Command::new(shoal_bin()?).args(args).output()?;
-    if !out.status.success() {
-        bail!("shoal {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 struct Bench {
     rt: tokio::runtime::Runtime,

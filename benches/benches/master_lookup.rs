@@ -55,10 +55,10 @@ fn bench(c: &mut Criterion) {
             ino += 1;
         }
         if d % 50 == 49 {
-            meta.write(std::mem::take(&mut b)).unwrap();
+            futures::executor::block_on(meta.write(std::mem::take(&mut b))).unwrap();
         }
     }
-    meta.write(b).unwrap();
+    futures::executor::block_on(meta.write(b)).unwrap();
 
     let mut group = c.benchmark_group("master_metadata_1M");
     group.throughput(Throughput::Elements(1));

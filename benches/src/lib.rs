@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod peers;
+pub mod procs;
 pub mod remote;
 pub mod report;
 pub mod sim;
@@ -68,6 +69,7 @@ impl Servers {
             stale_block_grace: Duration::from_secs(60),
             local_roots: vec!["/".into()],
             rebalance_on_join: true,
+            raft: None,
         };
         tokio::spawn(shoal_master::serve(mcfg, ml, stop.clone()));
         let wl = TcpListener::bind("127.0.0.1:0").await?;

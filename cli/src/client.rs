@@ -22,7 +22,8 @@ pub enum Output {
 /// Flags every client command takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Master address, host:port.
+    /// Master address, host:port; or every master of a group, comma-separated
+    /// (requests go to the leader, and follow it when it changes).
     #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700", global = true)]
     pub master: String,
     /// Output format.
@@ -114,12 +115,27 @@ pub enum DatasetCmd {
     },
 }
 
+/// A client of the masters in `addr` (comma-separated), once one of them answers.
 pub async fn connect(addr: &str) -> Result<shoal_proto::auth::Master> {
-    let ep = shoal_proto::auth::endpoint(addr)
-        .with_context(|| format!("invalid master address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(5));
-    let ch = ep.connect().await.with_context(|| format!("cannot reach the master at {addr}"))?;
-    Ok(shoal_proto::auth::master(ch)
+    let timeout = Duration::from_secs(5);
+    let mut reached = None;
+    for a in shoal_proto::leader::addresses(addr) {
+        let ep = shoal_proto::auth::endpoint(&a).with_context(|| format!("invalid master address {a:?}"))?;
+        match ep.connect_timeout(timeout).connect().await {
+            Ok(_) => {
+                reached = Some(Ok(()));
+                break;
+            }
+            Err(e) => reached = Some(Err(e)),
+        }
+    }
+    match reached {
+        None => anyhow::bail!("invalid master address {addr:?}: none given"),
+        Some(r) => r.with_context(|| format!("cannot reach the master at {addr}"))?,
+    }
+    let master = shoal_proto::auth::master(addr, move |ep| ep.connect_timeout(timeout))
+        .with_context(|| format!("invalid master address {addr:?}"))?;
+    Ok(master
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }

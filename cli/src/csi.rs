@@ -15,7 +15,8 @@ pub struct CsiArgs {
     /// This node's name, as kubelet knows it [default: host name].
     #[arg(long, env = "SHOAL_NODE")]
     pub node_id: Option<String>,
-    /// Master address, host:port.
+    /// Master address, host:port; or every master of a group, comma-separated
+    /// (requests go to the leader, and follow it when it changes).
     #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700")]
     pub master: String,
     /// Where each dataset's FUSE mount, its log and the record of published volumes

@@ -6,6 +6,7 @@ mod cache;
 mod client;
 mod csi;
 mod exit;
+mod masters;
 mod metrics_http;
 mod mount;
 mod operator;
@@ -27,8 +28,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the metadata master.
-    Master(servers::MasterArgs),
+    /// Run a metadata master (one, or one of a group: --id, --peers), or see
+    /// and grow the group (`shoal master status`, `shoal master add`).
+    Master(servers::MasterCmd),
     /// Run a cache worker, or drain one (`shoal worker drain ID`).
     Worker(servers::WorkerCmd),
     /// Manage datasets.
@@ -68,7 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(
         cli.command,
-        Command::Master(_)
+        Command::Master(servers::MasterCmd { action: None, .. })
             | Command::Worker(servers::WorkerCmd { action: None, .. })
             | Command::Mount(_)
             | Command::Up(_)
@@ -84,7 +86,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Master(args) => servers::run_master(args).await,
+            Command::Master(servers::MasterCmd { action: Some(a), .. }) => masters::action(a).await,
+            Command::Master(cmd) => servers::run_master(cmd.serve).await,
             Command::Worker(servers::WorkerCmd { action: Some(a), .. }) => client::worker_action(a).await,
             Command::Worker(cmd) => servers::run_worker(cmd.serve).await,
             Command::Dataset(cmd) => client::dataset(cmd).await,

@@ -16,7 +16,8 @@ pub struct MountArgs {
     pub dataset: String,
     /// Existing empty directory to mount it on.
     pub mountpoint: PathBuf,
-    /// Master address, host:port.
+    /// Master address, host:port; or every master of a group, comma-separated
+    /// (requests go to the leader, and follow it when it changes).
     #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700")]
     pub master: String,
     /// Detach: mount in a background process and return once it is mounted.

@@ -21,7 +21,8 @@ pub enum OperatorCmd {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Master address, host:port.
+    /// Master address, host:port; or every master of a group, comma-separated
+    /// (requests go to the leader, and follow it when it changes).
     #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700")]
     pub master: String,
     /// Namespace of the leader-election Lease `shoal-operator`.

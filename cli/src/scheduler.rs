@@ -12,7 +12,8 @@ pub struct SchedulerArgs {
     /// Address for the extender (`/filter`, `/prioritize`) and webhook (`/mutate`).
     #[arg(long, env = "SHOAL_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: String,
-    /// Master address, host:port.
+    /// Master address, host:port; or every master of a group, comma-separated
+    /// (requests go to the leader, and follow it when it changes).
     #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700")]
     pub master: String,
     /// Weight of the share of the pod's datasets cached on a node.

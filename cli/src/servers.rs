@@ -9,6 +9,16 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// `shoal master`: run a master, or act on the group (`shoal master status`).
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct MasterCmd {
+    #[command(subcommand)]
+    pub action: Option<crate::masters::MasterAction>,
+    #[command(flatten)]
+    pub serve: MasterArgs,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct MasterArgs {
     /// Directory for the master's durable state (RocksDB).
@@ -40,6 +50,38 @@ pub struct MasterArgs {
     /// placement (it then fills them on first read, from their holders).
     #[arg(long)]
     pub no_rebalance: bool,
+    /// This master's id in its group of masters (above 0).
+    #[arg(long, env = "SHOAL_MASTER_ID", default_value_t = 1)]
+    pub id: u64,
+    /// The group of masters to start, ID=HOST:PORT comma-separated, this one
+    /// included (e.g. 1=m1:7700,2=m2:7700,3=m3:7700): the state is replicated
+    /// to all (Raft) and the leader serves. The lowest id starts the group;
+    /// once a master has a log, its members come from the log. Default: a
+    /// group of this master alone.
+    #[arg(long, env = "SHOAL_MASTER_PEERS", value_parser = parse_peer, value_delimiter = ',')]
+    pub peers: Vec<(u64, String)>,
+    /// Build a snapshot of the state after this many replicated writes (a
+    /// sync writes one per 4096 entries).
+    #[arg(long, default_value_t = 500)]
+    pub snapshot_every: u64,
+    /// Replicated writes kept behind a snapshot; a master further behind is
+    /// sent the snapshot instead.
+    #[arg(long, default_value_t = 100)]
+    pub keep_logs: u64,
+    /// A master that hears nothing from the leader for this long (up to twice
+    /// as long, at random) calls an election; the leader's heartbeats go out
+    /// at a fifth of it. A leader's loss is noticed within about this time.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub election_timeout: Duration,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} is not a master id (a number above 0)"))?;
+    if id == 0 || !addr.contains(':') {
+        return Err(format!("{s:?} is not ID=HOST:PORT with an id above 0"));
+    }
+    Ok((id, addr.trim().to_string()))
 }
 
 /// `dirs`, resolved (each must exist).
@@ -61,7 +103,8 @@ pub struct WorkerCmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Master address, host:port.
+    /// Master address, host:port; or every master of a group, comma-separated
+    /// (requests go to the leader, and follow it when it changes).
     #[arg(long, env = "SHOAL_MASTER", default_value = "127.0.0.1:7700")]
     pub master: String,
     /// Address to serve the worker API on (port 0 picks a free port).
@@ -132,12 +175,37 @@ pub async fn run_master(args: MasterArgs) -> Result<()> {
         stale_block_grace: args.stale_block_grace,
         local_roots: canonical_roots(&args.allow_local_roots)?,
         rebalance_on_join: !args.no_rebalance,
+        raft: raft_settings(&args)?,
     };
     let stop = shutdown_on_signals();
     crate::metrics_http::serve(Some(&args.metrics_listen), "master", stop.clone()).await?;
     shoal_master::serve(config, listener, stop)
         .await
         .with_context(|| format!("master (data dir {})", args.data_dir.display()))
+}
+
+/// The group settings of `args`; `None` for a master alone.
+fn raft_settings(args: &MasterArgs) -> Result<Option<shoal_master::raft::RaftSettings>> {
+    if args.peers.is_empty() {
+        if args.id != 1 {
+            anyhow::bail!("--id {} needs --peers naming the group it belongs to", args.id);
+        }
+        return Ok(None);
+    }
+    let peers: std::collections::BTreeMap<u64, String> = args.peers.iter().cloned().collect();
+    if peers.len() != args.peers.len() {
+        anyhow::bail!("--peers names a master id twice");
+    }
+    if !peers.contains_key(&args.id) {
+        anyhow::bail!("--peers must name this master (--id {}) too", args.id);
+    }
+    Ok(Some(shoal_master::raft::RaftSettings {
+        id: args.id,
+        peers,
+        snapshot_every: args.snapshot_every,
+        keep_logs: args.keep_logs,
+        election_timeout: args.election_timeout,
+    }))
 }
 
 pub async fn run_worker(args: WorkerArgs) -> Result<()> {

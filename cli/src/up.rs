@@ -133,6 +133,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         stale_block_grace: Duration::from_secs(60),
         local_roots,
         rebalance_on_join: true,
+        raft: None,
     };
     let master_task = tokio::spawn(shoal_master::serve(master_cfg, master_listener, stop.clone()));
     // Worker: MEM tier on tmpfs when there is one.

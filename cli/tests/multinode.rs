@@ -88,30 +88,8 @@ fn cluster(workers: usize, extra: usize) -> Cluster {
 impl Cluster {
     /// Worker `w{i}` on host `i` (node name `h{i}`); waits until it is registered.
     fn start_worker(&mut self, i: usize) {
-        let host = self.bed.host(i).clone();
-        let dir = self.root.path().join(format!("w{i}"));
-        let tiers = tiers(&dir, "64MiB", "64MiB");
-        let (id, node, master) = (format!("w{i}"), format!("h{i}"), self.master.addr.clone());
-        let (listen, metrics) = (host.addr(0), host.addr(0));
-        let mut args = vec![
-            "worker",
-            "--master",
-            &master,
-            "--listen",
-            &listen,
-            "--id",
-            &id,
-            "--node",
-            &node,
-            "--metrics-listen",
-            &metrics,
-        ];
-        for t in &tiers {
-            args.extend(["--tier", t.as_str()]);
-        }
-        let p = Proc::start_on(&host, &args, &self.root.path().join(format!("w{i}.log")));
-        wait_until_registered(&self.master.addr, &p.addr);
-        self.workers.insert(id, p);
+        let p = start_bed_worker(self.bed.host(i), i, &self.master.addr, self.root.path());
+        self.workers.insert(format!("w{i}"), p);
     }
 
     /// A mount of `ds` on host `i` (node `h{i}`: its worker, if any, is local).

@@ -105,11 +105,9 @@ impl MountHandle {
 }
 
 pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, MountError> {
-    let ep = shoal_proto::auth::endpoint(addr)
-        .map_err(|_| MountError::BadMaster(addr.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    Ok(shoal_proto::auth::master(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
+    let master = shoal_proto::auth::master(addr, |ep| ep.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+        .map_err(|_| MountError::BadMaster(addr.to_string()))?;
+    Ok(master.max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
 
 /// Dataset `name`'s record from the master: `NoDataset` if it has none.

@@ -26,6 +26,14 @@ pub enum MasterError {
     Core(#[from] CoreError),
     #[error("metadata store: {0}")]
     Db(#[from] rocksdb::Error),
+    #[error("master not ready: {0}")]
+    NotReady(&'static str),
+    #[error("this master does not lead; leader: {}", .0.as_deref().unwrap_or("none elected yet"))]
+    NotLeader(Option<String>),
+    #[error("replication: {0}")]
+    Replication(String),
+    #[error("damaged master snapshot: {0}")]
+    BadSnapshot(String),
     #[error("corrupt metadata record {key}: {source}")]
     Corrupt {
         key: String,
@@ -49,10 +57,23 @@ impl From<MasterError> for Status {
             MasterError::Core(c) if c.is_not_found() => Code::NotFound,
             MasterError::Core(_) => Code::Unavailable,
             MasterError::Db(_) => Code::Internal,
-            MasterError::Corrupt { .. } => Code::DataLoss,
+            MasterError::Corrupt { .. } | MasterError::BadSnapshot(_) => Code::DataLoss,
+            MasterError::NotReady(_) | MasterError::Replication(_) => Code::Unavailable,
+            MasterError::NotLeader(leader) => return not_leader(leader.as_deref(), &e.to_string()),
         };
         Status::new(code, shoal_core::error::chain(&e))
     }
+}
+
+/// The refusal of a master that does not lead: `UNAVAILABLE`, naming the
+/// leader (if one is known) in the header clients follow
+/// (`shoal_proto::leader`).
+pub fn not_leader(leader: Option<&str>, message: &str) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    if let Ok(v) = leader.unwrap_or_default().parse() {
+        md.insert(shoal_proto::leader::LEADER_HEADER, v);
+    }
+    Status::with_metadata(Code::Unavailable, message, md)
 }
 
 pub type Result<T, E = MasterError> = std::result::Result<T, E>;

@@ -7,7 +7,7 @@
 //! cached by a worker; otherwise it is `Failed` with the failing paths listed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,13 +32,21 @@ fn unix_ms() -> i64 {
 struct JobHandle {
     job: Mutex<LoadJob>,
     cancel: CancellationToken,
+    /// Set with `cancel` when this master stops leading: the job stops without
+    /// a record (the next leader resumes it).
+    handed_over: AtomicBool,
     /// Cancelled when the job has finished (whatever its state).
     done: CancellationToken,
 }
 
 impl JobHandle {
     fn new(job: LoadJob) -> Arc<Self> {
-        Arc::new(JobHandle { job: Mutex::new(job), cancel: CancellationToken::new(), done: CancellationToken::new() })
+        Arc::new(JobHandle {
+            job: Mutex::new(job),
+            cancel: CancellationToken::new(),
+            handed_over: AtomicBool::new(false),
+            done: CancellationToken::new(),
+        })
     }
 }
 
@@ -55,6 +63,9 @@ pub struct Loads {
     jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
     pool: Arc<crate::pool::WorkerPool>,
     resumed: AtomicBool,
+    /// Raised each time this master stops leading: a resume begun before
+    /// starts nothing after.
+    leadership: AtomicU64,
     /// How long workers take to report new blocks (a few heartbeats).
     report_lag: Duration,
 }
@@ -72,6 +83,7 @@ impl Loads {
             jobs: Mutex::new(HashMap::new()),
             pool,
             resumed: AtomicBool::new(false),
+            leadership: AtomicU64::new(0),
             report_lag: (heartbeat * 3).clamp(Duration::from_secs(1), Duration::from_secs(30)),
         })
     }
@@ -143,7 +155,7 @@ pub fn select_files(meta: &MetaStore, info: &DatasetInfo, paths: &[String], incl
 
 impl Loads {
     /// Validate and start a job; returns it with its totals.
-    pub fn start(self: &Arc<Self>, info: DatasetInfo, mut spec: LoadSpec) -> Result<LoadJob> {
+    pub async fn start(self: &Arc<Self>, info: DatasetInfo, mut spec: LoadSpec) -> Result<LoadJob> {
         spec.replicas = spec.replicas.max(1);
         if spec.parallel == 0 {
             spec.parallel = 16;
@@ -157,7 +169,7 @@ impl Loads {
             started_unix_ms: unix_ms(),
             ..Default::default()
         };
-        self.meta.put_job(&job)?;
+        self.meta.put_job(&job).await?;
         let handle = JobHandle::new(job);
         self.jobs.lock().expect("jobs lock").insert(id, handle.clone());
         let snapshot = Self::totals(&handle, &info, &files);
@@ -181,6 +193,7 @@ impl Loads {
             return;
         }
         let this = self.clone();
+        let leadership = self.leadership.load(Ordering::SeqCst);
         tokio::spawn(async move {
             let pending: Vec<LoadJob> = match this.meta.list_jobs() {
                 Ok(j) => j.into_iter().filter(|j| j.state == LoadState::Running as i32).collect(),
@@ -196,11 +209,15 @@ impl Loads {
             // One more round of heartbeats brings the workers' block reports in.
             tokio::time::sleep(Duration::from_secs(1)).await;
             for job in pending {
+                if this.leadership.load(Ordering::SeqCst) != leadership {
+                    return info!("not resuming load jobs: this master no longer leads");
+                }
                 let spec = job.spec.clone().unwrap_or_default();
                 let handle = JobHandle::new(job.clone());
                 this.jobs.lock().expect("jobs lock").insert(job.id.clone(), handle.clone());
                 let Some(info) = datasets(&spec.dataset) else {
-                    this.finish(&handle, LoadState::Failed, format!("dataset {:?} no longer exists", spec.dataset));
+                    this.finish(&handle, LoadState::Failed, format!("dataset {:?} no longer exists", spec.dataset))
+                        .await;
                     continue;
                 };
                 match this.enumerate(&info, &spec) {
@@ -218,13 +235,13 @@ impl Loads {
                         Self::totals(&handle, &info, &files);
                         tokio::spawn(this.clone().run(handle, info, files));
                     }
-                    Err(e) => this.finish(&handle, LoadState::Failed, e.to_string()),
+                    Err(e) => this.finish(&handle, LoadState::Failed, e.to_string()).await,
                 }
             }
         });
     }
 
-    fn finish(&self, handle: &JobHandle, state: LoadState, message: String) {
+    async fn finish(&self, handle: &JobHandle, state: LoadState, message: String) {
         let job = {
             let mut j = handle.job.lock().expect("job lock");
             j.state = state as i32;
@@ -232,7 +249,7 @@ impl Loads {
             j.message = message;
             j.clone()
         };
-        if let Err(e) = self.meta.put_job(&job) {
+        if let Err(e) = self.meta.put_job(&job).await {
             warn!(job = %job.id, error = %e, "cannot persist load job");
         }
         handle.done.cancel();
@@ -251,7 +268,7 @@ impl Loads {
         let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
         let workers = self.members.placement_workers();
         if workers.is_empty() && !files.is_empty() {
-            return self.finish(handle, LoadState::Failed, "no live worker to load into".into());
+            return self.finish(handle, LoadState::Failed, "no live worker to load into".into()).await;
         }
         let addr: HashMap<String, String> = workers.iter().map(|w| (w.id.clone(), w.address.clone())).collect();
         // Remaining blocks and first error per file.
@@ -341,40 +358,47 @@ impl Loads {
             if ok {
                 crate::metrics::PREWARM_BYTES.with_label_values(&[spec.dataset.as_str()]).inc_by(len);
             }
-            let mut j = handle.job.lock().expect("job lock");
-            let slot = &mut remaining[fi];
-            slot.0 -= 1;
-            if ok {
-                j.blocks_done += 1;
-                j.bytes_done += len;
-                if already {
-                    j.blocks_already_cached += 1;
+            let persist = {
+                let mut j = handle.job.lock().expect("job lock");
+                let slot = &mut remaining[fi];
+                slot.0 -= 1;
+                if ok {
+                    j.blocks_done += 1;
+                    j.bytes_done += len;
+                    if already {
+                        j.blocks_already_cached += 1;
+                    }
+                } else if slot.1.is_none() {
+                    slot.1 = Some(err.unwrap_or_else(|| "no worker could cache the block".into()));
                 }
-            } else if slot.1.is_none() {
-                slot.1 = Some(err.unwrap_or_else(|| "no worker could cache the block".into()));
-            }
-            if slot.0 == 0 {
-                match slot.1.take() {
-                    None => j.files_done += 1,
-                    Some(e) => {
-                        j.files_failed += 1;
-                        warn!(job = %j.id, path = %files[fi].path, error = %e, "file failed to load");
-                        if j.failures.len() < MAX_LISTED_FAILURES {
-                            j.failures.push(LoadFailure { path: files[fi].path.clone(), error: e });
+                if slot.0 == 0 {
+                    match slot.1.take() {
+                        None => j.files_done += 1,
+                        Some(e) => {
+                            j.files_failed += 1;
+                            warn!(job = %j.id, path = %files[fi].path, error = %e, "file failed to load");
+                            if j.failures.len() < MAX_LISTED_FAILURES {
+                                j.failures.push(LoadFailure { path: files[fi].path.clone(), error: e });
+                            }
                         }
                     }
                 }
-            }
-            if last_persist.elapsed() > PERSIST_EVERY {
-                last_persist = Instant::now();
-                let snapshot = j.clone();
-                drop(j);
-                if let Err(e) = self.meta.put_job(&snapshot) {
+                (last_persist.elapsed() > PERSIST_EVERY).then(|| {
+                    last_persist = Instant::now();
+                    j.clone()
+                })
+            };
+            if let Some(snapshot) = persist {
+                if let Err(e) = self.meta.put_job(&snapshot).await {
                     warn!(error = %e, "cannot persist load progress");
                 }
             }
         }
         drop(results);
+        if cancelled && handle.handed_over.load(Ordering::SeqCst) {
+            handle.done.cancel();
+            return info!(job = %handle.job.lock().expect("job lock").id, "load job left to the next leader");
+        }
         // The honest count: what the location map shows cached now, not only what
         // workers confirmed while writing (a full tier may have evicted some since).
         let done = handle.job.lock().expect("job lock").blocks_done;
@@ -405,7 +429,19 @@ impl Loads {
                 )
             }
         };
-        self.finish(handle, state, msg);
+        self.finish(handle, state, msg).await;
+    }
+
+    /// This master no longer leads: stop every job without recording an end
+    /// (the new leader resumes them from their persisted progress), and resume
+    /// again should it lead once more.
+    pub fn step_down(&self) {
+        self.leadership.fetch_add(1, Ordering::SeqCst);
+        for (_, h) in self.jobs.lock().expect("jobs lock").drain() {
+            h.handed_over.store(true, Ordering::SeqCst);
+            h.cancel.cancel();
+        }
+        self.resumed.store(false, Ordering::SeqCst);
     }
 
     pub fn get(&self, id: &str) -> Result<LoadJob> {

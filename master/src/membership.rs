@@ -254,6 +254,12 @@ impl Membership {
         true
     }
 
+    /// Forget every worker and block location (this master stopped leading:
+    /// workers report to the new leader, and register again if it leads again).
+    pub fn forget_all(&self) {
+        *self.inner.write().expect("membership lock") = Inner::default();
+    }
+
     /// Declare workers silent for too long lost; returns their ids.
     pub fn reap(&self) -> Vec<String> {
         let mut inner = self.inner.write().expect("membership lock");

@@ -44,8 +44,8 @@ pub fn root_inode(mtime: i64) -> Inode {
 
 /// The master's signature of file `inode` at `path` of dataset `ds` (see
 /// `shoal_core::identity`).
-fn sign_file(meta: &MetaStore, ds: u32, block_size: u64, path: &str, inode: &Inode) -> Vec<u8> {
-    meta.signer.sign(&shoal_core::identity::Signed {
+fn sign_file(signer: &shoal_core::identity::Signer, ds: u32, block_size: u64, path: &str, inode: &Inode) -> Vec<u8> {
+    signer.sign(&shoal_core::identity::Signed {
         dataset_id: ds,
         file_id: inode.file_id,
         block_size,
@@ -59,25 +59,24 @@ fn sign_file(meta: &MetaStore, ds: u32, block_size: u64, path: &str, inode: &Ino
 /// Sign every file of `info` that has no signature (a namespace synced before
 /// files were signed); how many. The caller holds the dataset's sync slot, so
 /// no sync rewrites these inodes meanwhile.
-pub fn sign_unsigned(meta: &MetaStore, info: &DatasetInfo) -> Result<u64> {
+pub async fn sign_unsigned(meta: &MetaStore, info: &DatasetInfo) -> Result<u64> {
     let Some(root) = meta.get_inode(info.id, ROOT_INO)? else { return Ok(0) };
     let block_size = crate::load::block_size(info);
-    let (mut batch, mut pending, mut signed) = (WriteBatch::default(), 0, 0u64);
-    let mut failed = None;
+    let signer = &meta.identity()?.signer;
+    let mut unsigned = Vec::new();
     meta.walk_files(info.id, &root, "/", &mut |path, inode| {
-        if !inode.sig.is_empty() || failed.is_some() {
-            return;
-        }
-        let sig = sign_file(meta, info.id, block_size, &path, &inode);
-        meta.put_inode(&mut batch, info.id, &Inode { sig, ..inode });
-        (pending, signed) = (pending + 1, signed + 1);
-        if pending >= BATCH_ENTRIES {
-            failed = meta.write(std::mem::take(&mut batch)).err();
-            pending = 0;
+        if inode.sig.is_empty() {
+            unsigned.push((path, inode));
         }
     })?;
-    if let Some(e) = failed {
-        return Err(e);
+    let signed = unsigned.len() as u64;
+    let mut batch = WriteBatch::default();
+    for chunk in unsigned.chunks(BATCH_ENTRIES) {
+        for (path, inode) in chunk {
+            let sig = sign_file(signer, info.id, block_size, path, inode);
+            meta.put_inode(&mut batch, info.id, &Inode { sig, ..inode.clone() });
+        }
+        meta.write(std::mem::take(&mut batch)).await?;
     }
     // A new generation, so that running mounts reload their listings (and
     // with them the signatures) as after a sync.
@@ -88,7 +87,7 @@ pub fn sign_unsigned(meta: &MetaStore, info: &DatasetInfo) -> Result<u64> {
             meta.put_dataset(&mut batch, &now);
         }
     }
-    meta.write(batch)?;
+    meta.write(batch).await?;
     Ok(signed)
 }
 
@@ -102,6 +101,7 @@ struct Sums {
 
 struct Syncer<'a> {
     meta: &'a MetaStore,
+    signer: &'a shoal_core::identity::Signer,
     ds: u32,
     batch: WriteBatch,
     pending: usize,
@@ -141,10 +141,20 @@ impl Syncer<'_> {
         self.seen.insert(i);
     }
 
-    fn flush(&mut self) -> Result<()> {
+    /// Write the batch (on every master), if it holds anything.
+    async fn flush(&mut self) -> Result<()> {
         if self.pending > 0 {
-            self.meta.write(std::mem::take(&mut self.batch))?;
+            self.meta.write(std::mem::take(&mut self.batch)).await?;
             self.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// Write the batch once it is full. Nothing reads back what the batch
+    /// holds: directories made in this listing are found in `dirs`.
+    async fn flush_full(&mut self) -> Result<()> {
+        if self.pending >= BATCH_ENTRIES {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -155,9 +165,6 @@ impl Syncer<'_> {
             self.meta.put_dentry(&mut self.batch, self.ds, inode.parent, &inode.name, inode.ino);
         }
         self.pending += 1;
-        if self.pending >= BATCH_ENTRIES {
-            self.flush()?;
-        }
         Ok(())
     }
 
@@ -219,7 +226,7 @@ impl Syncer<'_> {
             }
             None => {
                 let (sec, nsec) = want_mtime.unwrap_or((self.now, 0));
-                let ino = self.meta.alloc_file_id(&mut self.batch);
+                let ino = self.meta.alloc_file_id();
                 let inode = Inode {
                     ino,
                     parent,
@@ -273,9 +280,9 @@ impl Syncer<'_> {
                 let is_new = other.is_none();
                 let ino = match &other {
                     Some(old) => old.ino,
-                    None => self.meta.alloc_file_id(&mut self.batch),
+                    None => self.meta.alloc_file_id(),
                 };
-                let file_id = self.meta.alloc_file_id(&mut self.batch);
+                let file_id = self.meta.alloc_file_id();
                 self.retired.extend(other.as_ref().map(|old| old.file_id).filter(|f| *f != 0));
                 let inode = Inode {
                     ino,
@@ -305,7 +312,7 @@ impl Syncer<'_> {
     }
 
     fn sign(&self, path: &str, inode: &Inode) -> Vec<u8> {
-        sign_file(self.meta, self.ds, self.block_size, path, inode)
+        sign_file(self.signer, self.ds, self.block_size, path, inode)
     }
 
     /// Count a file of `size` bytes in directory `parent` into the dataset's
@@ -329,7 +336,7 @@ impl Syncer<'_> {
 impl Syncer<'_> {
     /// Roll each directory's sums up into its ancestors, deepest first, and
     /// write the directories whose aggregates changed (the root included).
-    fn write_sums(&mut self) -> Result<()> {
+    async fn write_sums(&mut self) -> Result<()> {
         let mut dirs: Vec<(usize, Inode)> =
             self.dirs.iter().map(|(path, inode)| (path.matches('/').count(), inode.clone())).collect();
         dirs.sort_unstable_by_key(|d| std::cmp::Reverse(d.0));
@@ -345,9 +352,10 @@ impl Syncer<'_> {
             if (d.entries, d.tree_files, d.tree_bytes) != (sums.entries, sums.files, sums.bytes) {
                 (d.entries, d.tree_files, d.tree_bytes) = (sums.entries, sums.files, sums.bytes);
                 self.put(&d, false)?;
+                self.flush_full().await?;
             }
         }
-        self.flush()
+        self.flush().await
     }
 }
 
@@ -377,6 +385,7 @@ pub async fn sync_listing(
 ) -> Result<Synced> {
     let mut s = Syncer {
         meta,
+        signer: &meta.identity()?.signer,
         ds: info.id,
         batch: WriteBatch::default(),
         pending: 0,
@@ -409,11 +418,12 @@ pub async fn sync_listing(
         } else {
             s.upsert_file(&entry.path, &entry)?;
         }
+        s.flush_full().await?;
         if s.progress.entries_listed.is_multiple_of(PROGRESS_EVERY) {
             report(&s.progress);
         }
     }
-    s.flush()?;
+    s.flush().await?;
 
     // Whatever was not seen in this listing is gone from the store.
     let mut gone = Vec::new();
@@ -430,11 +440,9 @@ pub async fn sync_listing(
         }
         s.pending += 1;
         s.progress.deleted += 1;
-        if s.pending >= BATCH_ENTRIES {
-            s.flush()?;
-        }
+        s.flush_full().await?;
     }
-    s.write_sums()?;
+    s.write_sums().await?;
     info.file_count = s.files;
     info.dir_count = s.dir_count;
     info.total_bytes = s.bytes;
@@ -445,7 +453,7 @@ pub async fn sync_listing(
     }
     meta.put_dataset(&mut s.batch, &info);
     s.pending += 1;
-    s.flush()?;
+    s.flush().await?;
     if s.skipped > 0 {
         warn!(dataset = info.id, skipped = s.skipped, "objects skipped during sync");
     }
@@ -475,7 +483,7 @@ mod tests {
         let meta = MetaStore::open(dir.path()).unwrap();
         let mut b = WriteBatch::default();
         meta.put_inode(&mut b, 1, &root_inode(0));
-        meta.write(b).unwrap();
+        futures::executor::block_on(meta.write(b)).unwrap();
         (dir, meta, DatasetInfo { id: 1, root_inode: ROOT_INO, ..Default::default() })
     }
 
@@ -489,7 +497,7 @@ mod tests {
         let bs = crate::load::block_size(&synced);
         let verify = |path: &str| {
             let i = meta.resolve(1, path).unwrap().unwrap();
-            !i.sig.is_empty() && i.sig == sign_file(&meta, 1, bs, path, &i)
+            !i.sig.is_empty() && i.sig == sign_file(&meta.identity().unwrap().signer, 1, bs, path, &i)
         };
         let files = ["/a/x", "/a/b/y", "/c"];
         assert!(files.iter().all(|p| verify(p)), "the sync signs each file at its path");
@@ -499,11 +507,11 @@ mod tests {
             let i = meta.resolve(1, p).unwrap().unwrap();
             meta.put_inode(&mut b, 1, &Inode { sig: Vec::new(), ..i });
         }
-        meta.write(b).unwrap();
+        futures::executor::block_on(meta.write(b)).unwrap();
         assert!(!verify("/c"));
-        assert_eq!(sign_unsigned(&meta, &synced).unwrap(), 3);
+        assert_eq!(futures::executor::block_on(sign_unsigned(&meta, &synced)).unwrap(), 3);
         assert!(files.iter().all(|p| verify(p)));
-        assert_eq!(sign_unsigned(&meta, &synced).unwrap(), 0, "nothing left to sign");
+        assert_eq!(futures::executor::block_on(sign_unsigned(&meta, &synced)).unwrap(), 0, "nothing left to sign");
         // A re-sync of the same listing keeps every signature (and counts no change).
         let before: Vec<_> = files.iter().map(|p| meta.resolve(1, p).unwrap().unwrap().sig).collect();
         let again = futures::executor::block_on(sync_listing(&meta, synced, futures::stream::iter(listing()), |p| {

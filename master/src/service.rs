@@ -242,7 +242,7 @@ impl State {
         store.check().await?;
 
         let mut batch = WriteBatch::default();
-        let id = self.meta.alloc_dataset_id(&mut batch);
+        let id = self.meta.alloc_dataset_id();
         let now = namespace::now_unix();
         let info = DatasetInfo { id, spec: Some(spec), created_unix: now, root_inode: ROOT_INO, ..Default::default() };
         self.meta.put_inode(&mut batch, id, &namespace::root_inode(now));
@@ -253,7 +253,7 @@ impl State {
         if req.sync {
             self.claim_sync(&name)?;
         }
-        if let Err(e) = self.meta.write(batch) {
+        if let Err(e) = self.meta.write(batch).await {
             self.syncing.lock().expect("sync lock").remove(&name);
             return Err(e);
         }
@@ -279,14 +279,29 @@ impl std::ops::Deref for MasterService {
 }
 
 impl MasterService {
+    /// The service over `meta`; it serves once [`MasterService::lead`] ran.
     pub fn new(meta: Arc<MetaStore>, members: Arc<Membership>, config: &crate::MasterConfig) -> Self {
-        let svc = Self(Arc::new(State::new(meta, members, config)));
-        let meta = svc.meta.clone();
-        svc.loads.resume(move |name| meta.get_dataset(name).ok().flatten());
-        if !svc.meta.all_signed().unwrap_or(false) {
-            tokio::spawn(svc.clone().sign_unsigned());
+        Self(Arc::new(State::new(meta, members, config)))
+    }
+
+    /// This master now leads, with the whole committed state applied: make
+    /// the cluster's identity if it has none, resume the load jobs that were
+    /// running, and sign what was synced before files were signed.
+    pub async fn lead(&self) -> Result<()> {
+        self.meta.ensure_identity().await?;
+        let meta = self.meta.clone();
+        self.loads.resume(move |name| meta.get_dataset(name).ok().flatten());
+        if !self.meta.all_signed().unwrap_or(false) {
+            tokio::spawn(self.clone().sign_unsigned());
         }
-        svc
+        Ok(())
+    }
+
+    /// This master no longer leads: its running jobs stop (the new leader
+    /// resumes them) and the workers' reports it held go stale.
+    pub fn step_down(&self) {
+        self.loads.step_down();
+        self.members.forget_all();
     }
 
     /// Sign the files of namespaces synced before files were signed (once, in
@@ -302,26 +317,25 @@ impl MasterService {
                 all = false;
                 continue;
             }
-            let meta = self.meta.clone();
-            let signed = tokio::task::spawn_blocking(move || namespace::sign_unsigned(&meta, &info)).await;
+            // The walk reads the whole namespace: off the runtime's threads.
+            let (meta, rt) = (self.meta.clone(), tokio::runtime::Handle::current());
+            let signed = tokio::task::spawn_blocking(move || rt.block_on(namespace::sign_unsigned(&meta, &info)))
+                .await
+                .unwrap_or_else(|e| Err(MasterError::Replication(format!("signing task failed: {e}"))));
             self.syncing.lock().expect("sync lock").remove(&name);
             match signed {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => {
+                Ok(0) => {}
+                Ok(n) => {
                     info!(dataset = %name, files = n, "signed the files of a namespace synced before signatures")
-                }
-                Ok(Err(e)) => {
-                    all = false;
-                    warn!(dataset = %name, error = %e, "cannot sign the files of a namespace");
                 }
                 Err(e) => {
                     all = false;
-                    warn!(dataset = %name, error = %e, "signing task failed");
+                    warn!(dataset = %name, error = %e, "cannot sign the files of a namespace");
                 }
             }
         }
         if all {
-            if let Err(e) = self.meta.mark_all_signed() {
+            if let Err(e) = self.meta.mark_all_signed().await {
                 warn!(error = %e, "cannot record that every namespace is signed");
             }
         }
@@ -519,7 +533,7 @@ impl Master for MasterService {
         if self.syncing.lock().expect("sync lock").contains(name) {
             return Err(MasterError::SyncRunning(name.clone()).into());
         }
-        self.meta.delete_dataset(&info).map_err(Status::from)?;
+        self.meta.delete_dataset(&info).await.map_err(Status::from)?;
         self.stores.lock().expect("stores lock").remove(&info.id);
         info!(dataset = %name, "dataset deleted");
         Ok(Response::new(DeleteDatasetResponse {}))
@@ -542,7 +556,7 @@ impl Master for MasterService {
         }
         let mut batch = WriteBatch::default();
         self.meta.put_dataset(&mut batch, &info);
-        self.meta.write(batch).map_err(Status::from)?;
+        self.meta.write(batch).await.map_err(Status::from)?;
         info!(dataset = %r.name, pinned = ?r.pinned, ttl = ?r.ttl_seconds, "cache policy changed");
         Ok(Response::new(redacted(info)))
     }
@@ -708,11 +722,12 @@ impl Master for MasterService {
         if worker.address.parse::<std::net::SocketAddr>().is_err() && !worker.address.contains(':') {
             return Err(Status::invalid_argument(format!("worker address {:?} is not host:port", worker.address)));
         }
-        let (blocks, drop) = if r.cluster_id == self.meta.cluster_id {
+        let ours = self.meta.identity().map_err(Status::from)?;
+        let (blocks, drop) = if r.cluster_id == ours.cluster_id {
             self.issued(&worker.id, r.blocks)
         } else {
             if !r.blocks.is_empty() {
-                warn!(worker = %worker.id, blocks = r.blocks.len(), theirs = %r.cluster_id, ours = %self.meta.cluster_id,
+                warn!(worker = %worker.id, blocks = r.blocks.len(), theirs = %r.cluster_id, ours = %ours.cluster_id,
                     "a worker reported blocks of another cluster; they are ignored and the worker drops them");
             }
             (Vec::new(), Vec::new())
@@ -724,8 +739,8 @@ impl Master for MasterService {
         Ok(Response::new(RegisterWorkerResponse {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             policies: self.policies(),
-            cluster_id: self.meta.cluster_id.clone(),
-            block_key: self.meta.block_key().to_vec(),
+            cluster_id: ours.cluster_id.clone(),
+            block_key: ours.block_key().to_vec(),
             drop,
             peers: self.members.peer_addresses(&id),
         }))
@@ -751,7 +766,7 @@ impl Master for MasterService {
         who.require(Role::Admin, "StartLoad")?;
         let spec = req.into_inner();
         let info = self.dataset_for(&who, &spec.dataset)?;
-        Ok(Response::new(self.loads.start(info, spec)?))
+        Ok(Response::new(self.loads.start(info, spec).await?))
     }
 
     #[instrument(skip_all, fields(job = %req.get_ref().id))]

@@ -196,11 +196,11 @@ pub struct Config {
 /// Run the controllers while holding the Lease, until `stop` resolves.
 pub async fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     let client = Client::try_default().await?;
-    let endpoint = shoal_proto::auth::endpoint(&cfg.master)
-        .map_err(|e| Error::Invalid(format!("master address {:?}: {e}", cfg.master)))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(600));
-    let ctx = Arc::new(Ctx::new(client.clone(), shoal_proto::auth::master(endpoint.connect_lazy()), &cfg.identity));
+    let master = shoal_proto::auth::master(&cfg.master, |ep| {
+        ep.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(600))
+    })
+    .map_err(|e| Error::Invalid(format!("master address {:?}: {e}", cfg.master)))?;
+    let ctx = Arc::new(Ctx::new(client.clone(), master, &cfg.identity));
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), FIELD_MANAGER)
         .with_namespace(&cfg.lease_namespace)
         .with_identity(&cfg.identity)

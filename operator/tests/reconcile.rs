@@ -149,9 +149,7 @@ impl Shoal {
     }
 
     fn master(&self) -> shoal_proto::auth::Master {
-        let ch =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.master_addr)).unwrap().connect_lazy();
-        shoal_proto::auth::master(ch)
+        shoal_proto::auth::master(&self.master_addr, |ep| ep).unwrap()
     }
 
     /// Register `ml.imagenet` (the source tree) on the master directly, as the

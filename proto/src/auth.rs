@@ -28,8 +28,10 @@ use crate::worker::worker_client::WorkerClient;
 
 /// A channel that sends the token.
 pub type Conn = InterceptedService<Channel, ClientAuth>;
-/// A master client that sends the token.
-pub type Master = MasterClient<Conn>;
+/// A channel to the leading master that sends the token.
+pub type MasterConn = InterceptedService<crate::leader::Leader, ClientAuth>;
+/// A master client that sends the token and follows the leader.
+pub type Master = MasterClient<MasterConn>;
 /// A worker client that sends the token.
 pub type Worker = WorkerClient<Conn>;
 
@@ -423,9 +425,24 @@ pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, AuthError> {
     }
 }
 
-/// A master client on `channel` that sends the token.
-pub fn master(channel: Channel) -> Master {
-    MasterClient::with_interceptor(channel, ClientAuth::from_env())
+/// A master client that sends the token, to whichever of the masters in `list`
+/// (`host:port`, comma-separated) leads; `configure` sets up each endpoint
+/// (timeouts), which connects lazily.
+pub fn master(
+    list: &str,
+    configure: impl Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint + Send + Sync + 'static,
+) -> Result<Master, AuthError> {
+    Ok(MasterClient::new(leader(list, configure)?))
+}
+
+/// A channel that sends the token to whichever of the masters in `list` leads
+/// (see [`master`]), for any of the masters' services.
+pub fn leader(
+    list: &str,
+    configure: impl Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint + Send + Sync + 'static,
+) -> Result<MasterConn, AuthError> {
+    let leader = crate::leader::Leader::new(list, move |addr| Ok(configure(endpoint(addr)?).connect_lazy()))?;
+    Ok(InterceptedService::new(leader, ClientAuth::from_env()))
 }
 
 /// A worker client on `channel` that sends the token.

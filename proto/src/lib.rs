@@ -18,6 +18,7 @@ pub mod csi {
 }
 
 pub mod auth;
+pub mod leader;
 
 impl master::DatasetInfo {
     /// The Kubernetes namespace the dataset belongs to ("" reads as `default`).

@@ -47,12 +47,11 @@ pub struct WorkerConfig {
 
 /// A lazily connected client of the master (the worker starts without it).
 pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, WorkerError> {
-    let ep = shoal_proto::auth::endpoint(addr)
-        .map_err(|e| WorkerError::Config(format!("invalid master address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true);
-    Ok(shoal_proto::auth::master(ep.connect_lazy())
+    let master = shoal_proto::auth::master(addr, |ep| {
+        ep.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(30)).tcp_nodelay(true)
+    })
+    .map_err(|e| WorkerError::Config(format!("invalid master address {addr:?}: {e}")))?;
+    Ok(master
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }

@@ -182,6 +182,33 @@ pub fn start_worker(master: &str, listen: &str, tiers: &[String], envs: &[(&str,
     Proc::start(&args, envs, log)
 }
 
+/// Worker `w{i}` on bed host `host` (node name `h{i}`, tiers of 64 MiB each
+/// under `root/w{i}`, log `root/w{i}.log`) of the master(s) `master`; waits
+/// until it is registered.
+pub fn start_bed_worker(host: &bed::Host, i: usize, master: &str, root: &Path) -> Proc {
+    let tiers = tiers(&root.join(format!("w{i}")), "64MiB", "64MiB");
+    let (id, node, listen, metrics) = (format!("w{i}"), format!("h{i}"), host.addr(0), host.addr(0));
+    let mut args = vec![
+        "worker",
+        "--master",
+        master,
+        "--listen",
+        &listen,
+        "--id",
+        &id,
+        "--node",
+        &node,
+        "--metrics-listen",
+        &metrics,
+    ];
+    for t in &tiers {
+        args.extend(["--tier", t.as_str()]);
+    }
+    let p = Proc::start_on(host, &args, &root.join(format!("w{i}.log")));
+    wait_until_registered(master, &p.addr);
+    p
+}
+
 /// The value of one sample (`name{labels} value`) in Prometheus text, 0 if absent.
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
