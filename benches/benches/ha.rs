@@ -315,8 +315,8 @@ fn main() -> Result<()> {
         "## Master high availability (issue 18)\n\n`cargo build --release -p shoal && cargo bench -p shoal-benches --bench ha -- --files {files}`\n\n\
          Masters on three hosts (network namespaces on a bridge) of this 2-core machine, each writing its Raft log with a \
          synced write; workers beside them, a mount on a fourth host; the datasets are local directories of empty files \
-         (metadata only) and of 32 files of 1 MiB (reads). Heartbeats every 500 ms; Raft heartbeats every 250 ms, \
-         elections after 1-2 s of silence.\n\n| step | result | detail |\n|---|---:|---|\n"
+         (metadata only) and of 32 files of 1 MiB (reads). Worker heartbeats every 500 ms; Raft heartbeats every \
+         200 ms, elections after 1-2 s of silence (the default `--election-timeout 1s`).\n\n| step | result | detail |\n|---|---:|---|\n"
     );
     for (a, b, c) in &rows {
         md.push_str(&format!("| {a} | {b} | {c} |\n"));
