@@ -57,6 +57,8 @@ pub struct Reader {
     block_size: u64,
     master: shoal_proto::auth::Master,
     workers: RwLock<Vec<WorkerInfo>>,
+    /// Refreshes in a row that listed no live worker while this mount knew some.
+    empty_refreshes: std::sync::atomic::AtomicU32,
     clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
     store: OnceCell<Option<UnderStore>>,
     cache: moka::future::Cache<BlockId, Bytes>,
@@ -111,6 +113,26 @@ const WORKER_DOWN_FOR: Duration = Duration::from_secs(3);
 
 /// Ids of the workers that own blocks by placement (a draining worker owns none,
 /// though it still serves the blocks it holds).
+/// The worker list after a refresh listed `live`; `None` keeps the current
+/// one. A master that just became leader lists no worker until they register
+/// again (their next heartbeat): one empty answer while workers were known is
+/// not believed, a second one in a row is.
+fn next_workers(
+    current: &[WorkerInfo],
+    live: Vec<WorkerInfo>,
+    empty_refreshes: &std::sync::atomic::AtomicU32,
+) -> Option<Vec<WorkerInfo>> {
+    use std::sync::atomic::Ordering;
+    if live.is_empty() && !current.is_empty() && empty_refreshes.fetch_add(1, Ordering::Relaxed) == 0 {
+        debug!("the master lists no live worker (a new leader?); keeping the last list for one refresh");
+        return None;
+    }
+    if !live.is_empty() {
+        empty_refreshes.store(0, Ordering::Relaxed);
+    }
+    Some(live)
+}
+
 fn placed(workers: &[WorkerInfo]) -> impl Iterator<Item = &str> {
     workers.iter().filter(|w| !w.draining).map(|w| w.id.as_str())
 }
@@ -143,6 +165,7 @@ impl Reader {
             block_size,
             master,
             workers: RwLock::new(Vec::new()),
+            empty_refreshes: Default::default(),
             clients: Mutex::new(HashMap::new()),
             store: OnceCell::new(),
             cache,
@@ -165,7 +188,10 @@ impl Reader {
         match self.master.clone().list_workers(ListWorkersRequest {}).await {
             Ok(r) => {
                 let live: Vec<WorkerInfo> = r.into_inner().workers.into_iter().filter(|w| w.alive).collect();
-                *self.workers.write().expect("workers lock") = live;
+                let mut workers = self.workers.write().expect("workers lock");
+                if let Some(next) = next_workers(&workers, live, &self.empty_refreshes) {
+                    *workers = next;
+                }
             }
             Err(e) => debug!(error = %e.message(), "cannot refresh workers; keeping the last list"),
         }
@@ -534,6 +560,17 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_empty_worker_list_after_known_workers_is_not_believed() {
+        let w = |id: &str| WorkerInfo { id: id.into(), alive: true, ..Default::default() };
+        let streak = std::sync::atomic::AtomicU32::new(0);
+        assert!(next_workers(&[w("a")], Vec::new(), &streak).is_none(), "the first empty answer is ignored");
+        assert_eq!(next_workers(&[w("a")], Vec::new(), &streak), Some(Vec::new()), "the second is believed");
+        assert_eq!(next_workers(&[], vec![w("b")], &streak), Some(vec![w("b")]));
+        assert!(next_workers(&[w("b")], Vec::new(), &streak).is_none(), "a list resets the streak");
+        assert_eq!(next_workers(&[], Vec::new(), &streak), Some(Vec::new()), "nothing known: nothing to keep");
+    }
+
     use super::*;
 
     #[test]
