@@ -150,25 +150,7 @@ impl Group {
     }
 
     fn create_s3_dataset(&self, name: &str, prefix: &str) {
-        let ep = format!("endpoint={}", self.s3.endpoint);
-        let uri = format!("s3://ha-bed/{prefix}");
-        let (code, out, err) = cli(&[
-            "dataset",
-            "create",
-            name,
-            &uri,
-            "--option",
-            &ep,
-            "--option",
-            "access_key_id=a",
-            "--option",
-            "secret_access_key=b",
-            "--block-size",
-            "64KiB",
-            "--master",
-            &self.list,
-        ]);
-        assert_eq!(code, 0, "create {name}: {out}{err}");
+        self.s3.create_dataset(&self.list, name, &format!("s3://ha-bed/{prefix}"));
     }
 }
 

@@ -64,24 +64,7 @@ fn cluster(workers: usize, extra: usize) -> Cluster {
     for i in 1..=workers {
         c.start_worker(i);
     }
-    let ep = format!("endpoint={}", c._s3.endpoint);
-    let (code, _, err) = cli(&[
-        "dataset",
-        "create",
-        "ds",
-        "s3://bed/data",
-        "--option",
-        &ep,
-        "--option",
-        "access_key_id=a",
-        "--option",
-        "secret_access_key=b",
-        "--block-size",
-        "64KiB",
-        "--master",
-        &c.master.addr,
-    ]);
-    assert_eq!(code, 0, "{err}");
+    c._s3.create_dataset(&c.master.addr, "ds", "s3://bed/data");
     c
 }
 

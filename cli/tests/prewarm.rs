@@ -51,24 +51,7 @@ async fn prewarm_over_s3_caches_every_block_and_reads_skip_the_store() {
         want.push((format!("s{}/x{i:02}.bin", i % 2), data));
     }
     let (master, worker) = master_and_worker(root, "64MiB", "1GiB", &[]);
-    let ep = format!("endpoint={}", s3.endpoint);
-    let (code, _, err) = cli(&[
-        "dataset",
-        "create",
-        "pw",
-        "s3://pwb/data",
-        "--option",
-        &ep,
-        "--option",
-        "access_key_id=a",
-        "--option",
-        "secret_access_key=b",
-        "--block-size",
-        "64KiB",
-        "--master",
-        &master.addr,
-    ]);
-    assert_eq!(code, 0, "{err}");
+    s3.create_dataset(&master.addr, "pw", "s3://pwb/data");
     let (code, out, err) = cli(&["prewarm", "pw", "--master", &master.addr, "-o", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     let job: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -418,6 +418,29 @@ impl S3Server {
         assert_eq!(code, 200, "put {key}");
     }
 
+    /// `shoal dataset create NAME URI` of this store (test credentials, 64 KiB
+    /// blocks) on the master(s) `master`; asserts it succeeded.
+    pub fn create_dataset(&self, master: &str, name: &str, uri: &str) {
+        let ep = format!("endpoint={}", self.endpoint);
+        let (code, out, err) = cli(&[
+            "dataset",
+            "create",
+            name,
+            uri,
+            "--option",
+            &ep,
+            "--option",
+            "access_key_id=a",
+            "--option",
+            "secret_access_key=b",
+            "--block-size",
+            "64KiB",
+            "--master",
+            master,
+        ]);
+        assert_eq!(code, 0, "create {name}: {out}{err}");
+    }
+
     pub fn delete(&self, bucket: &str, key: &str) {
         let enc = encode_key(key);
         let code = self.http("DELETE", &format!("/{bucket}/{enc}"), b"");
