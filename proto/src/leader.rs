@@ -81,11 +81,6 @@ impl Leader {
             }),
         })
     }
-
-    /// The address of the master requests go to now.
-    pub fn current(&self) -> String {
-        self.inner.pick().1
-    }
 }
 
 impl Inner {

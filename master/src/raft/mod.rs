@@ -91,6 +91,12 @@ pub struct Node {
     legacy: AtomicBool,
 }
 
+/// The address of the leader `m` names, if any.
+fn leader_of(m: &openraft::RaftMetrics<u64, BasicNode>) -> Option<String> {
+    let leader = m.current_leader?;
+    m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+}
+
 fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> MasterError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
@@ -171,16 +177,17 @@ impl Node {
 
     /// The leader's address, if one is known.
     pub fn leader(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        leader_of(&self.raft.metrics().borrow())
     }
 
     /// The refusal of a call while this master does not serve.
     pub fn refusal(&self) -> tonic::Status {
         // Not itself: a leader that does not serve yet is about to.
-        let leads = self.raft.metrics().borrow().current_leader == Some(self.id);
-        let leader = self.leader().filter(|_| !self.serving() && !leads);
+        let leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            leader_of(&m).filter(|_| m.current_leader != Some(self.id))
+        };
         let msg = match &leader {
             Some(l) => format!("master {} does not lead; the leader is {l}", self.id),
             None => format!("master {} does not lead and no leader is elected yet", self.id),
@@ -206,7 +213,7 @@ impl Node {
         MasterStatus {
             id: self.id,
             leader_id: m.current_leader.unwrap_or(0),
-            leader_addr: self.leader().unwrap_or_default(),
+            leader_addr: leader_of(&m).unwrap_or_default(),
             term: m.current_term,
             state: format!("{:?}", m.state),
             last_log_index: m.last_log_index.unwrap_or(0),
