@@ -460,6 +460,8 @@ async fn master_kill9_keeps_datasets_and_rebuilds_locations() {
     let addr = c.master.addr.clone();
     c.master.kill9();
     c.master = start_master(&c.root.join("master"), &addr, &c.root.join("master2.log"));
+    // A restarted master answers once it leads its group of one again.
+    wait_for_sync("the restarted master to serve", || cli(&["master", "status", "--master", &addr]).0 == 0);
     let mut m = master_client(&addr).await;
     let (info2, ns2) = namespace(&mut m, "dur").await;
     assert_eq!(info2, info, "dataset record survives kill -9");
