@@ -33,16 +33,24 @@ pub struct Common {
 
 #[derive(Subcommand, Debug)]
 pub enum DatasetCmd {
-    /// Register a dataset from a store URI and list it (sync).
+    /// Register a dataset from one store URI, or from several stores each at
+    /// its own path (--mount), and list it (sync).
     Create {
         /// Dataset name: letters, digits, '.', '_' and '-'.
         name: String,
-        /// s3://bucket/prefix, gs://, oss://, azblob://container/prefix, hdfs://nn/path,
-        /// webhdfs://nn:port/path, file:///dir (or /dir), http(s)://host/prefix.
-        uri: String,
-        /// Store option KEY=VALUE (OpenDAL names: endpoint, region, access_key_id,
+        /// The dataset's only store (seen at /): s3://bucket/prefix, gs://, oss://,
+        /// azblob://container/prefix, hdfs://nn/path, webhdfs://nn:port/path,
+        /// file:///dir (or /dir), http(s)://host/prefix. Or give --mount instead.
+        #[arg(required_unless_present = "mounts", conflicts_with = "mounts")]
+        uri: Option<String>,
+        /// A store seen at PATH inside the dataset, PATH=URI (e.g.
+        /// /train=s3://bucket/train); repeatable. Paths never nest.
+        #[arg(long = "mount", value_name = "PATH=URI")]
+        mounts: Vec<String>,
+        /// Store option KEY=VALUE for every store, or PATH:KEY=VALUE for the
+        /// store at PATH (OpenDAL names: endpoint, region, access_key_id,
         /// secret_access_key, credentials_file, …); repeatable.
-        #[arg(long = "option", value_name = "KEY=VALUE")]
+        #[arg(long = "option", value_name = "[PATH:]KEY=VALUE")]
         options: Vec<String>,
         /// Block size: the unit of caching (e.g. 4MiB, 8MiB).
         #[arg(long, default_value = "8MiB")]
@@ -50,9 +58,10 @@ pub enum DatasetCmd {
         /// Register only; do not list the store now.
         #[arg(long)]
         no_sync: bool,
-        /// Re-list the store this often (e.g. 10m, 1h); mounts pick up the changes.
-        #[arg(long, value_parser = crate::servers::parse_duration)]
-        sync_interval: Option<std::time::Duration>,
+        /// Re-list the stores this often (e.g. 10m, 1h), or PATH:DURATION for the
+        /// store at PATH alone; repeatable. Mounts pick up the changes.
+        #[arg(long, value_name = "[PATH:]DURATION")]
+        sync_interval: Vec<String>,
         /// Pin the dataset: its cached blocks are never evicted.
         #[arg(long)]
         pin: bool,
@@ -107,12 +116,145 @@ pub enum DatasetCmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Re-list the store and apply the differences (new, changed, deleted).
+    /// Re-list the stores and apply the differences (new, changed, deleted).
     Sync {
         name: String,
+        /// Re-list only the store mounted at PATH (repeatable); the others keep
+        /// what they hold.
+        #[arg(long = "mount", value_name = "PATH")]
+        mounts: Vec<String>,
         #[command(flatten)]
         common: Common,
     },
+    /// Change a dataset's stores: add a store or point a mount at another URI
+    /// (--mount), remove one (--remove-mount), set options such as rotated
+    /// credentials (--option) or sync intervals. The changed stores are then
+    /// listed again; what a removed store held leaves the dataset.
+    Update {
+        name: String,
+        /// Add a store at PATH, or point the mount at PATH to URI: PATH=URI; repeatable.
+        #[arg(long = "mount", value_name = "PATH=URI")]
+        mounts: Vec<String>,
+        /// Remove the store mounted at PATH; repeatable.
+        #[arg(long = "remove-mount", value_name = "PATH")]
+        remove: Vec<String>,
+        /// Set option KEY=VALUE on every store, or PATH:KEY=VALUE on the store at
+        /// PATH; KEY= (no value) removes it; repeatable.
+        #[arg(long = "option", value_name = "[PATH:]KEY=VALUE")]
+        options: Vec<String>,
+        /// Re-list the stores this often (0s: only on request), or PATH:DURATION
+        /// for the store at PATH alone; repeatable.
+        #[arg(long, value_name = "[PATH:]DURATION")]
+        sync_interval: Vec<String>,
+        /// Do not list the changed stores now.
+        #[arg(long)]
+        no_sync: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Flags of `dataset create` and `dataset update` that name a mount, split
+/// into what applies to every mount and what to the mount at one path.
+#[derive(Debug, Default)]
+struct MountFlags {
+    /// (path, uri) of --mount PATH=URI.
+    mounts: Vec<(String, String)>,
+    /// (path or None for all, key, value) of --option.
+    options: Vec<(Option<String>, String, String)>,
+    /// (path or None for the dataset, seconds) of --sync-interval.
+    intervals: Vec<(Option<String>, u64)>,
+}
+
+fn invalid(msg: String) -> anyhow::Error {
+    anyhow::Error::new(tonic::Status::invalid_argument(msg))
+}
+
+/// `PATH:REST` when `s` starts with a path, else `REST` alone.
+fn for_path(s: &str) -> (Option<String>, &str) {
+    match s.split_once(':') {
+        Some((path, rest)) if path.starts_with('/') => (Some(path.to_string()), rest),
+        _ => (None, s),
+    }
+}
+
+impl MountFlags {
+    fn parse(mounts: &[String], options: &[String], intervals: &[String]) -> Result<MountFlags> {
+        let mut f = MountFlags::default();
+        for m in mounts {
+            let (path, uri) = m
+                .split_once('=')
+                .filter(|(p, u)| p.starts_with('/') && !u.is_empty())
+                .ok_or_else(|| invalid(format!("--mount {m:?} is not PATH=URI (e.g. /train=s3://bucket/train)")))?;
+            f.mounts.push((path.to_string(), uri.to_string()));
+        }
+        for o in options {
+            let (path, kv) = for_path(o);
+            let (k, v) = kv.split_once('=').ok_or_else(|| invalid(format!("option {o:?} is not [PATH:]KEY=VALUE")))?;
+            f.options.push((path, k.trim().to_string(), v.to_string()));
+        }
+        for i in intervals {
+            let (path, d) = for_path(i);
+            let d = crate::servers::parse_duration(d).map_err(|e| invalid(format!("--sync-interval {i:?}: {e}")))?;
+            let secs = if d.is_zero() { 0 } else { d.as_secs().max(1) };
+            f.intervals.push((path, secs));
+        }
+        Ok(f)
+    }
+
+    /// Apply the flags to `mounts`; returns the paths whose store or options
+    /// changed, and the dataset-wide interval if one was given.
+    fn apply(&self, mounts: &mut Vec<MountSpec>) -> Result<(Vec<String>, Option<u64>)> {
+        let mut changed = Vec::new();
+        let mut mark = |p: &str| {
+            if !changed.iter().any(|c: &String| c == p) {
+                changed.push(p.to_string());
+            }
+        };
+        for (path, uri) in &self.mounts {
+            match mounts.iter_mut().find(|m| &m.path == path) {
+                Some(m) if &m.uri == uri => {}
+                Some(m) => {
+                    m.uri.clone_from(uri);
+                    mark(path);
+                }
+                None => {
+                    mounts.push(MountSpec { uri: uri.clone(), path: path.clone(), ..Default::default() });
+                    mark(path);
+                }
+            }
+        }
+        let mut dataset_interval = None;
+        for (path, key, value) in &self.options {
+            if let Some(p) = path.as_ref().filter(|p| !mounts.iter().any(|m| &m.path == *p)) {
+                return Err(invalid(format!("option for {p:?}: the dataset has no mount there")));
+            }
+            for m in mounts.iter_mut().filter(|m| path.as_ref().is_none_or(|p| p == &m.path)) {
+                let before = m.options.get(key).cloned();
+                if value.is_empty() {
+                    m.options.remove(key);
+                } else {
+                    m.options.insert(key.clone(), value.clone());
+                }
+                if before != m.options.get(key).cloned() {
+                    mark(&m.path);
+                }
+            }
+        }
+        for (path, secs) in &self.intervals {
+            match path {
+                None => dataset_interval = Some(*secs),
+                Some(p) => {
+                    let m = mounts
+                        .iter_mut()
+                        .find(|m| &m.path == p)
+                        .ok_or_else(|| invalid(format!("--sync-interval for {p:?}: the dataset has no mount there")))?;
+                    m.sync_interval_seconds = *secs;
+                }
+            }
+        }
+        Ok((changed, dataset_interval))
+    }
 }
 
 /// A client of the masters in `addr` (comma-separated), once one of them answers.
@@ -140,17 +282,6 @@ pub async fn connect(addr: &str) -> Result<shoal_proto::auth::Master> {
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }
 
-fn parse_options(options: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for o in options {
-        let Some((k, v)) = o.split_once('=') else {
-            return Err(anyhow::Error::new(tonic::Status::invalid_argument(format!("option {o:?} is not KEY=VALUE"))));
-        };
-        out.insert(k.trim().to_string(), v.to_string());
-    }
-    Ok(out)
-}
-
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -170,15 +301,28 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 
 fn dataset_json(d: &DatasetInfo) -> serde_json::Value {
     let spec = d.spec.clone().unwrap_or_default();
-    let mount = spec.mount.unwrap_or_default();
+    let mounts = shoal_core::dataset::mount_specs(&spec);
     let cache = spec.cache.unwrap_or_default();
-    let options: BTreeMap<String, String> = mount.options.into_iter().collect();
+    let mount_json = |m: &MountSpec| {
+        let options: BTreeMap<String, String> = m.options.clone().into_iter().collect();
+        json!({
+            "path": m.path,
+            "uri": m.uri,
+            "options": shoal_core::uri::redact(&options),
+            "sync_interval_seconds": m.sync_interval_seconds,
+            "last_sync_unix": d.mount_synced_unix.get(&m.path).copied().unwrap_or(d.last_sync_unix),
+        })
+    };
+    let first = mounts.first().cloned().unwrap_or_default();
     json!({
         "name": spec.name,
         "namespace": spec.namespace,
         "id": d.id,
-        "uri": mount.uri,
-        "options": shoal_core::uri::redact(&options),
+        // The first store, for scripts written when a dataset had one.
+        "uri": first.uri,
+        "options": mount_json(&first)["options"],
+        "mounts": mounts.iter().map(mount_json).collect::<Vec<_>>(),
+        "spec_revision": d.spec_revision,
         "block_size": cache.block_size,
         "replicas": cache.replicas,
         "pinned": cache.pinned,
@@ -231,9 +375,18 @@ fn print_dataset(d: &DatasetInfo, output: Output) {
         Output::Table => {
             println!("name:        {}", j["name"].as_str().unwrap_or(""));
             println!("namespace:   {}", j["namespace"].as_str().unwrap_or(""));
-            println!("uri:         {}", j["uri"].as_str().unwrap_or(""));
-            for (k, v) in j["options"].as_object().into_iter().flatten() {
-                println!("option:      {k}={}", v.as_str().unwrap_or(""));
+            for m in j["mounts"].as_array().into_iter().flatten() {
+                let path = m["path"].as_str().unwrap_or("");
+                println!("mount:       {path} = {}", m["uri"].as_str().unwrap_or(""));
+                for (k, v) in m["options"].as_object().into_iter().flatten() {
+                    println!("option:      {path}:{k}={}", v.as_str().unwrap_or(""));
+                }
+                if let Some(every) = m["sync_interval_seconds"].as_u64().filter(|s| *s > 0) {
+                    println!("sync every:  {path}:{every}s");
+                }
+            }
+            if let Some(every) = j["sync_interval_seconds"].as_u64().filter(|s| *s > 0) {
+                println!("sync every:  {every}s");
             }
             println!("files:       {}", d.file_count);
             println!("directories: {}", d.dir_count);
@@ -256,9 +409,14 @@ fn print_dataset(d: &DatasetInfo, output: Output) {
 }
 
 /// Stream a sync's progress to a spinner; returns the synced dataset.
-pub async fn sync_with_progress(client: &mut shoal_proto::auth::Master, name: &str) -> Result<SyncProgress> {
+/// `mounts`: the mount paths to re-list (all when empty).
+pub async fn sync_with_progress(
+    client: &mut shoal_proto::auth::Master,
+    name: &str,
+    mounts: &[String],
+) -> Result<SyncProgress> {
     let mut stream = client
-        .sync_dataset(SyncDatasetRequest { name: name.to_string() })
+        .sync_dataset(SyncDatasetRequest { name: name.to_string(), mounts: mounts.to_vec() })
         .await
         .map_err(Remote)
         .with_context(|| format!("sync of dataset {name:?}"))?
@@ -266,8 +424,10 @@ pub async fn sync_with_progress(client: &mut shoal_proto::auth::Master, name: &s
     // Stores do not tell how many entries they hold; the last sync's count is
     // the estimate the ETA comes from.
     let expected = match client.get_dataset(GetDatasetRequest { name: name.to_string() }).await {
-        Ok(d) => Some(d.into_inner()).filter(|d| d.last_sync_unix > 0).map(|d| d.file_count + d.dir_count),
-        Err(_) => None,
+        Ok(d) if mounts.is_empty() => {
+            Some(d.into_inner()).filter(|d| d.last_sync_unix > 0).map(|d| d.file_count + d.dir_count)
+        }
+        _ => None,
     };
     let bar = match expected.filter(|n| *n > 0) {
         Some(n) => {
@@ -328,22 +488,39 @@ fn print_sync(p: &SyncProgress, output: Output) {
 
 pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
     match cmd {
-        DatasetCmd::Create { name, uri, options, block_size, no_sync, sync_interval, pin, ttl, namespace, common } => {
-            let options = parse_options(&options)?;
-            // Check locally first: a bad URI never needs a round trip.
-            shoal_core::StoreSpec::parse(&uri, &options)?;
+        DatasetCmd::Create {
+            name,
+            uri,
+            mounts,
+            options,
+            block_size,
+            no_sync,
+            sync_interval,
+            pin,
+            ttl,
+            namespace,
+            common,
+        } => {
+            let flags = MountFlags::parse(&mounts, &options, &sync_interval)?;
+            let mut specs: Vec<MountSpec> =
+                uri.map(|uri| MountSpec { uri, path: "/".into(), ..Default::default() }).into_iter().collect();
+            let (_, interval) = flags.apply(&mut specs)?;
+            // Checked here first: a bad URI or mount table never needs a round trip.
+            let parsed = specs.iter().map(shoal_core::dataset::Mount::from_spec).collect::<Result<Vec<_>, _>>()?;
+            shoal_core::dataset::validate_mounts(&parsed)?;
             let block_size = shoal_core::size::parse_size(&block_size)?;
             let mut client = connect(&common.master).await?;
             let spec = DatasetSpec {
                 name: name.clone(),
-                mount: Some(MountSpec { uri, options: options.into_iter().collect() }),
+                mount: None,
+                mounts: specs,
                 cache: Some(CachePolicy {
                     block_size,
                     replicas: 1,
                     pinned: pin,
                     ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
                 }),
-                sync_interval_seconds: sync_interval.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                sync_interval_seconds: interval.unwrap_or(0),
                 namespace,
             };
             let info = client
@@ -356,7 +533,7 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
                 print_dataset(&info, common.output);
                 return Ok(());
             }
-            let p = sync_with_progress(&mut client, &name).await?;
+            let p = sync_with_progress(&mut client, &name, &[]).await?;
             print_dataset(p.dataset.as_ref().unwrap_or(&info), common.output);
         }
         DatasetCmd::Ls { common } => {
@@ -378,9 +555,13 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
                         .iter()
                         .map(|d| {
                             let spec = d.spec.clone().unwrap_or_default();
+                            let uris: Vec<String> = shoal_core::dataset::mount_specs(&spec)
+                                .into_iter()
+                                .map(|m| if m.path == "/" { m.uri } else { format!("{}={}", m.path, m.uri) })
+                                .collect();
                             vec![
                                 spec.name,
-                                spec.mount.unwrap_or_default().uri,
+                                uris.join(","),
                                 d.file_count.to_string(),
                                 ByteSize(d.total_bytes).to_string(),
                             ]
@@ -424,10 +605,46 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
         DatasetCmd::Pin { name, common } => set_policy(&common, &name, Some(true), None).await?,
         DatasetCmd::Unpin { name, common } => set_policy(&common, &name, Some(false), None).await?,
         DatasetCmd::Ttl { name, ttl, common } => set_policy(&common, &name, None, Some(ttl.as_secs())).await?,
-        DatasetCmd::Sync { name, common } => {
+        DatasetCmd::Sync { name, mounts, common } => {
             let mut client = connect(&common.master).await?;
-            let p = sync_with_progress(&mut client, &name).await?;
+            let p = sync_with_progress(&mut client, &name, &mounts).await?;
             print_sync(&p, common.output);
+        }
+        DatasetCmd::Update { name, mounts, remove, options, sync_interval, no_sync, common } => {
+            let flags = MountFlags::parse(&mounts, &options, &sync_interval)?;
+            let mut client = connect(&common.master).await?;
+            let info = client
+                .get_dataset(GetDatasetRequest { name: name.clone() })
+                .await
+                .map_err(Remote)
+                .with_context(|| format!("dataset {name:?}"))?
+                .into_inner();
+            // Options come back redacted; the master keeps the value a "***" stands for.
+            let mut specs = shoal_core::dataset::mount_specs(&info.spec.clone().unwrap_or_default());
+            for p in &remove {
+                let before = specs.len();
+                specs.retain(|m| &m.path != p);
+                if specs.len() == before {
+                    return Err(invalid(format!("--remove-mount {p:?}: the dataset has no mount there")));
+                }
+            }
+            let (changed, interval) = flags.apply(&mut specs)?;
+            let parsed = specs.iter().map(shoal_core::dataset::Mount::from_spec).collect::<Result<Vec<_>, _>>()?;
+            shoal_core::dataset::validate_mounts(&parsed)?;
+            let req = UpdateDatasetRequest {
+                name: name.clone(),
+                mounts: specs,
+                sync_interval_seconds: interval,
+                sync: false,
+            };
+            let info =
+                client.update_dataset(req).await.map_err(Remote).with_context(|| format!("update dataset {name:?}"))?;
+            if no_sync || changed.is_empty() {
+                print_dataset(info.get_ref(), common.output);
+                return Ok(());
+            }
+            let p = sync_with_progress(&mut client, &name, &changed).await?;
+            print_dataset(p.dataset.as_ref().unwrap_or(info.get_ref()), common.output);
         }
     }
     Ok(())

@@ -177,7 +177,9 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
         let existing = client.get_dataset(GetDatasetRequest { name: args.name.clone() }).await;
         match existing {
             Ok(d) => {
-                let have = d.into_inner().spec.and_then(|s| s.mount).map(|m| m.uri).unwrap_or_default();
+                let spec = d.into_inner().spec.unwrap_or_default();
+                let have =
+                    shoal_core::dataset::mount_specs(&spec).into_iter().next().map(|m| m.uri).unwrap_or_default();
                 if have != uri {
                     bail!("dataset {:?} already exists with {have}; pick another --name or --data-dir", args.name);
                 }
@@ -185,10 +187,13 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
             Err(s) if s.code() == tonic::Code::NotFound => {
                 let spec = DatasetSpec {
                     name: args.name.clone(),
-                    mount: Some(MountSpec { uri: uri.clone(), options: options.clone().into_iter().collect() }),
+                    mounts: vec![MountSpec {
+                        uri: uri.clone(),
+                        options: options.clone().into_iter().collect(),
+                        ..Default::default()
+                    }],
                     cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
-                    sync_interval_seconds: 0,
-                    namespace: String::new(),
+                    ..Default::default()
                 };
                 client
                     .create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false })
@@ -198,7 +203,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
             }
             Err(s) => return Err(Remote(s).into()),
         }
-        let p = sync_with_progress(&mut client, &args.name).await?;
+        let p = sync_with_progress(&mut client, &args.name, &[]).await?;
         let info = p.dataset.unwrap_or_default();
         let opts = shoal_fuse::MountOptions {
             dataset: args.name.clone(),

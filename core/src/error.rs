@@ -55,6 +55,19 @@ impl CoreError {
         matches!(self, CoreError::Store { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
     }
 
+    /// The gRPC code of this error, the same at every server: a bad request is
+    /// `INVALID_ARGUMENT`, a missing object `NOT_FOUND`, an object that changed
+    /// since its listing `FAILED_PRECONDITION` (re-sync), a failing store
+    /// `UNAVAILABLE`.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            c if c.is_invalid_input() => tonic::Code::InvalidArgument,
+            c if c.is_not_found() => tonic::Code::NotFound,
+            CoreError::Changed { .. } => tonic::Code::FailedPrecondition,
+            _ => tonic::Code::Unavailable,
+        }
+    }
+
     /// The request itself was wrong (as opposed to the store failing).
     pub fn is_invalid_input(&self) -> bool {
         matches!(

@@ -1,5 +1,7 @@
 //! shoal-core: the vocabulary every shoal component shares.
 //!
+//! - [`dataset`]: the dataset model built from the wire record: its mounts (which store
+//!   serves which path), cache policy and file versions;
 //! - [`identity`]: the cluster id and the signatures that bind block references to listed files;
 //! - [`ids`]: dataset names and the block identity (`BlockId`) with its arithmetic;
 //! - [`uri`]: parsing a dataset's store URI and options into an OpenDAL service config;
@@ -7,8 +9,10 @@
 //! - [`size`]: human byte sizes (`8MiB`) for flags.
 //! - [`mounts`]: whether a path is a mount point.
 //!
-//! This crate imports nothing else of shoal and owns no process state.
+//! This crate imports only shoal's wire types (to build its model from them) and owns
+//! no process state.
 
+pub mod dataset;
 pub mod error;
 pub mod fusedev;
 pub mod identity;

@@ -143,7 +143,16 @@ impl Dataset {
             let totals = Arc::new(crate::fs::Totals::default());
             let master = crate::master_client(&opts.master)?;
             let task =
-                crate::refresh_loop(master, name.to_string(), generation, meta.clone(), totals, None, opts.refresh);
+                crate::refresh_loop(
+                master,
+                name.to_string(),
+                generation,
+                meta.clone(),
+                reader.clone(),
+                totals,
+                None,
+                opts.refresh,
+            );
             Some(tokio::spawn(task).abort_handle())
         };
         Ok(Dataset { name: name.to_string(), meta, reader, rt, refresher })

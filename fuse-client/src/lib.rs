@@ -132,6 +132,7 @@ async fn refresh_loop(
     dataset: String,
     mut generation: u64,
     meta: Arc<namespace::Metadata>,
+    reader: Arc<Reader>,
     totals: Arc<fs::Totals>,
     kernel: Option<Kernel>,
     every: Duration,
@@ -140,6 +141,7 @@ async fn refresh_loop(
         tokio::time::sleep(every).await;
         let Ok(info) = master.get_dataset(GetDatasetRequest { name: dataset.clone() }).await else { continue };
         let info = info.into_inner();
+        reader.set_dataset(&info);
         if info.generation == generation {
             continue;
         }
@@ -262,6 +264,7 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
             opts.dataset.clone(),
             dataset.generation,
             meta,
+            reader.clone(),
             totals,
             Some(Kernel {
                 notifier: session.notifier(),

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use shoal_core::{ids, placement, BlockId, StoreSpec, UnderStore};
+use shoal_core::dataset::{Dataset, Stores};
+use shoal_core::{ids, placement, BlockId};
 use shoal_proto::master::{BlockLocationsRequest, DatasetInfo, Inode, ListWorkersRequest, WorkerInfo};
 use shoal_proto::worker::{BlockRef, CacheBlockRequest, OpenLocalRequest, ReadBlockRequest};
-use tokio::sync::OnceCell;
 use tonic::transport::Endpoint;
 use tracing::{debug, warn};
 
@@ -52,7 +52,7 @@ pub struct ReaderConfig {
 pub const DIR_PREFETCH_PARALLEL: usize = 32;
 
 pub struct Reader {
-    dataset: DatasetInfo,
+    dataset_id: u32,
     name: String,
     block_size: u64,
     master: shoal_proto::auth::Master,
@@ -60,7 +60,9 @@ pub struct Reader {
     /// Refreshes in a row that listed no live worker while this mount knew some.
     empty_refreshes: std::sync::atomic::AtomicU32,
     clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
-    store: OnceCell<Option<UnderStore>>,
+    /// The dataset's record (store options redacted) and its stores, opened
+    /// on the first direct read and again when the mounts change.
+    stores: Mutex<(DatasetInfo, Option<Arc<Stores>>)>,
     cache: moka::future::Cache<BlockId, Bytes>,
     node: String,
     master_down_until: Mutex<Option<Instant>>,
@@ -152,22 +154,20 @@ fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
 
 impl Reader {
     pub fn new(dataset: DatasetInfo, master: shoal_proto::auth::Master, config: &ReaderConfig) -> Arc<Self> {
-        let spec = dataset.spec.clone().unwrap_or_default();
-        let block_size =
-            spec.cache.as_ref().map(|c| c.block_size).filter(|b| *b > 0).unwrap_or(ids::DEFAULT_BLOCK_SIZE);
+        let block_size = shoal_core::dataset::block_size(&dataset);
         let cache = moka::future::Cache::builder()
             .max_capacity(config.cache_bytes.max(block_size))
             .weigher(|_, b: &Bytes| b.len().min(u32::MAX as usize) as u32)
             .build();
         Arc::new(Self {
-            dataset,
-            name: spec.name,
+            dataset_id: dataset.id,
+            name: dataset.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             block_size,
             master,
             workers: RwLock::new(Vec::new()),
             empty_refreshes: Default::default(),
             clients: Mutex::new(HashMap::new()),
-            store: OnceCell::new(),
+            stores: Mutex::new((dataset, None)),
             cache,
             node: config.node.clone(),
             master_down_until: Mutex::new(None),
@@ -180,6 +180,28 @@ impl Reader {
 
     pub fn block_size(&self) -> u64 {
         self.block_size
+    }
+
+    /// Take the dataset's record as the master sends it now: changed mounts
+    /// (another store, rotated options) are opened anew for direct reads.
+    pub fn set_dataset(&self, info: &DatasetInfo) {
+        let mut held = self.stores.lock().expect("stores lock");
+        if info.id == self.dataset_id && info.spec_revision != held.0.spec_revision {
+            *held = (info.clone(), None);
+        }
+    }
+
+    /// The dataset's stores for direct reads, opened on first use.
+    fn stores(&self) -> Result<Arc<Stores>, shoal_core::CoreError> {
+        let mut held = self.stores.lock().expect("stores lock");
+        if let Some(s) = &held.1 {
+            return Ok(s.clone());
+        }
+        // Secrets are redacted for clients: the stores' credentials then come
+        // from this host's environment (or they are public).
+        let stores = Arc::new(Stores::open(Dataset::from_info(&held.0)?, true)?);
+        held.1 = Some(stores.clone());
+        Ok(stores)
     }
 
     /// Refresh the live worker list from the master now; keeps the old list if the
@@ -229,18 +251,8 @@ impl Reader {
     }
 
     fn block_ref(&self, inode: &Inode, path: &str, index: u32) -> BlockRef {
-        BlockRef {
-            dataset: self.name.clone(),
-            dataset_id: self.dataset.id,
-            file_id: inode.file_id,
-            index,
-            path: path.to_string(),
-            block_size: self.block_size,
-            file_size: inode.size,
-            mtime_sec: inode.mtime_sec,
-            mtime_nsec: inode.mtime_nsec,
-            sig: inode.sig.clone(),
-        }
+        shoal_core::dataset::block_ref(&self.name, self.dataset_id, self.block_size, path, inode, index)
+    }
     }
 
     /// Bytes `[offset, offset + size)` of a file, clipped to its end.
@@ -528,27 +540,12 @@ impl Reader {
     }
 
     async fn direct(&self, path: &str, inode: &Inode, index: u32) -> Result<Bytes, Option<ReadError>> {
-        let store = self
-            .store
-            .get_or_init(|| async {
-                let mount = self.dataset.spec.as_ref().and_then(|s| s.mount.clone()).unwrap_or_default();
-                // Secrets are redacted for clients: the store's credentials
-                // then come from this host's environment (or it is public).
-                let options: BTreeMap<_, _> = mount.options.into_iter().collect();
-                let options = shoal_core::uri::without_redacted(&options);
-                match StoreSpec::parse(&mount.uri, &options).and_then(|s| UnderStore::open(&s)) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        warn!(error = %e, "cannot open the under-store for direct reads");
-                        None
-                    }
-                }
-            })
-            .await;
-        let Some(store) = store else { return Err(None) };
+        let stores = self.stores().map_err(|e| {
+            warn!(error = %e, "cannot open the under-store for direct reads");
+            None
+        })?;
         let (offset, len) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
-        let version = shoal_core::Version::listed(inode.size, inode.mtime_sec, inode.mtime_nsec);
-        store.read(path, offset, len, Some(version)).await.map_err(|e| {
+        stores.read(path, offset, len, shoal_core::dataset::version_of(inode)).await.map_err(|e| {
             if e.is_not_found() {
                 Some(ReadError::NotFound(path.to_string()))
             } else {

@@ -178,7 +178,7 @@ impl Loads {
     }
 
     fn totals(handle: &JobHandle, info: &DatasetInfo, files: &[FileTask]) -> LoadJob {
-        let bs = block_size(info);
+        let bs = shoal_core::dataset::block_size(info);
         let mut job = handle.job.lock().expect("job lock");
         job.files_total = files.len() as u64;
         job.bytes_total = files.iter().map(|f| f.inode.size).sum();
@@ -264,7 +264,7 @@ impl Loads {
 
     async fn run_inner(self: &Arc<Self>, handle: &Arc<JobHandle>, info: DatasetInfo, files: Vec<FileTask>) {
         let spec = handle.job.lock().expect("job lock").spec.clone().unwrap_or_default();
-        let bs = block_size(&info);
+        let bs = shoal_core::dataset::block_size(&info);
         let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
         let workers = self.members.placement_workers();
         if workers.is_empty() && !files.is_empty() {
@@ -300,7 +300,7 @@ impl Loads {
                     let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
                     let (holders, mut peers): (Vec<String>, Vec<String>) =
                         this.members.holder_addresses(id).into_iter().unzip();
-                    let r = ref_of(&name, dataset_id, bs, &f.path, &f.inode, index);
+                    let r = shoal_core::dataset::block_ref(&name, dataset_id, bs, &f.path, &f.inode, index);
                     let mut placed = holders.iter().filter(|h| ranked.contains(&h.as_str())).count().min(replicas);
                     let mut already = placed == replicas;
                     let mut last_err = None;
@@ -490,29 +490,5 @@ impl Loads {
 /// The signed reference of block `index` of the file at `path`.
 pub fn block_ref(info: &DatasetInfo, bs: u64, path: &str, inode: &Inode, index: u32) -> BlockRef {
     let name = info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
-    ref_of(name, info.id, bs, path, inode, index)
-}
-
-fn ref_of(dataset: &str, dataset_id: u32, bs: u64, path: &str, inode: &Inode, index: u32) -> BlockRef {
-    BlockRef {
-        dataset: dataset.to_string(),
-        dataset_id,
-        file_id: inode.file_id,
-        index,
-        path: path.to_string(),
-        block_size: bs,
-        file_size: inode.size,
-        mtime_sec: inode.mtime_sec,
-        mtime_nsec: inode.mtime_nsec,
-        sig: inode.sig.clone(),
-    }
-}
-
-pub fn block_size(info: &DatasetInfo) -> u64 {
-    info.spec
-        .as_ref()
-        .and_then(|s| s.cache.as_ref())
-        .map(|c| c.block_size)
-        .filter(|b| *b > 0)
-        .unwrap_or(ids::DEFAULT_BLOCK_SIZE)
+    shoal_core::dataset::block_ref(name, info.id, bs, path, inode, index)
 }

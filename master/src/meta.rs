@@ -488,6 +488,23 @@ impl MetaStore {
 
     /// Every file under `dir` (recursively), with its dataset path, through `f`.
     pub fn walk_files(&self, ds: u32, dir: &Inode, dir_path: &str, f: &mut impl FnMut(String, Inode)) -> Result<()> {
+        self.walk(ds, dir, dir_path, &mut |path, inode| {
+            if inode.kind != FileKind::Directory as i32 {
+                f(path, inode);
+            }
+            Ok(())
+        })
+    }
+
+    /// Every entry under `dir` (recursively; a directory before what it
+    /// holds), with its dataset path, through `f`; stops at `f`'s first error.
+    pub fn walk(
+        &self,
+        ds: u32,
+        dir: &Inode,
+        dir_path: &str,
+        f: &mut impl FnMut(String, Inode) -> Result<()>,
+    ) -> Result<()> {
         let mut stack = vec![(dir.ino, dir_path.trim_end_matches('/').to_string())];
         while let Some((ino, path)) = stack.pop() {
             let mut after = String::new();
@@ -497,10 +514,9 @@ impl MetaStore {
                     let p = format!("{path}/{}", child.name);
                     after = child.name.clone();
                     if child.kind == FileKind::Directory as i32 {
-                        stack.push((child.ino, p));
-                    } else {
-                        f(p, child);
+                        stack.push((child.ino, p.clone()));
                     }
+                    f(p, child)?;
                 }
                 if !more {
                     break;

@@ -1,6 +1,7 @@
-//! Metadata sync: lists a dataset's under-store as a stream and applies only the
-//! differences to the namespace in RocksDB (new, changed by etag/mtime/size,
-//! deleted), in batched writes, with progress reports.
+//! Metadata sync: lists a dataset's under-stores (each at its mount path) as
+//! streams and applies only the differences to the namespace in RocksDB (new,
+//! changed by etag/mtime/size, deleted), in batched writes, with progress
+//! reports. A sync of some mounts keeps what the others hold.
 //!
 //! Inode numbers are stable per path across syncs; a changed object gets a new
 //! `file_id`, so blocks cached for its old content can never be served for it.
@@ -9,10 +10,11 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fixedbitset::FixedBitSet;
-use futures::Stream;
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use rocksdb::WriteBatch;
-use shoal_core::{CoreError, StoreEntry, UnderStore};
+use shoal_core::dataset::{Mount, Stores};
+use shoal_core::{CoreError, StoreEntry};
 use shoal_proto::master::{DatasetInfo, FileKind, Inode, SyncProgress};
 use tracing::warn;
 
@@ -61,7 +63,7 @@ fn sign_file(signer: &shoal_core::identity::Signer, ds: u32, block_size: u64, pa
 /// no sync rewrites these inodes meanwhile.
 pub async fn sign_unsigned(meta: &MetaStore, info: &DatasetInfo) -> Result<u64> {
     let Some(root) = meta.get_inode(info.id, ROOT_INO)? else { return Ok(0) };
-    let block_size = crate::load::block_size(info);
+    let block_size = shoal_core::dataset::block_size(info);
     let signer = &meta.identity()?.signer;
     let mut unsigned = Vec::new();
     meta.walk_files(info.id, &root, "/", &mut |path, inode| {
@@ -363,24 +365,83 @@ fn usable_path(path: &str) -> bool {
     path != "/" && shoal_core::ids::validate_dataset_path(path).is_ok()
 }
 
-/// List `store` and bring the namespace of `info` in line with it. Calls
-/// `report` with progress now and then; returns the updated dataset record.
+/// The store entry an inode was made from (what a listing of it would say).
+fn listed_as(path: &str, inode: &Inode) -> StoreEntry {
+    StoreEntry {
+        path: path.to_string(),
+        is_dir: is_dir(inode),
+        size: inode.size,
+        mtime: Some(UNIX_EPOCH + std::time::Duration::new(inode.mtime_sec.max(0) as u64, inode.mtime_nsec)),
+        etag: (!inode.etag.is_empty()).then(|| inode.etag.clone()),
+    }
+}
+
+impl Syncer<'_> {
+    /// Keep what the namespace holds under mount `path` (a mount this sync
+    /// does not list): its entries are seen and counted, unchanged.
+    fn keep(&mut self, path: &str) -> Result<()> {
+        let meta = self.meta;
+        let Some(dir) = meta.resolve(self.ds, path)?.filter(is_dir) else { return Ok(()) };
+        let unchanged = self.progress.unchanged;
+        self.ensure_dir(path, Some(&listed_as(path, &dir)))?;
+        meta.walk(self.ds, &dir, path, &mut |p, inode| {
+            let entry = listed_as(&p, &inode);
+            if entry.is_dir {
+                self.ensure_dir(&p, Some(&entry)).map(drop)
+            } else {
+                self.upsert_file(&p, &entry)
+            }
+        })?;
+        self.progress.unchanged = unchanged;
+        Ok(())
+    }
+}
+
+/// One mount's part of a sync: its store's listing (of store paths), or
+/// `None` to keep what the namespace holds under the mount.
+pub struct MountListing {
+    pub mount: Mount,
+    pub listing: Option<BoxStream<'static, std::result::Result<StoreEntry, CoreError>>>,
+}
+
+impl MountListing {
+    /// The listing of a dataset whose one store is at `/`.
+    pub fn root(listing: impl Stream<Item = std::result::Result<StoreEntry, CoreError>> + Send + 'static) -> Vec<Self> {
+        let mount = Mount { path: "/".into(), uri: String::new(), options: Default::default(), sync_interval: None };
+        vec![MountListing { mount, listing: Some(listing.boxed()) }]
+    }
+}
+
+/// List the stores of `stores` at the mount paths in `only` (the other mounts
+/// keep what they hold) and bring the namespace of `info` in line with them.
+/// Calls `report` with progress now and then; returns the updated record.
 pub async fn sync(
     meta: &MetaStore,
     info: DatasetInfo,
-    store: &UnderStore,
+    stores: &Stores,
+    only: &[String],
     report: impl FnMut(&SyncProgress),
 ) -> Result<Synced> {
-    sync_listing(meta, info, store.list(), report).await
+    let listings = stores
+        .dataset
+        .mounts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MountListing {
+            mount: m.clone(),
+            listing: only.contains(&m.path).then(|| stores.store(i).list().boxed()),
+        })
+        .collect();
+    sync_listing(meta, info, listings, report).await
 }
 
-/// [`sync`] from any listing (entries in any order; a directory may come
+/// [`sync`] from any listings (entries in any order; a directory may come
 /// after its children): the ingest path, also fed by generated listings in
-/// benchmarks.
+/// benchmarks. Whatever no mount holds any more leaves the namespace.
 pub async fn sync_listing(
     meta: &MetaStore,
     mut info: DatasetInfo,
-    listing: impl Stream<Item = std::result::Result<StoreEntry, CoreError>>,
+    mounts: Vec<MountListing>,
     mut report: impl FnMut(&SyncProgress),
 ) -> Result<Synced> {
     let mut s = Syncer {
@@ -397,31 +458,46 @@ pub async fn sync_listing(
         dir_count: 0,
         bytes: 0,
         blocks: 0,
-        block_size: crate::load::block_size(&info),
+        block_size: shoal_core::dataset::block_size(&info),
         retired: Vec::new(),
         skipped: 0,
         now: now_unix(),
     };
     s.see(ROOT_INO);
-    let mut listing = std::pin::pin!(listing);
-    while let Some(entry) = listing.next().await {
-        let entry = entry?;
-        s.progress.entries_listed += 1;
-        s.progress.bytes_listed += entry.size;
-        if !usable_path(&entry.path) {
-            warn!(path = %entry.path.escape_debug(), "skipping an object whose path cannot be a POSIX path");
-            s.skipped += 1;
+    let mut paths: Vec<String> = mounts.iter().map(|m| m.mount.path.clone()).collect();
+    let mut listed = Vec::new();
+    for MountListing { mount, listing } in mounts {
+        let Some(listing) = listing else {
+            s.keep(&mount.path)?;
+            s.flush().await?;
             continue;
+        };
+        // The mount point is there even while its store is empty.
+        s.ensure_dir(&mount.path, None)?;
+        let mut listing = std::pin::pin!(listing);
+        while let Some(entry) = listing.next().await {
+            let mut entry = entry?;
+            s.progress.entries_listed += 1;
+            s.progress.bytes_listed += entry.size;
+            if !usable_path(&entry.path) {
+                if entry.path != "/" {
+                    warn!(path = %entry.path.escape_debug(), "skipping an object whose path cannot be a POSIX path");
+                    s.skipped += 1;
+                }
+                continue;
+            }
+            entry.path = mount.dataset_path(&entry.path);
+            if entry.is_dir {
+                s.ensure_dir(&entry.path, Some(&entry))?;
+            } else {
+                s.upsert_file(&entry.path, &entry)?;
+            }
+            s.flush_full().await?;
+            if s.progress.entries_listed.is_multiple_of(PROGRESS_EVERY) {
+                report(&s.progress);
+            }
         }
-        if entry.is_dir {
-            s.ensure_dir(&entry.path, Some(&entry))?;
-        } else {
-            s.upsert_file(&entry.path, &entry)?;
-        }
-        s.flush_full().await?;
-        if s.progress.entries_listed.is_multiple_of(PROGRESS_EVERY) {
-            report(&s.progress);
-        }
+        listed.push(mount.path);
     }
     s.flush().await?;
 
@@ -443,6 +519,24 @@ pub async fn sync_listing(
         s.flush_full().await?;
     }
     s.write_sums().await?;
+    // The record as it is now: a policy or mount change made during the
+    // listing is kept, and only what the sync measures is written over.
+    let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    if let Some(now) = meta.get_dataset(&name)?.filter(|d| d.id == info.id) {
+        paths = now
+            .spec
+            .as_ref()
+            .map(shoal_core::dataset::mount_specs)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.path)
+            .collect();
+        info = now;
+    }
+    info.mount_synced_unix.retain(|path, _| paths.contains(path));
+    for path in listed.into_iter().filter(|p| paths.contains(p)) {
+        info.mount_synced_unix.insert(path, s.now);
+    }
     info.file_count = s.files;
     info.dir_count = s.dir_count;
     info.total_bytes = s.bytes;
@@ -491,10 +585,15 @@ mod tests {
     fn every_file_is_signed_by_the_sync_or_after_an_upgrade() {
         let (_dir, meta, info) = fresh();
         let listing = || vec![entry("/a/x", false, 10), entry("/a/b/y", false, 20), entry("/c", false, 5)];
-        let synced = futures::executor::block_on(sync_listing(&meta, info, futures::stream::iter(listing()), |_| {}))
-            .unwrap()
-            .info;
-        let bs = crate::load::block_size(&synced);
+        let synced = futures::executor::block_on(sync_listing(
+            &meta,
+            info,
+            MountListing::root(futures::stream::iter(listing())),
+            |_| {},
+        ))
+        .unwrap()
+        .info;
+        let bs = shoal_core::dataset::block_size(&synced);
         let verify = |path: &str| {
             let i = meta.resolve(1, path).unwrap().unwrap();
             !i.sig.is_empty() && i.sig == sign_file(&meta.identity().unwrap().signer, 1, bs, path, &i)
@@ -514,9 +613,14 @@ mod tests {
         assert_eq!(futures::executor::block_on(sign_unsigned(&meta, &synced)).unwrap(), 0, "nothing left to sign");
         // A re-sync of the same listing keeps every signature (and counts no change).
         let before: Vec<_> = files.iter().map(|p| meta.resolve(1, p).unwrap().unwrap().sig).collect();
-        let again = futures::executor::block_on(sync_listing(&meta, synced, futures::stream::iter(listing()), |p| {
-            assert_eq!(p.changed, 0);
-        }))
+        let again = futures::executor::block_on(sync_listing(
+            &meta,
+            synced,
+            MountListing::root(futures::stream::iter(listing())),
+            |p| {
+                assert_eq!(p.changed, 0);
+            },
+        ))
         .unwrap();
         let after: Vec<_> = files.iter().map(|p| meta.resolve(1, p).unwrap().unwrap().sig).collect();
         assert_eq!(before, after);
@@ -535,7 +639,13 @@ mod tests {
             entry("/c", false, 5),
         ];
         let sync = |info, listing| {
-            futures::executor::block_on(sync_listing(&meta, info, futures::stream::iter(listing), |_| {})).unwrap()
+            futures::executor::block_on(sync_listing(
+                &meta,
+                info,
+                MountListing::root(futures::stream::iter(listing)),
+                |_| {},
+            ))
+            .unwrap()
         };
         let done = sync(info, first).info;
         assert_eq!(sums(&meta, "/"), (2, 4, 65));
@@ -575,5 +685,58 @@ mod tests {
         assert_eq!(sums(&meta, "/"), (2, 2, 17));
         assert_eq!(sums(&meta, "/a"), (1, 1, 10));
         assert!(meta.resolve(1, "/a/b").unwrap().is_none());
+    }
+
+    fn mount(path: &str) -> Mount {
+        Mount { path: path.into(), uri: format!("file:///x{path}"), options: Default::default(), sync_interval: None }
+    }
+
+    fn listed(path: &str, listing: Option<Vec<std::result::Result<StoreEntry, CoreError>>>) -> MountListing {
+        MountListing { mount: mount(path), listing: listing.map(|l| futures::stream::iter(l).boxed()) }
+    }
+
+    #[test]
+    fn each_mount_syncs_into_its_path_and_keeps_the_others() {
+        let (_dir, meta, info) = fresh();
+        let sync = |info, mounts| futures::executor::block_on(sync_listing(&meta, info, mounts, |_| {})).unwrap();
+        let train = || Some(vec![entry("/", true, 0), entry("/a/x", false, 10), entry("/y", false, 20)]);
+        let val = vec![entry("/v1", false, 5)];
+        let done =
+            sync(info, vec![listed("/data/train", train()), listed("/val", Some(val)), listed("/empty", Some(vec![]))]);
+        assert_eq!((done.info.file_count, done.info.total_bytes), (3, 35));
+        assert_eq!(sums(&meta, "/"), (3, 3, 35), "/data, /val and the empty mount's directory");
+        assert_eq!(sums(&meta, "/data/train"), (2, 2, 30));
+        assert_eq!(done.info.mount_synced_unix.len(), 3);
+        let x = meta.resolve(1, "/data/train/a/x").unwrap().unwrap();
+
+        // Only /val re-listed: /train is kept as it is (same inodes, same
+        // content ids), /val follows its store.
+        let mut before = done.info.clone();
+        before.mount_synced_unix.insert("/data/train".into(), 7);
+        let val2 = vec![entry("/v1", false, 6), entry("/v2", false, 1)];
+        let mut progress = SyncProgress::default();
+        let again = futures::executor::block_on(sync_listing(
+            &meta,
+            before,
+            vec![listed("/data/train", None), listed("/val", Some(val2)), listed("/empty", None)],
+            |p| progress = p.clone(),
+        ))
+        .unwrap();
+        assert_eq!(meta.resolve(1, "/data/train/a/x").unwrap().unwrap(), x);
+        assert_eq!((again.info.file_count, again.info.total_bytes), (4, 37));
+        assert_eq!(sums(&meta, "/data/train"), (2, 2, 30));
+        assert_eq!(sums(&meta, "/val"), (2, 2, 7));
+        assert_eq!((progress.entries_listed, progress.added, progress.changed, progress.deleted), (2, 1, 1, 0));
+        assert_eq!(progress.unchanged, 0, "kept entries are not counted as listed");
+        assert_eq!(again.info.mount_synced_unix["/data/train"], 7, "a kept mount was not synced");
+        assert_eq!(again.retired.len(), 1, "the changed /val/v1");
+
+        // A mount removed: everything under it leaves the namespace.
+        let gone = sync(again.info, vec![listed("/val", None)]);
+        assert!(meta.resolve(1, "/data").unwrap().is_none());
+        assert!(meta.resolve(1, "/empty").unwrap().is_none());
+        assert_eq!((gone.info.file_count, gone.info.total_bytes), (2, 7));
+        assert!(gone.retired.contains(&x.file_id));
+        assert_eq!(gone.info.mount_synced_unix.keys().collect::<Vec<_>>(), ["/val"]);
     }
 }

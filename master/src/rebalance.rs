@@ -20,10 +20,11 @@ use shoal_proto::worker::CacheBlockRequest;
 use tracing::{info, warn};
 
 use crate::error::Result;
-use crate::load::{block_ref, block_size, select_files};
+use crate::load::{block_ref, select_files};
 use crate::membership::{Drain, Membership};
 use crate::meta::MetaStore;
 use crate::pool::WorkerPool;
+use shoal_core::dataset::block_size;
 
 /// One block to copy to one worker.
 struct Copy {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use rocksdb::WriteBatch;
+use shoal_core::dataset::{mount_specs, validate_mounts, Dataset, Mount, Stores};
 use shoal_core::ids::validate_block_size;
 use shoal_core::{validate_dataset_name, StoreSpec, UnderStore, DEFAULT_BLOCK_SIZE};
 use shoal_proto::auth::{principal, Principal, Role};
@@ -41,13 +42,15 @@ pub struct State {
     /// Serialises dataset creation and deletion.
     create_lock: tokio::sync::Mutex<()>,
     syncing: Mutex<std::collections::HashSet<String>>,
-    stores: Mutex<HashMap<u32, UnderStore>>,
+    /// Opened stores by dataset id, with the spec revision they were opened at.
+    stores: Mutex<HashMap<u32, (u64, Arc<Stores>)>>,
     pub(crate) loads: Arc<Loads>,
     pub(crate) rebalancer: Arc<crate::rebalance::Rebalancer>,
     /// Woken when a worker joins: the blocks it now owns are copied to it.
     pub(crate) joined: Arc<tokio::sync::Notify>,
-    /// When each dataset's periodic sync was last tried (failures wait a period).
-    sync_attempts: Mutex<HashMap<String, i64>>,
+    /// When each mount's (dataset, mount path) periodic sync was last tried
+    /// (failures wait a period).
+    sync_attempts: Mutex<HashMap<(String, String), i64>>,
     /// See [`crate::MasterConfig::local_roots`].
     local_roots: Vec<std::path::PathBuf>,
     /// The master's own state (never served as a dataset: it holds the block key).
@@ -56,17 +59,14 @@ pub struct State {
 
 /// A dataset record as clients see it: store options with secrets redacted.
 pub fn redacted(mut info: DatasetInfo) -> DatasetInfo {
-    if let Some(m) = info.spec.as_mut().and_then(|s| s.mount.as_mut()) {
+    let redact = |m: &mut MountSpec| {
         let options: BTreeMap<_, _> = std::mem::take(&mut m.options).into_iter().collect();
         m.options = shoal_core::uri::redact(&options).into_iter().collect();
+    };
+    if let Some(spec) = info.spec.as_mut() {
+        spec.mount.iter_mut().chain(spec.mounts.iter_mut()).for_each(redact);
     }
     info
-}
-
-fn spec_of(info: &DatasetInfo) -> Result<StoreSpec> {
-    let mount = info.spec.as_ref().and_then(|s| s.mount.as_ref()).cloned().unwrap_or_default();
-    let options: BTreeMap<_, _> = mount.options.into_iter().collect();
-    Ok(StoreSpec::parse(&mount.uri, &options)?)
 }
 
 impl State {
@@ -127,14 +127,35 @@ impl State {
         Err(MasterError::LocalRootRefused(real.display().to_string()))
     }
 
-    fn store(&self, info: &DatasetInfo) -> Result<UnderStore> {
+    fn stores(&self, info: &DatasetInfo) -> Result<Arc<Stores>> {
         let mut stores = self.stores.lock().expect("stores lock");
-        if let Some(s) = stores.get(&info.id) {
-            return Ok(s.clone());
+        if let Some((rev, s)) = stores.get(&info.id) {
+            if *rev == info.spec_revision {
+                return Ok(s.clone());
+            }
         }
-        let store = UnderStore::open(&spec_of(info)?)?;
-        stores.insert(info.id, store.clone());
-        Ok(store)
+        let opened = Arc::new(Stores::open(Dataset::from_info(info)?, false)?);
+        stores.insert(info.id, (info.spec_revision, opened.clone()));
+        Ok(opened)
+    }
+
+    /// A dataset's mounts from the wire, checked: paths that do not nest,
+    /// URIs and options that parse, local directories an admin allowed.
+    fn check_mounts(&self, specs: &[MountSpec]) -> Result<Vec<Mount>> {
+        let mounts = specs.iter().map(Mount::from_spec).collect::<std::result::Result<Vec<_>, _>>()?;
+        validate_mounts(&mounts)?;
+        for m in &mounts {
+            self.check_local_root(&m.store_spec()?)?;
+        }
+        Ok(mounts)
+    }
+
+    /// Refuse an unreachable or misconfigured store before anything is written.
+    async fn check_reachable(mounts: &[&Mount]) -> Result<()> {
+        for m in mounts {
+            UnderStore::open(&m.store_spec()?)?.check().await?;
+        }
+        Ok(())
     }
 
     fn inode(&self, info: &DatasetInfo, ino: u64) -> Result<Inode> {
@@ -153,20 +174,40 @@ impl State {
     }
 
     /// Run a sync of `info`, refusing a second concurrent one for the same dataset.
-    async fn run_sync(&self, info: DatasetInfo, report: impl FnMut(&SyncProgress)) -> Result<DatasetInfo> {
+    /// `only`: the mount paths to re-list (`None`: all).
+    async fn run_sync(
+        &self,
+        info: DatasetInfo,
+        only: Option<Vec<String>>,
+        report: impl FnMut(&SyncProgress),
+    ) -> Result<DatasetInfo> {
         self.claim_sync(info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default())?;
-        self.sync_claimed(info, report).await
+        self.sync_claimed(info, only, report).await
     }
 
     /// Run a sync whose slot [`State::claim_sync`] took; frees the slot.
-    async fn sync_claimed(&self, info: DatasetInfo, report: impl FnMut(&SyncProgress)) -> Result<DatasetInfo> {
+    async fn sync_claimed(
+        &self,
+        info: DatasetInfo,
+        only: Option<Vec<String>>,
+        report: impl FnMut(&SyncProgress),
+    ) -> Result<DatasetInfo> {
         let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
         let result = async {
-            let store = self.store(&info)?;
+            let stores = self.stores(&info)?;
+            let only = match only {
+                None => stores.dataset.mounts.iter().map(|m| m.path.clone()).collect(),
+                Some(paths) => {
+                    if let Some(p) = paths.iter().find(|p| !stores.dataset.mounts.iter().any(|m| &m.path == *p)) {
+                        return Err(MasterError::InvalidArgument(format!("dataset {name:?} has no mount at {p:?}")));
+                    }
+                    paths
+                }
+            };
             let mut seen = 0;
             let ds = name.clone();
             let mut report = report;
-            namespace::sync(&self.meta, info, &store, move |p: &SyncProgress| {
+            namespace::sync(&self.meta, info, &stores, &only, move |p: &SyncProgress| {
                 crate::metrics::SYNC_ENTRIES.with_label_values(&[ds.as_str()]).inc_by(p.entries_listed - seen);
                 seen = p.entries_listed;
                 if p.done {
@@ -191,6 +232,17 @@ impl State {
         result
     }
 
+    /// List mounts `paths` of `info` in a task of its own.
+    fn sync_in_background(self: &Arc<Self>, info: DatasetInfo, paths: Vec<String>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            if let Err(e) = this.run_sync(info, Some(paths), |_| {}).await {
+                warn!(dataset = %name, error = %e, "sync of the changed mounts failed");
+            }
+        });
+    }
+
     /// Free the cached blocks of content no path points to any more, once
     /// mounts have seen the sync: until then a mount may still read the old
     /// content, which must not be fetched again from a store holding the new.
@@ -213,10 +265,9 @@ impl State {
     async fn create(&self, req: CreateDatasetRequest) -> Result<DatasetInfo> {
         let mut spec = req.spec.ok_or_else(|| MasterError::InvalidArgument("missing dataset spec".into()))?;
         validate_dataset_name(&spec.name)?;
-        let mount = spec.mount.as_ref().ok_or_else(|| MasterError::InvalidArgument("missing mount URI".into()))?;
-        let options: BTreeMap<_, _> = mount.options.clone().into_iter().collect();
-        let store_spec = StoreSpec::parse(&mount.uri, &options)?;
-        self.check_local_root(&store_spec)?;
+        let mounts = self.check_mounts(&mount_specs(&spec))?;
+        spec.mounts = mounts.iter().map(Mount::to_spec).collect();
+        spec.mount = None;
         if spec.namespace.is_empty() {
             spec.namespace = "default".into();
         }
@@ -237,9 +288,7 @@ impl State {
         if self.meta.get_dataset(&spec.name)?.is_some() {
             return Err(MasterError::DatasetExists(spec.name));
         }
-        // An unreachable or misconfigured store is refused before anything is written.
-        let store = UnderStore::open(&store_spec)?;
-        store.check().await?;
+        Self::check_reachable(&mounts.iter().collect::<Vec<_>>()).await?;
 
         let mut batch = WriteBatch::default();
         let id = self.meta.alloc_dataset_id();
@@ -257,11 +306,76 @@ impl State {
             self.syncing.lock().expect("sync lock").remove(&name);
             return Err(e);
         }
-        self.stores.lock().expect("stores lock").insert(id, store);
         drop(_guard);
-        info!(dataset = %name, id, "dataset created");
+        info!(dataset = %name, id, mounts = mounts.len(), "dataset created");
         if req.sync {
-            return self.sync_claimed(info, |_| {}).await;
+            return self.sync_claimed(info, None, |_| {}).await;
+        }
+        Ok(info)
+    }
+
+    /// Replace the mounts of dataset `req.name` (see `UpdateDatasetRequest`);
+    /// returns the new record. A changed store is checked first, and listed
+    /// afterwards in the background if `req.sync`; what removed mounts held is
+    /// dropped from the namespace before this returns.
+    async fn update(self: &Arc<Self>, req: UpdateDatasetRequest) -> Result<DatasetInfo> {
+        let _guard = self.create_lock.lock().await;
+        let mut info = self.dataset(&req.name)?;
+        let spec = info.spec.get_or_insert_with(Default::default);
+        let held = self.check_mounts(&mount_specs(spec))?;
+        let mounts = if req.mounts.is_empty() {
+            held.clone()
+        } else {
+            let mut specs = req.mounts;
+            for m in &mut specs {
+                let path = if m.path.is_empty() { "/" } else { m.path.as_str() };
+                // A redacted value stands for the value held (a client never sees it).
+                let Some(old) = held.iter().find(|h| h.path == path) else { continue };
+                for (k, v) in m.options.iter_mut() {
+                    if v == shoal_core::uri::REDACTED {
+                        if let Some(kept) = old.options.get(k) {
+                            v.clone_from(kept);
+                        }
+                    }
+                }
+            }
+            self.check_mounts(&specs)?
+        };
+        let changed: Vec<&Mount> = mounts
+            .iter()
+            .filter(|m| !held.iter().any(|h| h.path == m.path && h.uri == m.uri && h.options == m.options))
+            .collect();
+        Self::check_reachable(&changed).await?;
+        let removed = held.iter().filter(|h| !mounts.iter().any(|m| m.path == h.path)).count();
+        let new_specs: Vec<MountSpec> = mounts.iter().map(Mount::to_spec).collect();
+        let interval = req.sync_interval_seconds.unwrap_or(spec.sync_interval_seconds);
+        if new_specs == spec.mounts && spec.mount.is_none() && interval == spec.sync_interval_seconds {
+            return Ok(info);
+        }
+        spec.mounts = new_specs;
+        spec.mount = None;
+        spec.sync_interval_seconds = interval;
+        info.spec_revision += 1;
+        // What a removed mount held leaves the namespace now (a sync that
+        // lists nothing and keeps the other mounts), so its slot is taken first.
+        if removed > 0 {
+            self.claim_sync(&req.name)?;
+        }
+        let mut batch = WriteBatch::default();
+        self.meta.put_dataset(&mut batch, &info);
+        if let Err(e) = self.meta.write(batch).await {
+            if removed > 0 {
+                self.syncing.lock().expect("sync lock").remove(&req.name);
+            }
+            return Err(e);
+        }
+        self.stores.lock().expect("stores lock").remove(&info.id);
+        info!(dataset = %req.name, revision = info.spec_revision, changed = changed.len(), removed, "mounts updated");
+        drop(_guard);
+        let relist: Vec<String> = if req.sync { changed.iter().map(|m| m.path.clone()).collect() } else { Vec::new() };
+        let info = if removed > 0 { self.sync_claimed(info, Some(Vec::new()), |_| {}).await? } else { info };
+        if !relist.is_empty() {
+            self.sync_in_background(info.clone(), relist);
         }
         Ok(info)
     }
@@ -377,33 +491,56 @@ impl MasterService {
         }
     }
 
-    /// Every dataset's cache policy, for workers.
-    fn policies(&self) -> Vec<DatasetPolicy> {
-        self.meta
-            .list_datasets()
-            .unwrap_or_default()
-            .into_iter()
+    /// Every dataset's cache policy, and the specs (with store credentials)
+    /// of those a worker holding the spec revisions `held` (`None`: nothing)
+    /// lacks or holds at another revision.
+    fn for_worker(&self, held: Option<&HashMap<u32, u64>>) -> (Vec<DatasetPolicy>, Vec<DatasetInfo>) {
+        let datasets = self.meta.list_datasets().unwrap_or_default();
+        let policies = datasets
+            .iter()
             .map(|d| {
-                let c = d.spec.and_then(|s| s.cache).unwrap_or_default();
-                DatasetPolicy { dataset_id: d.id, pinned: c.pinned, ttl_seconds: c.ttl_seconds }
+                let c = shoal_core::dataset::CachePolicy::of(d.spec.as_ref());
+                DatasetPolicy {
+                    dataset_id: d.id,
+                    pinned: c.pinned,
+                    ttl_seconds: c.ttl.map(|t| t.as_secs()).unwrap_or(0),
+                }
             })
-            .collect()
+            .collect();
+        let specs =
+            datasets.into_iter().filter(|d| held.and_then(|h| h.get(&d.id)) != Some(&d.spec_revision)).collect();
+        (policies, specs)
     }
 
-    /// Sync every dataset whose sync interval has passed (one at a time).
+    /// Sync every mount whose sync interval has passed (one dataset at a
+    /// time; the due mounts of a dataset in one sync).
     pub async fn sync_due(&self) {
         let Ok(datasets) = self.meta.list_datasets() else { return };
         let now = namespace::now_unix();
         for d in datasets {
-            let every = d.spec.as_ref().map(|s| s.sync_interval_seconds).unwrap_or(0);
-            let name = d.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-            let last_try = self.sync_attempts.lock().expect("attempts lock").get(&name).copied().unwrap_or(0);
-            if every == 0 || d.last_sync_unix.max(last_try) + every as i64 > now {
+            let Ok(ds) = Dataset::from_info(&d) else { continue };
+            let due: Vec<String> = {
+                let attempts = self.sync_attempts.lock().expect("attempts lock");
+                (0..ds.mounts.len())
+                    .filter(|i| {
+                        let Some(every) = ds.sync_interval_of(*i) else { return false };
+                        let path = &ds.mounts[*i].path;
+                        let synced = d.mount_synced_unix.get(path).copied().unwrap_or(d.last_sync_unix);
+                        let tried = attempts.get(&(ds.name.clone(), path.clone())).copied().unwrap_or(0);
+                        synced.max(tried) + every.as_secs() as i64 <= now
+                    })
+                    .map(|i| ds.mounts[i].path.clone())
+                    .collect()
+            };
+            if due.is_empty() {
                 continue;
             }
-            self.sync_attempts.lock().expect("attempts lock").insert(name.clone(), now);
-            if let Err(e) = self.run_sync(d, |_| {}).await {
-                warn!(dataset = %name, error = %e, "periodic sync failed");
+            self.sync_attempts
+                .lock()
+                .expect("attempts lock")
+                .extend(due.iter().map(|p| ((ds.name.clone(), p.clone()), now)));
+            if let Err(e) = self.run_sync(d, Some(due), |_| {}).await {
+                warn!(dataset = %ds.name, error = %e, "periodic sync failed");
             }
         }
     }
@@ -411,7 +548,7 @@ impl MasterService {
     /// Bytes freed from the workers holding blocks of the selected files.
     async fn free_cache(&self, req: FreeCacheRequest) -> Result<FreeCacheResponse> {
         let info = self.dataset(&req.dataset)?;
-        let bs = load::block_size(&info);
+        let bs = shoal_core::dataset::block_size(&info);
         let paths = if req.path.is_empty() { vec![] } else { vec![req.path.clone()] };
         let files = load::select_files(&self.meta, &info, &paths, "")?;
         let blocks = files.iter().flat_map(|f| {
@@ -561,6 +698,15 @@ impl Master for MasterService {
         Ok(Response::new(redacted(info)))
     }
 
+    #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
+    async fn update_dataset(&self, req: Request<UpdateDatasetRequest>) -> Result<Response<DatasetInfo>, Status> {
+        let who = principal(&req);
+        who.require(Role::Admin, "UpdateDataset")?;
+        self.dataset_for(&who, &req.get_ref().name)?;
+        let info = self.0.update(req.into_inner()).await?;
+        Ok(Response::new(redacted(info)))
+    }
+
     type SyncDatasetStream = BoxStream<SyncProgress>;
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
@@ -571,12 +717,13 @@ impl Master for MasterService {
         let who = principal(&req);
         who.require(Role::Admin, "SyncDataset")?;
         let info = self.dataset_for(&who, &req.get_ref().name)?;
+        let only = Some(req.get_ref().mounts.clone()).filter(|m| !m.is_empty());
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
             let progress_tx = tx.clone();
             let result = this
-                .run_sync(info, move |p| {
+                .run_sync(info, only, move |p| {
                     // A slow or gone client never stalls the sync.
                     let p = SyncProgress { dataset: p.dataset.clone().map(redacted), ..p.clone() };
                     let _ = progress_tx.try_send(Ok(p));
@@ -697,8 +844,7 @@ impl Master for MasterService {
         if inode.kind != FileKind::File as i32 {
             return Err(Status::failed_precondition(format!("inode {} is not a file", r.ino)));
         }
-        let block_size =
-            info.spec.as_ref().and_then(|s| s.cache.as_ref()).map(|c| c.block_size).unwrap_or(DEFAULT_BLOCK_SIZE);
+        let block_size = shoal_core::dataset::block_size(&info);
         let blocks = self.members.file_locations(inode.file_id);
         Ok(Response::new(BlockLocationsResponse {
             inode: Some(inode),
@@ -736,9 +882,11 @@ impl Master for MasterService {
         if self.members.register(worker, &blocks) {
             self.joined.notify_one();
         }
+        let (policies, specs) = self.for_worker(None);
         Ok(Response::new(RegisterWorkerResponse {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
-            policies: self.policies(),
+            policies,
+            specs,
             cluster_id: ours.cluster_id.clone(),
             block_key: ours.block_key().to_vec(),
             drop,
@@ -752,9 +900,11 @@ impl Master for MasterService {
         let r = req.into_inner();
         let (added, drop) = self.issued(&r.worker_id, r.added);
         let known = self.members.heartbeat(&r.worker_id, &added, &r.removed, r.tiers);
+        let (policies, specs) = self.for_worker(Some(&r.spec_revisions));
         Ok(Response::new(HeartbeatResponse {
             reregister: !known,
-            policies: self.policies(),
+            policies,
+            specs,
             drop,
             peers: if known { self.members.peer_addresses(&r.worker_id) } else { Vec::new() },
         }))

@@ -1,14 +1,16 @@
 //! The under-stores of the datasets this worker reads from, opened once per dataset
-//! from the spec (credentials included) the master gives workers alone, and the
+//! from the specs (credentials included) the master sends workers alone with its
+//! heartbeat answers, and the
 //! validation of block references that arrive on the wire: a reference the
 //! master did not sign is refused, and a hostile path never reaches the store.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
+use shoal_core::dataset::{Dataset, Stores};
 use shoal_core::identity::{Signed, Signer};
-use shoal_core::{ids, StoreSpec, UnderStore};
-use shoal_proto::master::GetDatasetRequest;
+use shoal_core::ids;
+use shoal_proto::master::{DatasetInfo, GetDatasetRequest};
 use shoal_proto::worker::BlockRef;
 
 use crate::error::WorkerError;
@@ -70,16 +72,25 @@ pub fn check_ref(r: Option<&BlockRef>, signer: Option<&Signer>) -> Result<Checke
     })
 }
 
-/// Stores by dataset (and identity epoch: a new cluster's dataset of the same
-/// name and id is another dataset), looked up from the master on first use.
+/// One dataset's spec as the master sent it, and its stores once opened.
+struct Known {
+    info: DatasetInfo,
+    stores: Option<Arc<Stores>>,
+}
+
+/// The datasets' specs (credentials included) as the master sends them with
+/// its answers to registration and heartbeats, under the identity epoch they
+/// came in (a new cluster's dataset of the same id is another dataset), and
+/// their stores, opened on first use. A dataset not heard of yet (created
+/// since the last heartbeat) is asked for once.
 pub struct Datasets {
     master: shoal_proto::auth::Master,
-    stores: Mutex<HashMap<(String, u32, u64), UnderStore>>,
+    known: Mutex<(u64, HashMap<u32, Known>)>,
 }
 
 impl Datasets {
     pub fn new(master: shoal_proto::auth::Master) -> Self {
-        Self { master, stores: Mutex::new(HashMap::new()) }
+        Self { master, known: Mutex::new((0, HashMap::new())) }
     }
 
     /// The master these stores' specs come from.
@@ -87,9 +98,40 @@ impl Datasets {
         self.master.clone()
     }
 
-    pub async fn store(&self, name: &str, id: u32, epoch: u64) -> Result<UnderStore, WorkerError> {
-        if let Some(s) = self.stores.lock().expect("stores lock").get(&(name.to_string(), id, epoch)) {
-            return Ok(s.clone());
+    /// Take every dataset's spec from a registration answer (under `epoch`).
+    pub fn replace_all(&self, specs: Vec<DatasetInfo>, epoch: u64) {
+        let map = specs.into_iter().map(|info| (info.id, Known { info, stores: None })).collect();
+        *self.known.lock().expect("datasets lock") = (epoch, map);
+    }
+
+    /// Take the changed specs of a heartbeat answer; forget datasets not in
+    /// `live` (the ids the master still has).
+    pub fn update(&self, specs: Vec<DatasetInfo>, live: &HashSet<u32>) {
+        let mut known = self.known.lock().expect("datasets lock");
+        known.1.retain(|id, _| live.contains(id));
+        for info in specs {
+            known.1.insert(info.id, Known { info, stores: None });
+        }
+    }
+
+    /// The spec revision held of each dataset, for the next heartbeat.
+    pub fn revisions(&self) -> HashMap<u32, u64> {
+        self.known.lock().expect("datasets lock").1.iter().map(|(id, k)| (*id, k.info.spec_revision)).collect()
+    }
+
+    /// The stores of dataset `name` (id `id`) under identity epoch `epoch`.
+    pub async fn stores(&self, name: &str, id: u32, epoch: u64) -> Result<Arc<Stores>, WorkerError> {
+        let gone = || WorkerError::DatasetGone(format!("{name} (id {id})"));
+        {
+            let mut known = self.known.lock().expect("datasets lock");
+            if known.0 == epoch {
+                if let Some(k) = known.1.get_mut(&id) {
+                    if k.info.spec.as_ref().is_none_or(|s| s.name != name) {
+                        return Err(gone());
+                    }
+                    return open(k);
+                }
+            }
         }
         let info = self
             .master
@@ -103,14 +145,25 @@ impl Datasets {
             .into_inner();
         if info.id != id {
             // The dataset was deleted and re-created: this reference is stale.
-            return Err(WorkerError::DatasetGone(format!("{name} (id {id})")));
+            return Err(gone());
         }
-        let mount = info.spec.and_then(|s| s.mount).unwrap_or_default();
-        let options: BTreeMap<_, _> = mount.options.into_iter().collect();
-        let store = UnderStore::open(&StoreSpec::parse(&mount.uri, &options)?)?;
-        self.stores.lock().expect("stores lock").insert((name.to_string(), id, epoch), store.clone());
-        Ok(store)
+        let mut k = Known { info, stores: None };
+        let stores = open(&mut k)?;
+        let mut known = self.known.lock().expect("datasets lock");
+        if known.0 == epoch {
+            known.1.entry(id).or_insert(k);
+        }
+        Ok(stores)
     }
+}
+
+fn open(k: &mut Known) -> Result<Arc<Stores>, WorkerError> {
+    if let Some(s) = &k.stores {
+        return Ok(s.clone());
+    }
+    let stores = Arc::new(Stores::open(Dataset::from_info(&k.info)?, false)?);
+    k.stores = Some(stores.clone());
+    Ok(stores)
 }
 
 #[cfg(test)]

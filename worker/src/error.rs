@@ -34,10 +34,8 @@ impl From<WorkerError> for Status {
             WorkerError::DatasetGone(_) => Code::NotFound,
             WorkerError::Unsigned(_) => Code::PermissionDenied,
             WorkerError::NotRegistered => Code::Unavailable,
-            WorkerError::Store(c) if c.is_not_found() => Code::NotFound,
-            WorkerError::Store(CoreError::Changed { .. }) => Code::FailedPrecondition,
-            WorkerError::Store(c) if c.is_invalid_input() => Code::InvalidArgument,
-            WorkerError::Store(_) | WorkerError::Master(_) => Code::Unavailable,
+            WorkerError::Store(c) => c.code(),
+            WorkerError::Master(_) => Code::Unavailable,
             WorkerError::Io(..) | WorkerError::Transport(_) => Code::Internal,
         };
         Status::new(code, shoal_core::error::chain(&e))

@@ -126,7 +126,7 @@ async fn report_loop(
     store: Arc<BlockStore>,
     report_soon: Arc<tokio::sync::Notify>,
     who: (Arc<identity::Identity>, Vec<std::path::PathBuf>),
-    peers: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    (peers, datasets): (Arc<std::sync::RwLock<std::collections::HashSet<String>>>, Arc<datasets::Datasets>),
     shutdown: CancellationToken,
 ) {
     let set_peers = |list: &[String]| *peers.write().expect("peers lock") = list.iter().cloned().collect();
@@ -148,7 +148,7 @@ async fn report_loop(
             let req = RegisterWorkerRequest { worker: Some(WorkerInfo { tiers, ..me.clone() }), blocks, cluster_id };
             match master.register_worker(req).await {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
+                    let mut resp = resp.into_inner();
                     if let Err(e) = adopt_cluster(&store, &identity, &tier_dirs, &resp).await {
                         warn!(error = %e, "cannot take on the master's cluster identity; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -156,6 +156,8 @@ async fn report_loop(
                     }
                     registered = true;
                     set_peers(&resp.peers);
+                    let epoch = identity.signer().map(|(_, e)| e).unwrap_or(0);
+                    datasets.replace_all(std::mem::take(&mut resp.specs), epoch);
                     interval = Duration::from_millis(resp.heartbeat_interval_ms.clamp(100, 60_000));
                     let s = store.clone();
                     let _ = tokio::task::spawn_blocking(move || {
@@ -172,6 +174,7 @@ async fn report_loop(
             // every block the deltas name.
             let s = store.clone();
             let id = me.id.clone();
+            let spec_revisions = datasets.revisions();
             let prepared = tokio::task::spawn_blocking(move || {
                 s.settle();
                 let deltas = s.take_deltas();
@@ -181,6 +184,7 @@ async fn report_loop(
                     added: held_keys(&s, deltas.added.iter().copied()),
                     removed: keys(deltas.removed.iter().copied()),
                     tiers: tier_infos(&s),
+                    spec_revisions,
                 };
                 (deltas, req)
             })
@@ -195,8 +199,10 @@ async fn report_loop(
             };
             match master.heartbeat(req).await {
                 Ok(resp) if resp.get_ref().reregister => registered = false,
-                Ok(resp) => {
+                Ok(mut resp) => {
                     set_peers(&resp.get_ref().peers);
+                    let live = resp.get_ref().policies.iter().map(|p| p.dataset_id).collect();
+                    datasets.update(std::mem::take(&mut resp.get_mut().specs), &live);
                     let s = store.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         let resp = resp.into_inner();
@@ -301,7 +307,7 @@ pub async fn serve(
     let service = WorkerService::new(
         config.id.clone(),
         store.clone(),
-        datasets::Datasets::new(master.clone()),
+        Arc::new(datasets::Datasets::new(master.clone())),
         config.fill_budget,
         Arc::new(identity::Identity::with_cluster(cluster)),
     );
@@ -312,7 +318,7 @@ pub async fn serve(
         store,
         service.0.report_soon.clone(),
         (service.0.identity.clone(), dirs),
-        service.0.peers.clone(),
+        (service.0.peers.clone(), service.0.datasets.clone()),
         shutdown.clone(),
     ));
     info!(addr = %local, id = %config.id, "worker serving");

@@ -58,7 +58,7 @@ const PEERS_TRIED: usize = 3;
 pub struct State {
     pub id: String,
     pub store: Arc<BlockStore>,
-    datasets: Datasets,
+    pub(crate) datasets: Arc<Datasets>,
     /// Store reads in flight, by block and the identity epoch their reference
     /// was verified under (a read of the old cluster is never shared with one
     /// of the new).
@@ -117,7 +117,7 @@ impl WorkerService {
     pub fn new(
         id: String,
         store: Arc<BlockStore>,
-        datasets: Datasets,
+        datasets: Arc<Datasets>,
         fill_budget: u64,
         identity: Arc<crate::identity::Identity>,
     ) -> Self {
@@ -306,9 +306,10 @@ impl WorkerService {
         if crate::tier::fail_point_armed("worker::before_store_read") {
             blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
         }
-        let under = self.0.datasets.store(&r.dataset, r.dataset_id, r.epoch).await?;
+        let stores = self.0.datasets.stores(&r.dataset, r.dataset_id, r.epoch).await?;
+        let (under, path) = stores.resolve(&r.path).map_err(WorkerError::from)?;
         let data =
-            under.read_ranges(&r.path, r.offset, r.len, split, Some(r.version)).await.map_err(WorkerError::from)?;
+            under.read_ranges(&path, r.offset, r.len, split, Some(r.version)).await.map_err(WorkerError::from)?;
         self.0.counters.store_reads.fetch_add(1, Ordering::Relaxed);
         self.0.counters.store_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         metrics::STORE_READ_BYTES.inc_by(data.len() as u64);
