@@ -142,8 +142,7 @@ impl Dataset {
         } else {
             let totals = Arc::new(crate::fs::Totals::default());
             let master = crate::master_client(&opts.master)?;
-            let task =
-                crate::refresh_loop(
+            let task = crate::refresh_loop(
                 master,
                 name.to_string(),
                 generation,

@@ -253,7 +253,6 @@ impl Reader {
     fn block_ref(&self, inode: &Inode, path: &str, index: u32) -> BlockRef {
         shoal_core::dataset::block_ref(&self.name, self.dataset_id, self.block_size, path, inode, index)
     }
-    }
 
     /// Bytes `[offset, offset + size)` of a file, clipped to its end.
     pub async fn read(&self, inode: &Inode, path: &str, offset: u64, size: u64) -> Result<Bytes, ReadError> {

@@ -90,7 +90,8 @@ pub fn master_spec(
     };
     Ok(shoal_proto::master::DatasetSpec {
         name: master_name(&ns, &ds.name_any()),
-        mount: Some(MountSpec { uri: mount.uri.clone(), options }),
+        mount: None,
+        mounts: vec![MountSpec { uri: mount.uri.clone(), options, ..Default::default() }],
         cache: Some(CachePolicy {
             block_size,
             replicas: cache.replicas.unwrap_or(0),
@@ -267,9 +268,10 @@ async fn ensure_on_master(ctx: &Ctx, spec: shoal_proto::master::DatasetSpec) -> 
                 )));
             }
             let have = found.spec.clone().unwrap_or_default();
+            let (have_m, want_m) = (shoal_core::dataset::mount_specs(&have), shoal_core::dataset::mount_specs(&spec));
             let (have_uri, want_uri) = (
-                have.mount.as_ref().map(|m| m.uri.as_str()).unwrap_or(""),
-                spec.mount.as_ref().map(|m| m.uri.as_str()).unwrap_or(""),
+                have_m.first().map(|m| m.uri.as_str()).unwrap_or(""),
+                want_m.first().map(|m| m.uri.as_str()).unwrap_or(""),
             );
             if have_uri != want_uri {
                 return Err(Error::Invalid(format!(
