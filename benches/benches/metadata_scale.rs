@@ -179,10 +179,10 @@ async fn create(master: &str, name: &str, uri: &str, options: &[(&str, &str)]) -
         mount: Some(MountSpec {
             uri: uri.into(),
             options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
         }),
         cache: Some(CachePolicy { block_size: 4 << 20, replicas: 1, ..Default::default() }),
-        sync_interval_seconds: 0,
-        namespace: String::new(),
+        ..Default::default()
     };
     let t = Instant::now();
     m.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: true }).await.context("create dataset")?;
@@ -225,16 +225,21 @@ fn ingest(a: &Args, base: &Path, rt: &tokio::runtime::Runtime, md: &mut String) 
     let t = Instant::now();
     let mut last = Instant::now();
     let info = rt
-        .block_on(shoal_master::namespace::sync_listing(&meta, info, listing, |p| {
-            if last.elapsed() > Duration::from_secs(10) {
-                eprintln!(
-                    "  ingest: {} entries, {:.0}/s",
-                    p.entries_listed,
-                    p.entries_listed as f64 / t.elapsed().as_secs_f64()
-                );
-                last = Instant::now();
-            }
-        }))?
+        .block_on(shoal_master::namespace::sync_listing(
+            &meta,
+            info,
+            shoal_master::namespace::MountListing::root(listing),
+            |p| {
+                if last.elapsed() > Duration::from_secs(10) {
+                    eprintln!(
+                        "  ingest: {} entries, {:.0}/s",
+                        p.entries_listed,
+                        p.entries_listed as f64 / t.elapsed().as_secs_f64()
+                    );
+                    last = Instant::now();
+                }
+            },
+        ))?
         .info;
     let secs = t.elapsed().as_secs_f64();
     let hwm = status_kib(std::process::id(), "VmHWM:");

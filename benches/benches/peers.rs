@@ -241,7 +241,11 @@ async fn run_direct(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str) -> 
 fn shoal_cluster(rt: &tokio::runtime::Runtime, dir: &Path, endpoint: &str, total: u64) -> Result<Cluster> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let mount = shoal_proto::master::MountSpec { uri: format!("s3://{BUCKET}"), options: s3_options(endpoint) };
+    let mount = shoal_proto::master::MountSpec {
+        uri: format!("s3://{BUCKET}"),
+        options: s3_options(endpoint),
+        ..Default::default()
+    };
     // A MEM tier that holds the dataset (up to 12 GiB), and an SSD tier behind it.
     let mem = format!("{}MiB", ((total >> 20) + (total >> 23)).min(12 << 10) + 64);
     let ssd = format!("{}MiB", (total >> 20) * 2 + 64);

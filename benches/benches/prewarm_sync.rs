@@ -43,7 +43,11 @@ async fn sync_bench(dir: &Path, files: usize) -> (f64, f64) {
     let mut m = shoal_fuse::master_client(&servers.master_addr).unwrap();
     let spec = DatasetSpec {
         name: "meta".into(),
-        mount: Some(MountSpec { uri: src.to_string_lossy().into_owned(), options: Default::default() }),
+        mount: Some(MountSpec {
+            uri: src.to_string_lossy().into_owned(),
+            options: Default::default(),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let t = Instant::now();
@@ -51,7 +55,8 @@ async fn sync_bench(dir: &Path, files: usize) -> (f64, f64) {
     let first = t.elapsed().as_secs_f64();
     assert_eq!(info.file_count as usize, files + 1);
     let t = Instant::now();
-    let mut s = m.sync_dataset(SyncDatasetRequest { name: "meta".into() }).await.unwrap().into_inner();
+    let mut s =
+        m.sync_dataset(SyncDatasetRequest { name: "meta".into(), mounts: Vec::new() }).await.unwrap().into_inner();
     while let Some(p) = s.message().await.unwrap() {
         if p.done {
             assert_eq!(p.added + p.changed + p.deleted, 0);
@@ -105,7 +110,11 @@ async fn prewarm_bench(dir: &Path, objects: usize, size: usize, parallel: usize)
     let mut m = shoal_fuse::master_client(&servers.master_addr).unwrap();
     let ds = DatasetSpec {
         name: "pw".into(),
-        mount: Some(MountSpec { uri: "s3://bench/data".into(), options: opts.into_iter().collect() }),
+        mount: Some(MountSpec {
+            uri: "s3://bench/data".into(),
+            options: opts.into_iter().collect(),
+            ..Default::default()
+        }),
         cache: Some(CachePolicy { block_size: 8 << 20, replicas: 1, ..Default::default() }),
         ..Default::default()
     };

@@ -106,7 +106,11 @@ fn push(w: &mut Workload, system: &str, role: Role, phase: Phase, sample: Sample
 fn cluster(rt: &tokio::runtime::Runtime, dir: &Path, endpoint: &str, total: u64) -> Result<Cluster> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
-    let mount = shoal_proto::master::MountSpec { uri: format!("s3://{BUCKET}"), options: s3_options(endpoint) };
+    let mount = shoal_proto::master::MountSpec {
+        uri: format!("s3://{BUCKET}"),
+        options: s3_options(endpoint),
+        ..Default::default()
+    };
     let mem = format!("{}MiB", (total >> 20) + (total >> 23) + 64);
     rt.block_on(Cluster::start_over(dir, mount, &mem, &format!("{}MiB", (total >> 20) * 2 + 64), 8 << 20))
 }

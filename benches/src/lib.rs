@@ -118,7 +118,8 @@ pub struct Cluster {
 impl Cluster {
     /// Start everything under `dir` (state, tiers, mount point) over a local `source`.
     pub async fn start(dir: &Path, source: &Path, mem: &str, ssd: &str, block_size: u64) -> Result<Cluster> {
-        let mount = MountSpec { uri: source.to_string_lossy().into_owned(), options: Default::default() };
+        let mount =
+            MountSpec { uri: source.to_string_lossy().into_owned(), options: Default::default(), ..Default::default() };
         Cluster::start_over(dir, mount, mem, ssd, block_size).await
     }
 
@@ -134,6 +135,7 @@ impl Cluster {
             cache: Some(CachePolicy { block_size, replicas: 1, ..Default::default() }),
             sync_interval_seconds: 0,
             namespace: String::new(),
+            ..Default::default()
         };
         m.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: true }).await.context("create dataset")?;
         let mountpoint = dir.join("mnt");

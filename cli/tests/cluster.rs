@@ -611,7 +611,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let mut mc = master_client(m).await;
     let spec = DatasetSpec {
         name: "a\0b".into(),
-        mount: Some(MountSpec { uri: s.into(), options: Default::default() }),
+        mount: Some(MountSpec { uri: s.into(), options: Default::default(), ..Default::default() }),
         ..Default::default()
     };
     let e = mc.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false }).await.unwrap_err();

@@ -166,7 +166,11 @@ impl Shoal {
                 spec: Some(shoal_proto::master::DatasetSpec {
                     name: "ml.imagenet".into(),
                     namespace: ns.into(),
-                    mount: Some(shoal_proto::master::MountSpec { uri: self.src_uri(), options: Default::default() }),
+                    mount: Some(shoal_proto::master::MountSpec {
+                        uri: self.src_uri(),
+                        options: Default::default(),
+                        ..Default::default()
+                    }),
                     cache: Some(shoal_proto::master::CachePolicy { block_size, ..Default::default() }),
                     ..Default::default()
                 }),
