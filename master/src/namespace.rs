@@ -472,8 +472,11 @@ pub async fn sync_listing(
             s.flush().await?;
             continue;
         };
-        // The mount point is there even while its store is empty.
+        // The mount point is there even while its store is empty (it was not
+        // listed, so it is not counted as unchanged).
+        let unchanged = s.progress.unchanged;
         s.ensure_dir(&mount.path, None)?;
+        s.progress.unchanged = unchanged;
         let mut listing = std::pin::pin!(listing);
         while let Some(entry) = listing.next().await {
             let mut entry = entry?;
@@ -560,6 +563,7 @@ pub async fn sync_listing(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_proto::master::DatasetSpec;
 
     fn entry(path: &str, is_dir: bool, size: u64) -> std::result::Result<StoreEntry, CoreError> {
         Ok(StoreEntry { path: path.into(), is_dir, size, mtime: None, etag: None })
@@ -697,7 +701,16 @@ mod tests {
 
     #[test]
     fn each_mount_syncs_into_its_path_and_keeps_the_others() {
-        let (_dir, meta, info) = fresh();
+        let (_dir, meta, mut info) = fresh();
+        // The record names its mounts, as the service writes it before a sync.
+        let table = |info: &mut DatasetInfo, paths: &[&str]| {
+            let mounts = paths.iter().map(|p| mount(p).to_spec()).collect();
+            info.spec = Some(DatasetSpec { name: "ds".into(), mounts, ..Default::default() });
+            let mut b = WriteBatch::default();
+            meta.put_dataset(&mut b, info);
+            futures::executor::block_on(meta.write(b)).unwrap();
+        };
+        table(&mut info, &["/data/train", "/val", "/empty"]);
         let sync = |info, mounts| futures::executor::block_on(sync_listing(&meta, info, mounts, |_| {})).unwrap();
         let train = || Some(vec![entry("/", true, 0), entry("/a/x", false, 10), entry("/y", false, 20)]);
         let val = vec![entry("/v1", false, 5)];
@@ -713,6 +726,7 @@ mod tests {
         // content ids), /val follows its store.
         let mut before = done.info.clone();
         before.mount_synced_unix.insert("/data/train".into(), 7);
+        table(&mut before, &["/data/train", "/val", "/empty"]);
         let val2 = vec![entry("/v1", false, 6), entry("/v2", false, 1)];
         let mut progress = SyncProgress::default();
         let again = futures::executor::block_on(sync_listing(
@@ -732,7 +746,9 @@ mod tests {
         assert_eq!(again.retired.len(), 1, "the changed /val/v1");
 
         // A mount removed: everything under it leaves the namespace.
-        let gone = sync(again.info, vec![listed("/val", None)]);
+        let mut info = again.info;
+        table(&mut info, &["/val"]);
+        let gone = sync(info, vec![listed("/val", None)]);
         assert!(meta.resolve(1, "/data").unwrap().is_none());
         assert!(meta.resolve(1, "/empty").unwrap().is_none());
         assert_eq!((gone.info.file_count, gone.info.total_bytes), (2, 7));
