@@ -142,7 +142,7 @@ pub struct CachePolicy {
 
 impl CachePolicy {
     pub fn of(spec: Option<&DatasetSpec>) -> CachePolicy {
-        let c = spec.and_then(|s| s.cache.clone()).unwrap_or_default();
+        let c = spec.and_then(|s| s.cache).unwrap_or_default();
         CachePolicy {
             block_size: if c.block_size == 0 { DEFAULT_BLOCK_SIZE } else { c.block_size },
             replicas: c.replicas.max(1),

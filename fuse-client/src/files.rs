@@ -144,8 +144,7 @@ impl Dataset {
             let master = crate::master_client(&opts.master)?;
             let task = crate::refresh_loop(
                 master,
-                name.to_string(),
-                generation,
+                (name.to_string(), generation),
                 meta.clone(),
                 reader.clone(),
                 totals,

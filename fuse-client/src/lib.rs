@@ -127,10 +127,10 @@ pub use shoal_core::mounts::is_mounted;
 /// Follow re-syncs of the dataset: when its generation moves, load the listings
 /// in memory again and tell the kernel (of a mount) which entries and inodes
 /// (and so which cached pages) to forget. The master being down only delays this.
+/// Starts from the dataset's name and the generation loaded.
 async fn refresh_loop(
     mut master: shoal_proto::auth::Master,
-    dataset: String,
-    mut generation: u64,
+    (dataset, mut generation): (String, u64),
     meta: Arc<namespace::Metadata>,
     reader: Arc<Reader>,
     totals: Arc<fs::Totals>,
@@ -261,8 +261,7 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
     if !opts.refresh.is_zero() {
         tokio::spawn(refresh_loop(
             master_client(&opts.master)?,
-            opts.dataset.clone(),
-            dataset.generation,
+            (opts.dataset.clone(), dataset.generation),
             meta,
             reader.clone(),
             totals,

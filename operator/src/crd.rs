@@ -1,4 +1,4 @@
-//! The custom resources, as Rust types: `Dataset` (a store mount cached by shoal,
+//! The custom resources, as Rust types: `Dataset` (store mounts cached by shoal,
 //! served to pods as a volume) and `DataLoad` (a prewarm job on a dataset, once
 //! or on a schedule). Their CRDs are generated from these types
 //! (`shoal operator crds`).
@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetSpec {
-    /// Where the data lives. shoal serves one mount per dataset.
-    #[schemars(length(min = 1, max = 1))]
+    /// Where the data lives: one store, or several each at its own `path`
+    /// inside the dataset (at most 64; paths distinct and not nested).
+    #[schemars(length(min = 1, max = 64))]
     pub mounts: Vec<Mount>,
     /// How shoal caches the dataset.
     #[serde(default)]
@@ -48,6 +49,14 @@ pub struct Mount {
     /// Store URI: `s3://bucket/prefix/`, `gs://`, `oss://`, `azblob://`, `webhdfs://`,
     /// `file:///path`, `http(s)://`.
     pub uri: String,
+    /// Where the store appears inside the dataset, e.g. `/train` (default `/`:
+    /// the whole dataset, so a dataset of several mounts names each path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// List this mount's store again this often, e.g. `10m` (default: the
+    /// dataset's `sync.interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<String>,
     /// Store options (OpenDAL keys such as `endpoint`, `region`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,

@@ -23,7 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use shoal_proto::master::{
     CachePolicy, CacheUsageRequest, CreateDatasetRequest, DatasetInfo, DeleteDatasetRequest, GetDatasetRequest,
-    MountSpec, SetCachePolicyRequest,
+    MountSpec, SetCachePolicyRequest, UpdateDatasetRequest,
 };
 use tracing::{info, instrument};
 
@@ -55,32 +55,14 @@ pub fn node_label(ns: &str, name: &str) -> String {
     shoal_core::ids::dataset_node_label(&master_name(ns, name))
 }
 
-/// The master's `DatasetSpec` for a resource, credentials (already read from
-/// their Secrets) merged into the options.
+/// The master's `DatasetSpec` for a resource, each mount's credentials
+/// (already read from their Secrets, `secrets[i]` for `spec.mounts[i]`)
+/// merged into its options.
 pub fn master_spec(
     ds: &Dataset,
-    secrets: &BTreeMap<String, String>,
+    secrets: &[BTreeMap<String, String>],
 ) -> Result<shoal_proto::master::DatasetSpec, Error> {
     let ns = ds.namespace().unwrap_or_default();
-    let [mount] = ds.spec.mounts.as_slice() else {
-        return Err(Error::Invalid(format!(
-            "spec.mounts has {} entries; shoal serves exactly one",
-            ds.spec.mounts.len()
-        )));
-    };
-    if mount.uri.is_empty() {
-        return Err(Error::Invalid("spec.mounts[0].uri is empty".into()));
-    }
-    let mut options: std::collections::HashMap<String, String> =
-        mount.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    for (k, v) in secrets {
-        options.insert(k.clone(), v.clone());
-    }
-    let cache = &ds.spec.cache;
-    let block_size = match &cache.block_size {
-        Some(s) => shoal_core::size::parse_size(s).map_err(|e| Error::Invalid(format!("spec.cache.blockSize: {e}")))?,
-        None => 0,
-    };
     let duration = |field: &str, v: &Option<String>| -> Result<u64, Error> {
         v.as_deref()
             .map(|s| shoal_core::size::parse_duration(s).map(|d| d.as_secs()))
@@ -88,10 +70,42 @@ pub fn master_spec(
             .map(|d| d.unwrap_or(0))
             .map_err(|e| Error::Invalid(format!("{field}: {e}")))
     };
+    let several = ds.spec.mounts.len() > 1;
+    let mut mounts = Vec::with_capacity(ds.spec.mounts.len());
+    for (i, mount) in ds.spec.mounts.iter().enumerate() {
+        if mount.uri.is_empty() {
+            return Err(Error::Invalid(format!("spec.mounts[{i}].uri is empty")));
+        }
+        let path = match &mount.path {
+            Some(p) => p.clone(),
+            None if several => {
+                return Err(Error::Invalid(format!(
+                    "spec.mounts[{i}].path is missing; each mount of a dataset of several names its path (e.g. /train)"
+                )))
+            }
+            None => "/".into(),
+        };
+        let mut options: std::collections::HashMap<String, String> =
+            mount.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, v) in secrets.get(i).into_iter().flatten() {
+            options.insert(k.clone(), v.clone());
+        }
+        let sync_interval_seconds = duration(&format!("spec.mounts[{i}].syncInterval"), &mount.sync_interval)?;
+        mounts.push(MountSpec { uri: mount.uri.clone(), options, path, sync_interval_seconds });
+    }
+    let parsed = mounts.iter().map(shoal_core::dataset::Mount::from_spec).collect::<Result<Vec<_>, _>>();
+    parsed
+        .and_then(|m| shoal_core::dataset::validate_mounts(&m))
+        .map_err(|e| Error::Invalid(format!("spec.mounts: {e}")))?;
+    let cache = &ds.spec.cache;
+    let block_size = match &cache.block_size {
+        Some(s) => shoal_core::size::parse_size(s).map_err(|e| Error::Invalid(format!("spec.cache.blockSize: {e}")))?,
+        None => 0,
+    };
     Ok(shoal_proto::master::DatasetSpec {
         name: master_name(&ns, &ds.name_any()),
         mount: None,
-        mounts: vec![MountSpec { uri: mount.uri.clone(), options, ..Default::default() }],
+        mounts,
         cache: Some(CachePolicy {
             block_size,
             replicas: cache.replicas.unwrap_or(0),
@@ -251,8 +265,9 @@ async fn apply(ds: &Dataset, ctx: &Ctx) -> Result<Action, Error> {
     Ok(Action::requeue(ctx.refresh))
 }
 
-/// Create the dataset on the master (listing the store), or bring its cache
-/// policy in line. The store URI cannot change under a dataset.
+/// Create the dataset on the master (listing its stores), or bring its mounts,
+/// credentials, sync interval and cache policy in line. The block size cannot
+/// change under a dataset.
 async fn ensure_on_master(ctx: &Ctx, spec: shoal_proto::master::DatasetSpec) -> Result<DatasetInfo, Error> {
     let mut master = ctx.master.clone();
     match master.get_dataset(GetDatasetRequest { name: spec.name.clone() }).await {
@@ -268,17 +283,32 @@ async fn ensure_on_master(ctx: &Ctx, spec: shoal_proto::master::DatasetSpec) -> 
                 )));
             }
             let have = found.spec.clone().unwrap_or_default();
-            let (have_m, want_m) = (shoal_core::dataset::mount_specs(&have), shoal_core::dataset::mount_specs(&spec));
-            let (have_uri, want_uri) = (
-                have_m.first().map(|m| m.uri.as_str()).unwrap_or(""),
-                want_m.first().map(|m| m.uri.as_str()).unwrap_or(""),
-            );
-            if have_uri != want_uri {
+            let (have_c, want_c) = (have.cache.unwrap_or_default(), spec.cache.unwrap_or_default());
+            if want_c.block_size != 0 && have_c.block_size != 0 && have_c.block_size != want_c.block_size {
                 return Err(Error::Invalid(format!(
-                    "spec.mounts[0].uri changed from {have_uri:?} to {want_uri:?}; a dataset's store cannot change (create a new Dataset)"
+                    "spec.cache.blockSize changed from {} to {} bytes; a dataset's block size cannot change (create a new Dataset)",
+                    have_c.block_size, want_c.block_size
                 )));
             }
-            let (have_c, want_c) = (have.cache.unwrap_or_default(), spec.cache.unwrap_or_default());
+            // The mounts and their options, credentials included: the master
+            // compares them with what it holds (the client sees credentials
+            // redacted) and changes nothing when they are the same, so a
+            // rotated Secret or an edited mount reaches it on the next pass,
+            // and the changed mounts are listed again.
+            let updated = master
+                .update_dataset(UpdateDatasetRequest {
+                    name: spec.name.clone(),
+                    mounts: spec.mounts.clone(),
+                    sync_interval_seconds: Some(spec.sync_interval_seconds),
+                    sync: true,
+                })
+                .await
+                .map_err(Error::from_master)?
+                .into_inner();
+            if updated.spec_revision != found.spec_revision {
+                info!(revision = updated.spec_revision, "mounts updated on the master");
+            }
+            let found = updated;
             if have_c.pinned != want_c.pinned || have_c.ttl_seconds != want_c.ttl_seconds {
                 info!(pinned = want_c.pinned, ttl = want_c.ttl_seconds, "updating the cache policy");
                 return Ok(master
@@ -305,23 +335,31 @@ async fn ensure_on_master(ctx: &Ctx, spec: shoal_proto::master::DatasetSpec) -> 
     }
 }
 
-/// Option name → value for every `encryptOptions` entry, from Secrets in the
-/// dataset's namespace.
-async fn read_secrets(ds: &Dataset, ctx: &Ctx) -> Result<BTreeMap<String, String>, Error> {
+/// For each mount, option name → value of its `encryptOptions`, read from
+/// Secrets in the dataset's namespace (each Secret read once per pass).
+async fn read_secrets(ds: &Dataset, ctx: &Ctx) -> Result<Vec<BTreeMap<String, String>>, Error> {
     let ns = ds.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut out = BTreeMap::new();
-    for opt in ds.spec.mounts.iter().flat_map(|m| &m.encrypt_options) {
-        let sel = &opt.value_from.secret_key_ref;
-        let secret = api.get_opt(&sel.name).await?.ok_or_else(|| {
-            Error::Secret(format!("Secret {ns}/{} (for option {:?}) does not exist", sel.name, opt.name))
-        })?;
-        let value = secret.data.as_ref().and_then(|d| d.get(&sel.key)).ok_or_else(|| {
-            Error::Secret(format!("Secret {ns}/{} has no key {:?} (for option {:?})", sel.name, sel.key, opt.name))
-        })?;
-        let value = String::from_utf8(value.0.clone())
-            .map_err(|_| Error::Secret(format!("Secret {ns}/{} key {:?} is not UTF-8", sel.name, sel.key)))?;
-        out.insert(opt.name.clone(), value);
+    let mut read: BTreeMap<String, Secret> = BTreeMap::new();
+    let mut out = Vec::with_capacity(ds.spec.mounts.len());
+    for mount in &ds.spec.mounts {
+        let mut options = BTreeMap::new();
+        for opt in &mount.encrypt_options {
+            let sel = &opt.value_from.secret_key_ref;
+            if !read.contains_key(&sel.name) {
+                let secret = api.get_opt(&sel.name).await?.ok_or_else(|| {
+                    Error::Secret(format!("Secret {ns}/{} (for option {:?}) does not exist", sel.name, opt.name))
+                })?;
+                read.insert(sel.name.clone(), secret);
+            }
+            let value = read[&sel.name].data.as_ref().and_then(|d| d.get(&sel.key)).ok_or_else(|| {
+                Error::Secret(format!("Secret {ns}/{} has no key {:?} (for option {:?})", sel.name, sel.key, opt.name))
+            })?;
+            let value = String::from_utf8(value.0.clone())
+                .map_err(|_| Error::Secret(format!("Secret {ns}/{} key {:?} is not UTF-8", sel.name, sel.key)))?;
+            options.insert(opt.name.clone(), value);
+        }
+        out.push(options);
     }
     Ok(out)
 }
@@ -422,6 +460,8 @@ mod tests {
             DatasetSpec {
                 mounts: vec![Mount {
                     uri: "s3://bucket/imagenet/".into(),
+                    path: None,
+                    sync_interval: None,
                     options: [("endpoint".to_string(), "http://minio:9000".to_string())].into(),
                     encrypt_options: vec![EncryptOption {
                         name: "secret_access_key".into(),
@@ -451,15 +491,16 @@ mod tests {
 
     #[test]
     fn the_master_spec_carries_options_credentials_and_policy() {
-        let secrets = [("secret_access_key".to_string(), "s3cr3t".to_string())].into();
+        let secrets = [[("secret_access_key".to_string(), "s3cr3t".to_string())].into()];
         let spec = master_spec(&dataset(), &secrets).unwrap();
         assert_eq!(spec.name, "ml.imagenet");
         assert_eq!(spec.namespace, "ml", "the dataset belongs to its resource's namespace");
-        let mount = spec.mount.unwrap();
-        assert_eq!(mount.uri, "s3://bucket/imagenet/");
+        let [mount] = spec.mounts.as_slice() else { panic!("{:?}", spec.mounts) };
+        assert_eq!((mount.uri.as_str(), mount.path.as_str()), ("s3://bucket/imagenet/", "/"));
         assert_eq!(mount.options["endpoint"], "http://minio:9000");
         assert_eq!(mount.options["secret_access_key"], "s3cr3t");
         let cache = spec.cache.unwrap();
+        assert_eq!(mount.sync_interval_seconds, 0, "the dataset's interval applies");
         assert_eq!((cache.block_size, cache.replicas, cache.pinned, cache.ttl_seconds), (4 << 20, 2, true, 86_400));
         assert_eq!(spec.sync_interval_seconds, 3600);
     }
@@ -468,14 +509,44 @@ mod tests {
     fn a_bad_spec_is_a_permanent_error_naming_the_field() {
         let mut ds = dataset();
         ds.spec.cache.block_size = Some("lots".into());
-        let e = master_spec(&ds, &BTreeMap::new()).unwrap_err();
+        let e = master_spec(&ds, &[]).unwrap_err();
         assert!(e.is_permanent() && e.to_string().contains("blockSize"), "{e}");
         let mut ds = dataset();
         ds.spec.sync.interval = Some("soon".into());
-        assert!(master_spec(&ds, &BTreeMap::new()).unwrap_err().to_string().contains("spec.sync.interval"));
+        assert!(master_spec(&ds, &[]).unwrap_err().to_string().contains("spec.sync.interval"));
+        // Several mounts: each names its path, and the paths do not nest.
         let mut ds = dataset();
         ds.spec.mounts.push(ds.spec.mounts[0].clone());
-        assert!(master_spec(&ds, &BTreeMap::new()).unwrap_err().to_string().contains("exactly one"));
+        let e = master_spec(&ds, &[]).unwrap_err();
+        assert!(e.is_permanent() && e.to_string().contains("spec.mounts[0].path is missing"), "{e}");
+        ds.spec.mounts[0].path = Some("/train".into());
+        ds.spec.mounts[1].path = Some("/train/val".into());
+        let e = master_spec(&ds, &[]).unwrap_err();
+        assert!(e.is_permanent() && e.to_string().contains("nest"), "{e}");
+        ds.spec.mounts[1].path = Some("/../etc".into());
+        assert!(master_spec(&ds, &[]).unwrap_err().is_permanent());
+        ds.spec.mounts[1].sync_interval = Some("often".into());
+        ds.spec.mounts[1].path = Some("/val".into());
+        assert!(master_spec(&ds, &[]).unwrap_err().to_string().contains("spec.mounts[1].syncInterval"));
+    }
+
+    #[test]
+    fn each_mount_takes_its_path_interval_and_own_credentials() {
+        let mut ds = dataset();
+        let mut val = ds.spec.mounts[0].clone();
+        val.uri = "file:///data/val".into();
+        val.encrypt_options.clear();
+        val.path = Some("/val".into());
+        val.sync_interval = Some("10m".into());
+        ds.spec.mounts[0].path = Some("/train".into());
+        ds.spec.mounts.push(val);
+        let secrets = [[("secret_access_key".to_string(), "s3cr3t".to_string())].into(), BTreeMap::new()];
+        let spec = master_spec(&ds, &secrets).unwrap();
+        let paths: Vec<_> = spec.mounts.iter().map(|m| (m.path.as_str(), m.sync_interval_seconds)).collect();
+        assert_eq!(paths, [("/train", 0), ("/val", 600)]);
+        assert_eq!(spec.mounts[0].options["secret_access_key"], "s3cr3t");
+        assert!(!spec.mounts[1].options.contains_key("secret_access_key"), "a credential stays with its mount");
+        assert_eq!(spec.mounts[1].options["endpoint"], "http://minio:9000");
     }
 
     #[test]

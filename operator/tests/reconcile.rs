@@ -166,11 +166,7 @@ impl Shoal {
                 spec: Some(shoal_proto::master::DatasetSpec {
                     name: "ml.imagenet".into(),
                     namespace: ns.into(),
-                    mount: Some(shoal_proto::master::MountSpec {
-                        uri: self.src_uri(),
-                        options: Default::default(),
-                        ..Default::default()
-                    }),
+                    mounts: vec![shoal_proto::master::MountSpec { uri: self.src_uri(), ..Default::default() }],
                     cache: Some(shoal_proto::master::CachePolicy { block_size, ..Default::default() }),
                     ..Default::default()
                 }),
@@ -196,6 +192,8 @@ fn dataset_resource(uri: &str, finalizers: &[&str]) -> Dataset {
         DatasetSpec {
             mounts: vec![Mount {
                 uri: uri.into(),
+                path: None,
+                sync_interval: None,
                 options: Default::default(),
                 encrypt_options: vec![EncryptOption {
                     name: "token".into(),
@@ -361,11 +359,12 @@ async fn a_dataset_is_registered_served_as_pv_and_pvc_and_its_cache_nodes_labell
         shoal.master().get_store_spec(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
     let spec = info.spec.unwrap();
     assert_eq!(spec.namespace, "ml");
-    assert_eq!(spec.mount.unwrap().options["token"], "tok-1");
+    assert_eq!(spec.mounts[0].options["token"], "tok-1");
+    let revision = info.spec_revision;
     assert_eq!(spec.cache.unwrap().block_size, 64 * 1024);
     let shown =
         shoal.master().get_dataset(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
-    assert_eq!(shown.spec.unwrap().mount.unwrap().options["token"], "***", "clients never see the secret");
+    assert_eq!(shown.spec.unwrap().mounts[0].options["token"], "***", "clients never see the secret");
 
     // Prewarm, then the next pass labels the worker's node.
     let mut master = shoal.master();
@@ -383,9 +382,16 @@ async fn a_dataset_is_registered_served_as_pv_and_pvc_and_its_cache_nodes_labell
         assert!(Instant::now() < deadline, "prewarm {} did not finish: {u:?}", job.id);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The Secret was rotated meanwhile: the new value reaches the master.
+    let rotated = |_: &Value| {
+        (
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": "ml"}, "data": {"token": "dG9rLTI="}}),
+        )
+    };
     let (ctx, handle) = shoal.ctx();
     let script = vec![
-        expect(Method::GET, "/api/v1/namespaces/ml/secrets/creds", &[], secret_reply),
+        expect(Method::GET, "/api/v1/namespaces/ml/secrets/creds", &[], rotated),
         expect(Method::PATCH, "/api/v1/persistentvolumes/shoal.ml.imagenet", &[], echo),
         expect(Method::PATCH, "/api/v1/namespaces/ml/persistentvolumeclaims/imagenet", &[], echo),
         expect(Method::GET, NODES, &[], node_list(&[])),
@@ -402,6 +408,10 @@ async fn a_dataset_is_registered_served_as_pv_and_pvc_and_its_cache_nodes_labell
     let server = ApiServer::start(handle, script);
     dataset::reconcile(Arc::new(ds), ctx).await.unwrap();
     server.finish().await;
+    let info =
+        shoal.master().get_store_spec(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
+    assert_eq!(info.spec.unwrap().mounts[0].options["token"], "tok-2", "the rotated credential");
+    assert_eq!(info.spec_revision, revision + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
