@@ -186,6 +186,9 @@ impl MountFlags {
                 .split_once('=')
                 .filter(|(p, u)| p.starts_with('/') && !u.is_empty())
                 .ok_or_else(|| invalid(format!("--mount {m:?} is not PATH=URI (e.g. /train=s3://bucket/train)")))?;
+            if f.mounts.iter().any(|(p, _)| p == path) {
+                return Err(invalid(format!("--mount {path:?} is given twice")));
+            }
             f.mounts.push((path.to_string(), uri.to_string()));
         }
         for o in options {

@@ -268,7 +268,7 @@ async fn s3_dataset_lists_and_reads_back_exactly() {
         assert!(!printed.contains("s3cr3t") && !printed.contains("AKIDSHOAL"), "create printed a secret: {printed}");
     }
     let mut m = master_client(&c.master.addr).await;
-    let options = |i: &DatasetInfo| i.spec.as_ref().unwrap().mount.as_ref().unwrap().options.clone();
+    let options = |i: &DatasetInfo| shoal_core::dataset::mount_specs(i.spec.as_ref().unwrap())[0].options.clone();
     let got = m.get_dataset(GetDatasetRequest { name: "s3ds".into() }).await.unwrap().into_inner();
     let listed = m.list_datasets(ListDatasetsRequest {}).await.unwrap().into_inner().datasets;
     let (streamed, _) = namespace(&mut m, "s3ds").await;
@@ -482,6 +482,8 @@ async fn worker_kill9_mid_write_leaves_no_partial_block() {
     let tier_flags = tiers(&root.join("w"), "64MiB", "256MiB");
     let slow = [("SHOAL_FAILPOINT", "tier::before_rename:sleep-60000")];
     let mut worker = start_worker(&master.addr, "127.0.0.1:0", &tier_flags, &slow, &root.join("worker.log"));
+    // Until it has registered, the worker cannot check a block reference's signature.
+    wait_until_registered(&master.addr, &worker.addr);
     let src = root.join("src");
     std::fs::create_dir_all(&src).unwrap();
     let data = content(7, 4 * BLOCK);
@@ -492,14 +494,22 @@ async fn worker_kill9_mid_write_leaves_no_partial_block() {
     let mut m = master_client(&master.addr).await;
     let (info, ns) = namespace(&mut m, "k").await;
     let w = worker_client(&worker.addr).await;
-    for index in 0..4 {
-        let mut w = w.clone();
-        let r = block_ref(&info, "/f", &ns["/f"], index);
-        tokio::spawn(async move { w.cache_block(CacheBlockRequest { block: Some(r), ..Default::default() }).await });
-    }
+    let mut calls: Vec<_> = (0..4)
+        .map(|index| {
+            let mut w = w.clone();
+            let r = block_ref(&info, "/f", &ns["/f"], index);
+            tokio::spawn(async move { w.cache_block(CacheBlockRequest { block: Some(r), ..Default::default() }).await })
+        })
+        .collect();
     // Kill it while block files sit written under their temporary names.
     let tmp = root.join("w/mem/tmp");
-    wait_for_sync("a block write in flight", || std::fs::read_dir(&tmp).map(|d| d.count() > 0).unwrap_or(false));
+    wait_for_sync("a block write in flight", || {
+        // A call that ended has failed (the writes sleep before their rename): say why.
+        if let Some(c) = calls.iter_mut().find(|c| c.is_finished()) {
+            panic!("a CacheBlock ended before its rename: {:?}", futures::executor::block_on(c));
+        }
+        std::fs::read_dir(&tmp).map(|d| d.count() > 0).unwrap_or(false)
+    });
     worker.kill9();
     assert!(std::fs::read_dir(&tmp).unwrap().count() > 0);
 

@@ -57,16 +57,23 @@ fn mounted(worker_env: &[(&str, &str)], build: impl FnOnce(&Path)) -> Mounted {
     let (code, out, err) =
         cli(&["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
     assert_eq!(code, 0, "{out}{err}");
+    let (mnt, mount) = mount_at(&root, &master.addr, "ds");
+    Mounted { dir, src, mnt, master, worker: Some(worker), mount: Some(mount) }
+}
+
+/// `shoal mount NAME root/mnt` (namespace refreshed every 200 ms) as its own
+/// process, once it is in /proc/mounts.
+fn mount_at(root: &Path, master: &str, name: &str) -> (PathBuf, Proc) {
     let mnt = root.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mount = Proc::start_until(
-        &["mount", "ds", mnt.to_str().unwrap(), "--master", &master.addr, "--refresh-interval", "200ms"],
+        &["mount", name, mnt.to_str().unwrap(), "--master", master, "--refresh-interval", "200ms"],
         &[],
         &root.join("mount.log"),
         "mounted dataset ",
     );
     assert!(shoal_fuse::is_mounted(&mnt), "mount is in /proc/mounts");
-    Mounted { dir, src, mnt, master, worker: Some(worker), mount: Some(mount) }
+    (mnt, mount)
 }
 
 #[test]
@@ -364,4 +371,260 @@ fn reading_two_files_of_a_directory_prefetches_the_rest() {
         assert_eq!(sha256(&got), sha256(&std::fs::read(m.src.join(&f)).unwrap()), "{f}");
     }
     assert_eq!(store_reads(), 20, "a/big and b/ are not prefetched, and no prefetched file was fetched again");
+}
+
+/// `dataset show NAME [--path P] -o json` on `master`.
+fn show(master: &str, name: &str, path: Option<&str>) -> serde_json::Value {
+    let mut args = vec!["dataset", "show", name, "-o", "json", "--master", master];
+    if let Some(p) = path {
+        args.extend(["--path", p]);
+    }
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "{args:?}: {out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Options of the S3 store `s3` for the mount at `path`: `--option PATH:K=V` flags.
+fn s3_options(s3: &S3Server, path: &str, secret: &str) -> Vec<String> {
+    ["endpoint=".to_string() + &s3.endpoint, "access_key_id=a".into(), format!("secret_access_key={secret}")]
+        .into_iter()
+        .flat_map(|o| ["--option".to_string(), format!("{path}:{o}")])
+        .collect()
+}
+
+/// A dataset of two stores side by side (a local directory at /train, an S3
+/// prefix at /val) reads byte for byte through one mount; syncing one mount
+/// leaves the other's listing and inode numbers alone; a rotated S3 endpoint and
+/// secret reach both the master's listing and the worker's reads; a removed
+/// mount is gone (ENOENT) while the other still reads.
+#[test]
+fn a_dataset_of_a_directory_and_an_s3_prefix_syncs_updates_and_removes_per_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let src = root.join("local");
+    std::fs::create_dir_all(&src).unwrap();
+    let tree = tree_spec(BLOCK, false);
+    write_tree(&src, &tree);
+    let s3 = S3Server::start(&root.join("s3.log"));
+    let s3b = S3Server::start(&root.join("s3b.log"));
+    let val: Vec<(&str, Vec<u8>)> =
+        vec![("x.bin", content(3, 5 * BLOCK + 9)), ("sub/y.txt", b"why".to_vec()), ("z.bin", content(4, 2 * BLOCK))];
+    for s in [&s3, &s3b] {
+        s.create_bucket("mmb");
+        for (k, v) in &val {
+            s.put("mmb", &format!("val/{k}"), v);
+        }
+        s.put("mmb", "other/not-mounted.txt", b"outside the prefix");
+    }
+    let (master, worker) = master_and_worker(&root, "64MiB", "1GiB", &[]);
+    let train = format!("/train={}", src.display());
+    let mut args: Vec<String> = ["dataset", "create", "ds", "--mount", &train, "--mount", "/val=s3://mmb/val"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend(s3_options(&s3, "/val", "b"));
+    args.extend(["--block-size", "64KiB", "--master", &master.addr].map(String::from));
+    let (code, out, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}{err}");
+    let before = show(&master.addr, "ds", None);
+    let mounts: Vec<_> =
+        before["mounts"].as_array().unwrap().iter().map(|m| (m["path"].clone(), m["uri"].clone())).collect();
+    assert_eq!(mounts.len(), 2, "{before}");
+    assert_eq!(before["file_count"], walk(&src).values().filter(|(d, _, _)| !d).count() + val.len(), "{before}");
+
+    let (mnt, mount) = mount_at(&root, &master.addr, "ds");
+    let m = Mounted { dir, src, mnt, master, worker: Some(worker), mount: Some(mount) };
+    let mut top: Vec<String> =
+        std::fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    top.sort();
+    assert_eq!(top, ["train", "val"]);
+    assert_eq!(walk(&m.mnt.join("train")), walk(&m.src));
+    for (rel, (is_dir, _, _)) in walk(&m.src) {
+        if !is_dir {
+            let got = std::fs::read(m.mnt.join("train").join(&rel)).unwrap();
+            assert_eq!(sha256(&got), sha256(&std::fs::read(m.src.join(&rel)).unwrap()), "train/{rel}");
+        }
+    }
+    for (k, v) in &val[..2] {
+        assert_eq!(sha256(&std::fs::read(m.mnt.join("val").join(k)).unwrap()), sha256(v), "val/{k}");
+    }
+    assert_eq!(errno(std::fs::metadata(m.mnt.join("val/not-mounted.txt"))), libc::ENOENT);
+    assert_eq!(errno(std::fs::metadata(m.mnt.join("other"))), libc::ENOENT);
+    let file = walk(&m.src).into_iter().find(|(_, (d, _, _))| !d).unwrap().0;
+    let train_file = format!("/train/{file}");
+    let ino = show(&m.master.addr, "ds", Some(&train_file))["ino"].clone();
+    let val_ino = show(&m.master.addr, "ds", Some("/val/x.bin"))["ino"].clone();
+
+    // Sync /val alone: its new object shows, the directory's new file does not
+    // (that store was not listed), and /train keeps its inode numbers.
+    std::fs::write(m.src.join("late.txt"), b"not listed yet").unwrap();
+    s3.put("mmb", "val/new.txt", b"new in s3");
+    let (code, out, err) = cli(&["dataset", "sync", "ds", "--mount", "/val", "-o", "json", "--master", &m.master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for_sync("the mount to show /val's new object", || {
+        std::fs::read(m.mnt.join("val/new.txt")).is_ok_and(|d| d == b"new in s3")
+    });
+    assert_eq!(errno(std::fs::metadata(m.mnt.join("train/late.txt"))), libc::ENOENT);
+    assert_eq!(show(&m.master.addr, "ds", Some(&train_file))["ino"], ino, "the unsynced mount keeps its inodes");
+    assert_eq!(show(&m.master.addr, "ds", Some("/val/x.bin"))["ino"], val_ino, "an unchanged object keeps its inode");
+    let (code, _, err) = cli(&["dataset", "sync", "ds", "--mount", "/nope", "--master", &m.master.addr]);
+    assert_eq!(code, 2, "a sync of a path that is no mount is invalid: {err}");
+
+    // Rotate /val to another endpoint and secret, then stop the old server: a
+    // file never read before (z.bin, uncached) reads from the new one, so both
+    // the master (listing) and the worker (reading) have the new options.
+    s3b.put("mmb", "val/only-b.txt", b"only on the new endpoint");
+    let mut args: Vec<String> = ["dataset", "update", "ds", "-o", "json"].map(String::from).to_vec();
+    args.extend(s3_options(&s3b, "/val", "s3cr3t-rotated"));
+    args.extend(["--master".to_string(), m.master.addr.clone()]);
+    let (code, out, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("s3cr3t-rotated"), "secrets are redacted: {out}");
+    let after: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(after["spec_revision"].as_u64() > before["spec_revision"].as_u64(), "{before} -> {after}");
+    drop(s3);
+    wait_for_sync("the mount to show the new endpoint's object", || {
+        std::fs::read(m.mnt.join("val/only-b.txt")).is_ok_and(|d| d == b"only on the new endpoint")
+    });
+    let store_bytes = || metric(&m.worker.as_ref().unwrap().metrics(), "shoal_worker_store_read_bytes_total");
+    let read_before = store_bytes();
+    assert_eq!(sha256(&std::fs::read(m.mnt.join("val/z.bin")).unwrap()), sha256(&val[2].1));
+    assert_eq!(store_bytes() - read_before, val[2].1.len() as f64, "the worker read z.bin from the new endpoint");
+    assert_eq!(errno(std::fs::metadata(m.mnt.join("val/new.txt"))), libc::ENOENT, "the new endpoint has no new.txt");
+
+    // Remove /train: it is gone from the mount and the master; /val still reads.
+    let (code, out, err) = cli(&["dataset", "update", "ds", "--remove-mount", "/train", "--master", &m.master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for_sync("the removed mount to leave the mount", || {
+        errno(std::fs::metadata(m.mnt.join("train"))) == libc::ENOENT
+    });
+    assert_eq!(errno(std::fs::metadata(m.mnt.join(&train_file[1..]))), libc::ENOENT);
+    let gone = show(&m.master.addr, "ds", None);
+    assert_eq!(gone["mounts"].as_array().unwrap().len(), 1, "{gone}");
+    assert_eq!(gone["file_count"], val.len() + 1, "only /val's files are left: {gone}");
+    assert_eq!(sha256(&std::fs::read(m.mnt.join("val/x.bin")).unwrap()), sha256(&val[0].1));
+    let (code, _, err) = cli(&["dataset", "update", "ds", "--remove-mount", "/train", "--master", &m.master.addr]);
+    assert_eq!(code, 2, "removing a mount twice is invalid: {err}");
+}
+
+/// Mount paths that climb, nest, repeat, are relative or over-long are refused
+/// as invalid (exit 2 from the CLI, INVALID_ARGUMENT from the master even when
+/// the CLI's own checks are skipped), and change nothing.
+#[test]
+fn hostile_mount_paths_are_invalid_and_change_nothing() {
+    use shoal_proto::master::{CreateDatasetRequest, DatasetSpec, MountSpec, UpdateDatasetRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (a, b) = (root.join("a"), root.join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("f"), b"x").unwrap();
+    }
+    let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let long = format!("/{}", "n".repeat(300));
+    let cases: Vec<Vec<String>> = vec![
+        vec![format!("/x/../y={a}")],
+        vec![format!("/x={a}"), format!("/x/in={b}")],
+        vec![format!("/={a}"), format!("/x={b}")],
+        vec![format!("/x={a}"), format!("/x={b}")],
+        vec![format!("x={a}")],
+        vec![format!("/x/./y={a}")],
+        vec![format!("/x//y={a}")],
+        vec![format!("{long}={a}")],
+        vec!["/x=".to_string()],
+    ];
+    for case in &cases {
+        let mut args = vec!["dataset", "create", "bad"];
+        for m in case {
+            args.extend(["--mount", m]);
+        }
+        args.extend(["--master", &master.addr]);
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 2, "{case:?} is invalid: {out}{err}");
+        assert!(!err.is_empty(), "{case:?}: a reason is given");
+    }
+    let (code, out, _) = cli(&["dataset", "ls", "-o", "json", "--master", &master.addr]);
+    assert_eq!((code, out.trim()), (0, "[]"), "nothing was created");
+
+    // The master checks on its own, whatever the client.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut mc = master_client(&master.addr).await;
+        let mount =
+            |path: &str, dir: &str| MountSpec { uri: dir.to_string(), path: path.to_string(), ..Default::default() };
+        for mounts in [
+            vec![mount("/x/../y", a)],
+            vec![mount("/x", a), mount("/x/in", b)],
+            vec![mount("/x\0y", a)],
+            vec![mount(&long, a)],
+            vec![mount("/x\0", a)],
+            vec![],
+        ] {
+            let spec = DatasetSpec { name: "raw".into(), mounts: mounts.clone(), ..Default::default() };
+            let e = mc.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: false }).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{mounts:?}: {e:?}");
+        }
+        let spec = DatasetSpec { name: "ok".into(), mounts: vec![mount("/x", a)], ..Default::default() };
+        let made = mc.create_dataset(CreateDatasetRequest { spec: Some(spec), sync: true }).await.unwrap().into_inner();
+        let req = UpdateDatasetRequest {
+            name: "ok".into(),
+            mounts: vec![mount("/x", a), mount("/x/../x/y", b)],
+            sync_interval_seconds: None,
+            sync: true,
+        };
+        let e = mc.update_dataset(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        let now =
+            mc.get_dataset(shoal_proto::master::GetDatasetRequest { name: "ok".into() }).await.unwrap().into_inner();
+        assert_eq!(now.spec_revision, made.spec_revision, "a refused update changes nothing");
+        assert_eq!(now.spec.unwrap().mounts.len(), 1);
+        assert_eq!(now.file_count, 1);
+    });
+}
+
+/// Workers learn dataset specs from heartbeat answers; a dataset created since
+/// the worker's last heartbeat (heartbeats a minute apart here) is still read,
+/// by the worker, at once.
+#[test]
+fn a_worker_reads_a_dataset_created_after_its_last_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = content(21, 3 * BLOCK + 5);
+    std::fs::write(src.join("late.bin"), &data).unwrap();
+    let master = Proc::start(
+        &[
+            "master",
+            "--allow-local-root",
+            root.to_str().unwrap(),
+            "--data-dir",
+            root.join("master").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "60s",
+            "--lost-worker-timeout",
+            "600s",
+        ],
+        &[],
+        &root.join("master.log"),
+    );
+    let worker = start_worker(
+        &master.addr,
+        "127.0.0.1:0",
+        &tiers(&root.join("w"), "64MiB", "1GiB"),
+        &[],
+        &root.join("worker.log"),
+    );
+    wait_until_registered(&master.addr, &worker.addr);
+    let (code, out, err) =
+        cli(&["dataset", "create", "late", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (mnt, mount) = mount_at(&root, &master.addr, "late");
+    let m = Mounted { dir, src, mnt, master, worker: Some(worker), mount: Some(mount) };
+    assert_eq!(sha256(&std::fs::read(m.mnt.join("late.bin")).unwrap()), sha256(&data));
+    let metrics = m.worker.as_ref().unwrap().metrics();
+    assert_eq!(metric(&metrics, "shoal_worker_store_read_bytes_total"), data.len() as f64, "the worker read the store");
 }
