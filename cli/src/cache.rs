@@ -2,8 +2,6 @@
 //! cancel), `shoal status` (workers, tiers, hit ratio, per-dataset cached share)
 //! and `shoal cache free`.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
@@ -241,7 +239,7 @@ pub async fn status(common: Common) -> Result<()> {
     let mut wrows = Vec::new();
     for w in &workers {
         let stats = if w.alive {
-            let ep = shoal_proto::auth::endpoint(&w.address)?.connect_timeout(Duration::from_secs(2));
+            let ep = shoal_proto::profile::Profile::PROBE.endpoint(&w.address)?;
             match ep.connect().await {
                 Ok(ch) => shoal_proto::auth::worker(ch).stats(StatsRequest {}).await.ok().map(|r| r.into_inner()),
                 Err(_) => None,

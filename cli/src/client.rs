@@ -262,11 +262,12 @@ impl MountFlags {
 
 /// A client of the masters in `addr` (comma-separated), once one of them answers.
 pub async fn connect(addr: &str) -> Result<shoal_proto::auth::Master> {
-    let timeout = Duration::from_secs(5);
+    // Commands may wait for a whole listing: no call timeout.
+    let profile = shoal_proto::profile::Profile::ADMIN;
     let mut reached = None;
     for a in shoal_proto::leader::addresses(addr) {
-        let ep = shoal_proto::auth::endpoint(&a).with_context(|| format!("invalid master address {a:?}"))?;
-        match ep.connect_timeout(timeout).connect().await {
+        let ep = profile.endpoint(&a).with_context(|| format!("invalid master address {a:?}"))?;
+        match ep.connect().await {
             Ok(_) => {
                 reached = Some(Ok(()));
                 break;
@@ -278,7 +279,7 @@ pub async fn connect(addr: &str) -> Result<shoal_proto::auth::Master> {
         None => anyhow::bail!("invalid master address {addr:?}: none given"),
         Some(r) => r.with_context(|| format!("cannot reach the master at {addr}"))?,
     }
-    let master = shoal_proto::auth::master(addr, move |ep| ep.connect_timeout(timeout))
+    let master = shoal_proto::auth::master(addr, move |ep| profile.apply(ep))
         .with_context(|| format!("invalid master address {addr:?}"))?;
     Ok(master
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)

@@ -67,6 +67,7 @@ fn init_tracing(default: &str) {
 }
 
 fn main() -> ExitCode {
+    shoal_worker::arm_fail_points();
     let cli = Cli::parse();
     let is_server = matches!(
         cli.command,

@@ -49,7 +49,7 @@ fn status_json(addr: &str, s: &MasterStatus) -> serde_json::Value {
 
 /// The status of the master at `addr`, asked directly (every master answers).
 async fn ask(addr: &str) -> Result<MasterStatus> {
-    let ep = shoal_proto::auth::endpoint(addr)?.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(5));
+    let ep = shoal_proto::profile::Profile::PROBE.endpoint(addr)?;
     let ch = ep.connect().await.with_context(|| format!("cannot reach the master at {addr}"))?;
     let mut client = MasterRaftClient::with_interceptor(ch, shoal_proto::auth::ClientAuth::from_env());
     Ok(client.status(MasterStatusRequest {}).await.map_err(Remote)?.into_inner())
@@ -116,7 +116,7 @@ async fn status(common: Common) -> Result<()> {
 }
 
 async fn add(id: u64, addr: &str, common: Common) -> Result<()> {
-    let conn = shoal_proto::auth::leader(&common.master, |ep| ep.connect_timeout(Duration::from_secs(5)))
+    let conn = shoal_proto::auth::leader(&common.master, |ep| shoal_proto::profile::Profile::ADMIN.apply(ep))
         .with_context(|| format!("invalid master address {:?}", common.master))?;
     let mut client = MasterRaftClient::new(conn);
     let spinner = indicatif::ProgressBar::new_spinner();

@@ -365,7 +365,7 @@ async fn an_object_changed_since_the_sync_is_refused_never_mixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_make_one_store_read() {
     // The worker pauses before each store read, so the requests surely overlap.
-    let c = cluster("64MiB", "256MiB", &[("SHOAL_FAILPOINT", "worker::before_store_read:sleep-700")]);
+    let c = cluster("64MiB", "256MiB", &[("FAILPOINTS", "worker::before_store_read=sleep(700)")]);
     let src = c.root.join("src");
     std::fs::create_dir_all(&src).unwrap();
     let data = content(42, 3 * BLOCK);
@@ -480,7 +480,7 @@ async fn worker_kill9_mid_write_leaves_no_partial_block() {
     let root = dir.path();
     let master = start_master(&root.join("master"), "127.0.0.1:0", &root.join("master.log"));
     let tier_flags = tiers(&root.join("w"), "64MiB", "256MiB");
-    let slow = [("SHOAL_FAILPOINT", "tier::before_rename:sleep-60000")];
+    let slow = [("FAILPOINTS", "tier::before_rename=sleep(60000)")];
     let mut worker = start_worker(&master.addr, "127.0.0.1:0", &tier_flags, &slow, &root.join("worker.log"));
     // Until it has registered, the worker cannot check a block reference's signature.
     wait_until_registered(&master.addr, &worker.addr);

@@ -155,7 +155,7 @@ fn mmap_file(path: &Path) -> Vec<u8> {
 #[test]
 fn reads_survive_a_worker_killed_mid_read() {
     // A slow store makes the read long enough to kill the worker in the middle.
-    let mut m = mounted(&[("SHOAL_FAILPOINT", "worker::before_store_read:sleep-15")], |src| {
+    let mut m = mounted(&[("FAILPOINTS", "worker::before_store_read=sleep(15)")], |src| {
         std::fs::write(src.join("long.bin"), content(5, 24 * 1024 * 1024)).unwrap();
     });
     let want = std::fs::read(m.src.join("long.bin")).unwrap();
@@ -286,6 +286,25 @@ fn store_changes_show_through_the_mount_after_sync() {
     assert_eq!(std::fs::read(m.mnt.join("dir/new.txt")).unwrap(), b"fresh");
     assert_eq!(std::fs::read(m.mnt.join("dir/c.txt")).unwrap(), b"unchanged");
     assert_eq!(walk(&m.mnt), walk(&m.src));
+}
+
+/// A file rewritten in the store since the listing reads as ESTALE (the mount's
+/// view of it is stale), never as a mix of two versions; other files read on,
+/// and after a sync the new content shows.
+#[test]
+fn a_file_changed_in_the_store_since_the_sync_is_estale_until_a_resync() {
+    let m = mounted(&[], |src| {
+        std::fs::write(src.join("a.txt"), b"old bytes").unwrap();
+        std::fs::write(src.join("b.txt"), b"unchanged").unwrap();
+    });
+    std::fs::write(m.src.join("a.txt"), b"new and longer bytes").unwrap();
+    assert_eq!(errno(std::fs::read(m.mnt.join("a.txt"))), libc::ESTALE);
+    assert_eq!(std::fs::read(m.mnt.join("b.txt")).unwrap(), b"unchanged");
+    let (code, out, err) = cli(&["dataset", "sync", "ds", "--master", &m.master.addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for_sync("the mount to show the re-synced file", || {
+        std::fs::read(m.mnt.join("a.txt")).is_ok_and(|d| d == b"new and longer bytes")
+    });
 }
 
 #[test]

@@ -198,6 +198,11 @@ async fn blocks_land_on_their_owners_and_a_remote_host_reads_them_from_the_holde
     assert_eq!(fetched(mount, "short_circuit"), per_worker["w2"].0 as f64);
     assert_eq!(fetched(mount, "worker"), (per_worker["w1"].0 + per_worker["w3"].0) as f64);
     assert_eq!(fetched(mount, "store"), 0.0);
+    // Holders are looked up per file (shared by its blocks, reused for a few
+    // seconds), not per block: at most once for the read and once for the
+    // directory prefetch of each file, against one per block (30) before.
+    let lookups = metric(&mount.metrics(), "shoal_fuse_location_lookups_total");
+    assert!(lookups >= 1.0 && lookups <= 2.0 * c.files.len() as f64, "{lookups} lookups for {} files", c.files.len());
     for w in ["w1", "w3"] {
         let served = metric(&c.workers[w].metrics(), "shoal_worker_served_bytes_total{source=\"mem\"}");
         assert_eq!(served, per_worker[w].1 as f64, "{w} served exactly the bytes of the blocks it holds");

@@ -160,7 +160,7 @@ async fn master_killed_mid_prewarm_resumes_without_refetching() {
     let root = dir.path();
     let src = root.join("src");
     let blocks = gen_files(&src, 60);
-    let slow = [("SHOAL_FAILPOINT", "worker::before_store_read:sleep-80")];
+    let slow = [("FAILPOINTS", "worker::before_store_read=sleep(80)")];
     let (mut master, worker) = master_and_worker(root, "64MiB", "1GiB", &slow);
     let (code, _, err) =
         cli(&["dataset", "create", "r", src.to_str().unwrap(), "--block-size", "64KiB", "--master", &master.addr]);

@@ -103,10 +103,8 @@ impl Plugin {
     /// until `stop` resolves. Published mounts outlive the server.
     pub async fn serve(self, stop: impl std::future::Future<Output = ()>) -> Result<(), CsiError> {
         let cfg = self.cfg;
-        let master = shoal_proto::auth::master(&cfg.master, |ep| {
-            ep.connect_timeout(std::time::Duration::from_secs(5)).timeout(std::time::Duration::from_secs(30))
-        })
-        .map_err(|e| CsiError::Invalid(format!("master address {:?}: {e}", cfg.master)))?;
+        let master = shoal_proto::auth::master(&cfg.master, |ep| shoal_proto::profile::Profile::CONTROL.apply(ep))
+            .map_err(|e| CsiError::Invalid(format!("master address {:?}: {e}", cfg.master)))?;
         let volumes = volumes::Volumes::open(cfg.clone()).await?;
         let supervisor = tokio::spawn(volumes.clone().supervise());
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -44,12 +44,13 @@ pub enum FileError {
 impl FileError {
     pub fn errno(&self) -> i32 {
         match self {
-            FileError::NotFound(_) | FileError::Read(ReadError::NotFound(_)) => libc::ENOENT,
+            FileError::NotFound(_) => libc::ENOENT,
+            FileError::Read(e) => e.errno(),
             FileError::NotDir(_) => libc::ENOTDIR,
             FileError::IsDir(_) => libc::EISDIR,
             FileError::BadPath { .. } => libc::EINVAL,
             FileError::NameTooLong { .. } => libc::ENAMETOOLONG,
-            FileError::Master(_) | FileError::Read(ReadError::AllSourcesFailed { .. }) => libc::EIO,
+            FileError::Master(_) => libc::EIO,
         }
     }
 }
@@ -295,5 +296,7 @@ mod tests {
         assert_eq!(FileError::Master("down".into()).errno(), libc::EIO);
         let failed = ReadError::AllSourcesFailed { path: "/x".into(), index: 0, last: "down".into() };
         assert_eq!(FileError::Read(failed).errno(), libc::EIO);
+        let changed = ReadError::Changed { path: "/x".into(), detail: "size 3, listed 2".into() };
+        assert_eq!(FileError::Read(changed).errno(), libc::ESTALE);
     }
 }

@@ -74,10 +74,7 @@ impl std::fmt::Debug for ShoalFs {
 }
 
 fn errno_of(e: &ReadError) -> Errno {
-    match e {
-        ReadError::NotFound(_) => Errno::ENOENT,
-        ReadError::AllSourcesFailed { .. } => Errno::EIO,
-    }
+    Errno::from_i32(e.errno())
 }
 
 fn meta_errno(e: &MetaError) -> Errno {

@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod fs;
+pub mod locator;
 pub mod metrics;
 pub mod namespace;
 pub mod order;
@@ -105,7 +106,7 @@ impl MountHandle {
 }
 
 pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, MountError> {
-    let master = shoal_proto::auth::master(addr, |ep| ep.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+    let master = shoal_proto::auth::master(addr, |ep| shoal_proto::profile::Profile::ADMIN.apply(ep))
         .map_err(|_| MountError::BadMaster(addr.to_string()))?;
     Ok(master.max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
 }

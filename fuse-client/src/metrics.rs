@@ -54,3 +54,11 @@ pub fn op(name: &str, ok: bool, started: std::time::Instant) {
     OPS.with_label_values(&[name, if ok { "ok" } else { "error" }]).inc();
     OP_SECONDS.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
 }
+
+pub static LOCATION_LOOKUPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "shoal_fuse_location_lookups_total",
+        "Block-location lookups asked of the master (one per file, reused for a few seconds)"
+    )
+    .expect("metric")
+});

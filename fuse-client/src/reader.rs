@@ -1,6 +1,6 @@
 //! Block reads for the mount. For each block, in order: the co-located worker by
 //! short-circuit (the worker names its block file; we map it and check its CRC),
-//! a worker the master lists as holding it, the block's owner by rendezvous
+//! a worker the master lists as holding it ([`crate::locator`]), the block's owner by rendezvous
 //! hashing (which reads it through from the store and caches it), the next-ranked
 //! workers, and finally the under-store itself. A cache outage slows reads; it
 //! never fails them. Fetched blocks are kept in a bounded in-process cache, and
@@ -8,18 +8,20 @@
 //! owning workers to cache a directory's small files ahead of the reads that a
 //! data loader's shuffled epoch will make of them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use shoal_core::dataset::{Dataset, Stores};
-use shoal_core::{ids, placement, BlockId};
-use shoal_proto::master::{BlockLocationsRequest, DatasetInfo, Inode, ListWorkersRequest, WorkerInfo};
+use shoal_core::{ids, BlockId};
+use shoal_proto::master::{DatasetInfo, Inode, WorkerInfo};
 use shoal_proto::worker::{BlockRef, CacheBlockRequest, OpenLocalRequest, ReadBlockRequest};
 use tonic::transport::Endpoint;
+
+use crate::locator::Locator;
 use tracing::{debug, warn};
 
 /// Why a read failed, mapped to an errno by the filesystem.
@@ -29,6 +31,22 @@ pub enum ReadError {
     NotFound(String),
     #[error("every source failed for {path} block {index}: {last}")]
     AllSourcesFailed { path: String, index: u32, last: String },
+    /// The store holds another version than the one listed: a re-sync shows it.
+    #[error("{path} changed in the store since the dataset was synced: {detail}")]
+    Changed { path: String, detail: String },
+}
+
+impl ReadError {
+    /// The errno a reader gets: `ENOENT` for an object gone from the store,
+    /// `ESTALE` for one that changed since the listing (its handle is stale
+    /// until a sync), `EIO` when no source could serve it.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ReadError::NotFound(_) => libc::ENOENT,
+            ReadError::Changed { .. } => libc::ESTALE,
+            ReadError::AllSourcesFailed { .. } => libc::EIO,
+        }
+    }
 }
 
 /// Where blocks came from, for stats and tests.
@@ -55,17 +73,13 @@ pub struct Reader {
     dataset_id: u32,
     name: String,
     block_size: u64,
-    master: shoal_proto::auth::Master,
-    workers: RwLock<Vec<WorkerInfo>>,
-    /// Refreshes in a row that listed no live worker while this mount knew some.
-    empty_refreshes: std::sync::atomic::AtomicU32,
+    locator: Locator,
     clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
     /// The dataset's record (store options redacted) and its stores, opened
     /// on the first direct read and again when the mounts change.
     stores: Mutex<(DatasetInfo, Option<Arc<Stores>>)>,
     cache: moka::future::Cache<BlockId, Bytes>,
     node: String,
-    master_down_until: Mutex<Option<Instant>>,
     /// Workers that could not be reached, and until when they are skipped (a
     /// lost host costs one connect timeout, not one per block).
     worker_down: Mutex<HashMap<String, Instant>>,
@@ -113,43 +127,8 @@ impl std::fmt::Debug for Reader {
 /// How long a worker that could not be reached is skipped.
 const WORKER_DOWN_FOR: Duration = Duration::from_secs(3);
 
-/// Ids of the workers that own blocks by placement (a draining worker owns none,
-/// though it still serves the blocks it holds).
-/// The worker list after a refresh listed `live`; `None` keeps the current
-/// one. A master that just became leader lists no worker until they register
-/// again (their next heartbeat): one empty answer while workers were known is
-/// not believed, a second one in a row is.
-fn next_workers(
-    current: &[WorkerInfo],
-    live: Vec<WorkerInfo>,
-    empty_refreshes: &std::sync::atomic::AtomicU32,
-) -> Option<Vec<WorkerInfo>> {
-    use std::sync::atomic::Ordering;
-    if live.is_empty() && !current.is_empty() && empty_refreshes.fetch_add(1, Ordering::Relaxed) == 0 {
-        debug!("the master lists no live worker (a new leader?); keeping the last list for one refresh");
-        return None;
-    }
-    if !live.is_empty() {
-        empty_refreshes.store(0, Ordering::Relaxed);
-    }
-    Some(live)
-}
-
-fn placed(workers: &[WorkerInfo]) -> impl Iterator<Item = &str> {
-    workers.iter().filter(|w| !w.draining).map(|w| w.id.as_str())
-}
-
 fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
-    shoal_proto::auth::endpoint(addr).ok().map(|e| {
-        // A host that vanished (no FIN, no RST) fails its connection's
-        // pings within ~3 s, and every read waiting on it moves on.
-        e.connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-    })
+    shoal_proto::profile::Profile::DATA.with_timeout(timeout).endpoint(addr).ok()
 }
 
 impl Reader {
@@ -163,14 +142,11 @@ impl Reader {
             dataset_id: dataset.id,
             name: dataset.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             block_size,
-            master,
-            workers: RwLock::new(Vec::new()),
-            empty_refreshes: Default::default(),
+            locator: Locator::new(dataset.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(), master),
             clients: Mutex::new(HashMap::new()),
             stores: Mutex::new((dataset, None)),
             cache,
             node: config.node.clone(),
-            master_down_until: Mutex::new(None),
             worker_down: Mutex::new(HashMap::new()),
             prefetch_slots: tokio::sync::Semaphore::new(DIR_PREFETCH_PARALLEL),
             streaming: Mutex::new(Streaming { budget: config.cache_bytes.max(block_size), ..Default::default() }),
@@ -207,16 +183,7 @@ impl Reader {
     /// Refresh the live worker list from the master now; keeps the old list if the
     /// master cannot be reached (reads go on without it).
     pub async fn refresh_workers(&self) {
-        match self.master.clone().list_workers(ListWorkersRequest {}).await {
-            Ok(r) => {
-                let live: Vec<WorkerInfo> = r.into_inner().workers.into_iter().filter(|w| w.alive).collect();
-                let mut workers = self.workers.write().expect("workers lock");
-                if let Some(next) = next_workers(&workers, live, &self.empty_refreshes) {
-                    *workers = next;
-                }
-            }
-            Err(e) => debug!(error = %e.message(), "cannot refresh workers; keeping the last list"),
-        }
+        self.locator.refresh().await
     }
 
     /// Refresh the worker list every `every` until the reader is dropped.
@@ -235,8 +202,7 @@ impl Reader {
 
     /// Bytes of tier quota of the live workers.
     pub fn worker_capacity(&self) -> u64 {
-        let workers = self.workers.read().expect("workers lock");
-        workers.iter().flat_map(|w| &w.tiers).map(|t| t.quota_bytes).sum()
+        self.locator.workers().capacity()
     }
 
     fn client(&self, addr: &str) -> Option<shoal_proto::auth::Worker> {
@@ -325,26 +291,14 @@ impl Reader {
     /// `CacheBlock` of a file's block on its owner; true if it was cached already.
     pub(crate) async fn cache_on_owner(&self, inode: &Inode, path: &str, index: u32) -> Result<bool, String> {
         let id = BlockId::new(inode.file_id, index);
-        let owner = {
-            let workers = self.workers.read().expect("workers lock");
-            let ranked = placement::rank(placed(&workers), id);
-            let first = ranked.first().copied();
-            workers.iter().find(|w| Some(w.id.as_str()) == first).cloned()
-        };
-        let w = owner.ok_or("no worker is known")?;
+        let workers = self.locator.workers();
+        let w = workers.owner(id).ok_or("no worker is known")?;
         let mut c = self.client(&w.address).ok_or("bad worker address")?;
         let r = self.block_ref(inode, path, index);
         // A worker that holds it already (the owner before a join, or one being
         // drained) is the source of the copy, not the store.
-        let holders = self.listed_holders(inode, index).await;
-        let peers = {
-            let workers = self.workers.read().expect("workers lock");
-            holders
-                .iter()
-                .filter(|h| **h != w.id)
-                .filter_map(|h| workers.iter().find(|x| x.id == *h).map(|x| x.address.clone()))
-                .collect()
-        };
+        let holders = self.locator.holders(inode, index).await;
+        let peers = workers.addresses(&holders, &w.id);
         let req = CacheBlockRequest { block: Some(r), peers };
         let resp = c.cache_block(req).await.map_err(|s| s.message().to_string())?;
         Ok(resp.into_inner().already_cached)
@@ -370,9 +324,8 @@ impl Reader {
         let id = BlockId::new(inode.file_id, index);
         let (_, want) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
         let r = self.block_ref(inode, path, index);
-        let workers = self.workers.read().expect("workers lock").clone();
-        let ranked = placement::rank(placed(&workers), id);
-        let by_id: BTreeMap<&str, &WorkerInfo> = workers.iter().map(|w| (w.id.as_str(), w)).collect();
+        let workers = self.locator.workers();
+        let ranked = workers.rank(id);
         let owner = ranked.first().copied();
         let mut last = String::from("no worker is known");
         let mut holders: Option<Vec<String>> = None;
@@ -383,16 +336,12 @@ impl Reader {
         //    failed that fill (it is down, or the store failed it after its own
         //    retries) is not asked to read it through again below.
         let mut failed_fill: Option<&str> = None;
-        if let Some(local) = workers.iter().find(|w| w.node == self.node) {
+        if let Some(local) = workers.on_node(&self.node) {
             let fill = owner == Some(local.id.as_str());
             let mut peers = Vec::new();
             if fill {
-                let listed = self.listed_holders(inode, index).await;
-                peers = listed
-                    .iter()
-                    .filter(|h| **h != local.id)
-                    .filter_map(|h| by_id.get(h.as_str()).map(|w| w.address.clone()))
-                    .collect();
+                let listed = self.locator.holders(inode, index).await;
+                peers = workers.addresses(&listed, &local.id);
                 holders = Some(listed);
             }
             match self.short_circuit(local, &r, fill, want, peers).await {
@@ -413,7 +362,7 @@ impl Reader {
         // 2. Workers the master says hold it, then 3. workers by rendezvous rank.
         let mut order: Vec<String> = match holders {
             Some(h) => h,
-            None => self.listed_holders(inode, index).await,
+            None => self.locator.holders(inode, index).await,
         };
         for w in ranked.iter().take(3) {
             if !order.iter().any(|o| o == w) {
@@ -421,7 +370,7 @@ impl Reader {
             }
         }
         for wid in order.iter().filter(|w| Some(w.as_str()) != failed_fill) {
-            let Some(w) = by_id.get(wid.as_str()) else { continue };
+            let Some(w) = workers.get(wid) else { continue };
             if self.worker_down.lock().expect("down lock").get(wid.as_str()).is_some_and(|t| Instant::now() < *t) {
                 continue;
             }
@@ -450,22 +399,6 @@ impl Reader {
                 Err(e.unwrap_or(ReadError::AllSourcesFailed { path: path.to_string(), index, last }))
             }
         }
-    }
-
-    /// Workers the master lists for a block. A short timeout, and a pause after a
-    /// failure, keep a dead master from slowing reads down.
-    async fn listed_holders(&self, inode: &Inode, index: u32) -> Vec<String> {
-        if self.master_down_until.lock().expect("master lock").is_some_and(|t| Instant::now() < t) {
-            return Vec::new();
-        }
-        let req = BlockLocationsRequest { dataset: self.name.clone(), ino: inode.ino };
-        let mut master = self.master.clone();
-        let res = tokio::time::timeout(Duration::from_millis(500), master.get_block_locations(req)).await;
-        let Ok(Ok(resp)) = res else {
-            *self.master_down_until.lock().expect("master lock") = Some(Instant::now() + Duration::from_secs(5));
-            return Vec::new();
-        };
-        resp.into_inner().blocks.into_iter().filter(|b| b.index == index).flat_map(|b| b.worker_ids).collect()
     }
 
     async fn short_circuit(
@@ -547,6 +480,8 @@ impl Reader {
         stores.read(path, offset, len, shoal_core::dataset::version_of(inode)).await.map_err(|e| {
             if e.is_not_found() {
                 Some(ReadError::NotFound(path.to_string()))
+            } else if matches!(e, shoal_core::CoreError::Changed { .. } | shoal_core::CoreError::ShortRead { .. }) {
+                Some(ReadError::Changed { path: path.to_string(), detail: e.to_string() })
             } else {
                 Some(ReadError::AllSourcesFailed { path: path.to_string(), index, last: e.to_string() })
             }
@@ -556,17 +491,6 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn one_empty_worker_list_after_known_workers_is_not_believed() {
-        let w = |id: &str| WorkerInfo { id: id.into(), alive: true, ..Default::default() };
-        let streak = std::sync::atomic::AtomicU32::new(0);
-        assert!(next_workers(&[w("a")], Vec::new(), &streak).is_none(), "the first empty answer is ignored");
-        assert_eq!(next_workers(&[w("a")], Vec::new(), &streak), Some(Vec::new()), "the second is believed");
-        assert_eq!(next_workers(&[], vec![w("b")], &streak), Some(vec![w("b")]));
-        assert!(next_workers(&[w("b")], Vec::new(), &streak).is_none(), "a list resets the streak");
-        assert_eq!(next_workers(&[], Vec::new(), &streak), Some(Vec::new()), "nothing known: nothing to keep");
-    }
-
     use super::*;
 
     #[test]

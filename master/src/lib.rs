@@ -131,10 +131,7 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
         }
     });
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "master serving");
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = shoal_proto::auth::server_tls()? {
-        builder = builder.tls_config(tls)?;
-    }
+    let mut builder = shoal_proto::profile::server()?;
     // The master API answers only while this master leads (others are told
     // where the leader is); the Raft service always.
     let gate = {
@@ -163,7 +160,7 @@ pub async fn serve(config: MasterConfig, listener: TcpListener, shutdown: Cancel
                 .max_encoding_message_size(256 << 20),
             auth,
         ))
-        .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(shoal_proto::profile::incoming(listener), shutdown.cancelled_owned())
         .await;
     stop_all.cancel();
     let _ = watcher.await;

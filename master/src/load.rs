@@ -286,18 +286,18 @@ impl Loads {
             .collect();
         let replicas = spec.replicas.max(1) as usize;
         let files = Arc::new(files);
-        let workers = Arc::new(workers);
+        let ring = Arc::new(placement::Ring::new(workers.iter().map(|w| w.id.as_str())));
         let addr = Arc::new(addr);
         let dataset_id = info.id;
         let mut results = futures::stream::iter(tasks)
             .map(|(fi, index)| {
-                let (this, files, workers, addr, name) =
-                    (self.clone(), files.clone(), workers.clone(), addr.clone(), name.clone());
+                let (this, files, ring, addr, name) =
+                    (self.clone(), files.clone(), ring.clone(), addr.clone(), name.clone());
                 async move {
                     let f = &files[fi];
                     let id = BlockId::new(f.inode.file_id, index);
                     let len = ids::block_range(f.inode.size, bs, index).map(|r| r.1).unwrap_or(0);
-                    let ranked = placement::rank(workers.iter().map(|w| w.id.as_str()), id);
+                    let ranked = ring.rank(id);
                     let (holders, mut peers): (Vec<String>, Vec<String>) =
                         this.members.holder_addresses(id).into_iter().unzip();
                     let r = shoal_core::dataset::block_ref(&name, dataset_id, bs, &f.path, &f.inode, index);
@@ -333,7 +333,7 @@ impl Loads {
                             }
                         }
                     }
-                    let ok = placed >= replicas.min(workers.len()).max(1);
+                    let ok = placed >= replicas.min(ring.len()).max(1);
                     (fi, len, ok, already, last_err)
                 }
             })

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use shoal_proto::auth::Worker;
 
@@ -21,10 +20,7 @@ impl WorkerPool {
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());
         }
-        let ep = shoal_proto::auth::endpoint(addr)
-            .ok()?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(120));
+        let ep = shoal_proto::profile::Profile::MASTER_TO_WORKER.endpoint(addr).ok()?;
         let c = shoal_proto::auth::worker(ep.connect_lazy());
         clients.insert(addr.to_string(), c.clone());
         Some(c)

@@ -85,6 +85,7 @@ impl Rebalancer {
     /// left out.
     fn plan(&self, blocks: Vec<(BlockId, u32, Vec<String>)>) -> Result<Vec<Copy>> {
         let placement: Vec<String> = self.members.placement_workers().into_iter().map(|w| w.id).collect();
+        let ring = placement::Ring::new(placement.iter().map(String::as_str));
         if placement.is_empty() || blocks.is_empty() {
             return Ok(Vec::new());
         }
@@ -110,7 +111,7 @@ impl Rebalancer {
                 let Some(f) = files.get(&b.file_id) else { continue };
                 let Some((_, len)) = ids::block_range(f.inode.size, bs, b.index) else { continue };
                 let copies_wanted = holders.len().max(policy as usize).min(placement.len());
-                let owners = placement::rank(placement.iter().map(String::as_str), b);
+                let owners = ring.rank(b);
                 let peers: Vec<String> = holders.iter().filter_map(|h| address.get(h).cloned()).collect();
                 for owner in owners.into_iter().take(copies_wanted) {
                     if holders.iter().any(|h| h == owner) {

@@ -45,6 +45,8 @@ pub struct State {
     /// Opened stores by dataset id, with the spec revision they were opened at.
     stores: Mutex<HashMap<u32, (u64, Arc<Stores>)>>,
     pub(crate) loads: Arc<Loads>,
+    /// Clients of the workers, shared with load jobs and the rebalancer.
+    pool: Arc<crate::pool::WorkerPool>,
     pub(crate) rebalancer: Arc<crate::rebalance::Rebalancer>,
     /// Woken when a worker joins: the blocks it now owns are copied to it.
     pub(crate) joined: Arc<tokio::sync::Notify>,
@@ -86,7 +88,8 @@ impl State {
             create_lock: tokio::sync::Mutex::new(()),
             syncing: Mutex::new(Default::default()),
             stores: Mutex::new(HashMap::new()),
-            loads: Loads::new(meta.clone(), members.clone(), pool, config.heartbeat_interval),
+            loads: Loads::new(meta.clone(), members.clone(), pool.clone(), config.heartbeat_interval),
+            pool,
             sync_attempts: Mutex::new(HashMap::new()),
             local_roots: config.local_roots.clone(),
             data_dir: std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
@@ -250,14 +253,15 @@ impl State {
         if retired.is_empty() {
             return;
         }
-        let (members, grace, ds) = (self.members.clone(), self.stale_block_grace, dataset.to_string());
+        let (members, pool, grace, ds) =
+            (self.members.clone(), self.pool.clone(), self.stale_block_grace, dataset.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             let stale: Vec<shoal_core::BlockId> = retired
                 .iter()
                 .flat_map(|f| members.file_locations(*f).into_iter().map(|l| shoal_core::BlockId::new(*f, l.index)))
                 .collect();
-            let freed = free_on_workers(&members, stale).await;
+            let freed = free_on_workers(&members, &pool, stale).await;
             info!(dataset = %ds, blocks = freed.blocks_freed, bytes = freed.bytes_freed, "freed cached blocks of changed and deleted files");
         });
     }
@@ -555,7 +559,7 @@ impl MasterService {
             (0..shoal_core::ids::block_count(f.inode.size, bs) as u32)
                 .map(|index| shoal_core::BlockId::new(f.inode.file_id, index))
         });
-        Ok(free_on_workers(&self.members, blocks.collect()).await)
+        Ok(free_on_workers(&self.members, &self.pool, blocks.collect()).await)
     }
 
     fn cache_usage(&self, dataset: &str) -> Result<CacheUsage> {
@@ -584,7 +588,11 @@ impl MasterService {
 
 /// Ask the workers holding any of `blocks` to drop them; what they freed.
 /// A worker that cannot be reached is skipped with a warning.
-async fn free_on_workers(members: &Membership, blocks: Vec<shoal_core::BlockId>) -> FreeCacheResponse {
+async fn free_on_workers(
+    members: &Membership,
+    pool: &crate::pool::WorkerPool,
+    blocks: Vec<shoal_core::BlockId>,
+) -> FreeCacheResponse {
     let mut by_worker: HashMap<(String, String), Vec<shoal_core::BlockId>> = HashMap::new();
     for b in blocks {
         for holder in members.holder_addresses(b) {
@@ -596,14 +604,10 @@ async fn free_on_workers(members: &Membership, blocks: Vec<shoal_core::BlockId>)
     // not count those copies as still there.
     let calls = by_worker.into_iter().map(|((id, addr), ids)| async move {
         let blocks = ids.iter().map(|b| shoal_proto::worker::BlockId { file_id: b.file_id, index: b.index }).collect();
-        let ep = match shoal_proto::auth::endpoint(&addr) {
-            Ok(ep) => ep.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(30)),
-            Err(e) => {
-                warn!(worker = %addr, error = %e, "bad worker address");
-                return None;
-            }
+        let Some(mut c) = pool.client(&addr) else {
+            warn!(worker = %addr, "bad worker address");
+            return None;
         };
-        let mut c = shoal_proto::auth::worker(ep.connect_lazy());
         match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
             Ok(r) => {
                 members.forget(&id, &ids);

@@ -196,8 +196,9 @@ pub struct Config {
 /// Run the controllers while holding the Lease, until `stop` resolves.
 pub async fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     let client = Client::try_default().await?;
+    // A create or update lists the store before it answers; ten minutes bound a hung master.
     let master = shoal_proto::auth::master(&cfg.master, |ep| {
-        ep.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(600))
+        shoal_proto::profile::Profile::ADMIN.with_timeout(Duration::from_secs(600)).apply(ep)
     })
     .map_err(|e| Error::Invalid(format!("master address {:?}: {e}", cfg.master)))?;
     let ctx = Arc::new(Ctx::new(client.clone(), master, &cfg.identity));

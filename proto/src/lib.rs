@@ -19,6 +19,7 @@ pub mod csi {
 
 pub mod auth;
 pub mod leader;
+pub mod profile;
 
 impl master::DatasetInfo {
     /// The Kubernetes namespace the dataset belongs to ("" reads as `default`).
@@ -31,18 +32,4 @@ impl master::DatasetInfo {
 }
 
 /// Largest gRPC message either side accepts (a block chunk is at most 4 MiB).
-/// A gRPC server's accepted connections, with Nagle's algorithm off. A reply's
-/// HTTP/2 frames (headers, data, trailers) go out in separate writes; with Nagle
-/// on, the last one waits for the client's delayed ACK, 40 ms per small reply.
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
-}
-
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

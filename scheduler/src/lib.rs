@@ -146,10 +146,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
     let state = State::default();
-    let master = shoal_proto::auth::master(&cfg.master, |ep| {
-        ep.connect_timeout(std::time::Duration::from_secs(5)).timeout(std::time::Duration::from_secs(30))
-    })
-    .map_err(|e| SchedulerError::Config(format!("master address {:?}: {e}", cfg.master)))?;
+    let master = shoal_proto::auth::master(&cfg.master, |ep| shoal_proto::profile::Profile::CONTROL.apply(ep))
+        .map_err(|e| SchedulerError::Config(format!("master address {:?}: {e}", cfg.master)))?;
     let poller = tokio::spawn(state::poll_master(state.clone(), master, cfg.refresh));
     let client = kube::Client::try_default().await?;
     let watcher = tokio::spawn(state::watch_cluster(state.clone(), client));

@@ -45,12 +45,19 @@ pub struct WorkerConfig {
     pub fill_budget: u64,
 }
 
+/// Arm the fail points named in `FAILPOINTS` (`name=action;…`, e.g.
+/// `worker::before_store_read=sleep(700)`; points: `worker::before_store_read`,
+/// `tier::before_rename`), for the rest of the process. Only builds with the
+/// `failpoints` feature (the tests' build) have fail points; elsewhere this does nothing.
+pub fn arm_fail_points() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}
+
 /// A lazily connected client of the master (the worker starts without it).
 pub fn master_client(addr: &str) -> Result<shoal_proto::auth::Master, WorkerError> {
-    let master = shoal_proto::auth::master(addr, |ep| {
-        ep.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(30)).tcp_nodelay(true)
-    })
-    .map_err(|e| WorkerError::Config(format!("invalid master address {addr:?}: {e}")))?;
+    let master = shoal_proto::auth::master(addr, |ep| shoal_proto::profile::Profile::CONTROL.apply(ep))
+        .map_err(|e| WorkerError::Config(format!("invalid master address {addr:?}: {e}")))?;
     Ok(master
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES))
@@ -322,10 +329,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     info!(addr = %local, id = %config.id, "worker serving");
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = shoal_proto::auth::server_tls().map_err(|e| WorkerError::Config(e.to_string()))? {
-        builder = builder.tls_config(tls)?;
-    }
+    let mut builder = shoal_proto::profile::server().map_err(|e| WorkerError::Config(e.to_string()))?;
     let result = builder
         .add_service(tonic::service::interceptor::InterceptedService::new(
             WorkerServer::new(service)
@@ -333,7 +337,7 @@ pub async fn serve(
                 .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES),
             auth,
         ))
-        .serve_with_incoming_shutdown(shoal_proto::incoming(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(shoal_proto::profile::incoming(listener), shutdown.cancelled_owned())
         .await;
     reporter.abort();
     Ok(result?)

@@ -159,7 +159,7 @@ impl WorkerService {
         if let Some(c) = clients.get(addr) {
             return Some(c.clone());
         }
-        let ep = shoal_proto::auth::endpoint(addr).ok()?.connect_timeout(Duration::from_secs(2));
+        let ep = shoal_proto::profile::Profile::DATA.endpoint(addr).ok()?;
         let c = shoal_proto::auth::worker(ep.connect_lazy()).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
         clients.insert(addr.to_string(), c.clone());
         Some(c)
@@ -303,9 +303,8 @@ impl WorkerService {
     async fn read_store(&self, r: &CheckedRef, split: bool) -> Result<Bytes, Status> {
         self.0.counters.misses.fetch_add(1, Ordering::Relaxed);
         metrics::MISSES.inc();
-        if crate::tier::fail_point_armed("worker::before_store_read") {
-            blocking(|| crate::tier::fail_point("worker::before_store_read")).await?.ok();
-        }
+        #[cfg(feature = "failpoints")]
+        blocking(|| fail::fail_point!("worker::before_store_read")).await?;
         let stores = self.0.datasets.stores(&r.dataset, r.dataset_id, r.epoch).await?;
         let (under, path) = stores.resolve(&r.path).map_err(WorkerError::from)?;
         let data =

@@ -131,7 +131,8 @@ impl TierDir {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(data)?;
             drop(f);
-            fail_point("tier::before_rename")?;
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("tier::before_rename");
             fs::rename(&tmp, &path)
         })();
         if let Err(e) = res {
@@ -189,36 +190,6 @@ fn parse_block_name(path: &Path) -> Option<(BlockId, u32, u32)> {
     }
     let id = BlockId::new(u64::from_str_radix(fid, 16).ok()?, idx.parse().ok()?);
     Some((id, u32::from_str_radix(ds, 16).ok()?, u32::from_str_radix(crc, 16).ok()?))
-}
-
-/// Named fault-injection points for tests: `SHOAL_FAILPOINT=name:action` where
-/// action is `sleep-MS` or `abort`. Costs one environment read per call and is
-/// only consulted where a test needs to stop a worker mid-operation.
-fn fail_spec() -> &'static Option<(String, String)> {
-    static SPEC: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
-    SPEC.get_or_init(|| {
-        std::env::var("SHOAL_FAILPOINT")
-            .ok()
-            .and_then(|v| v.rsplit_once(':').map(|(a, b)| (a.to_string(), b.to_string())))
-    })
-}
-
-/// Whether a fault is configured at `name` (cheap: no I/O, no allocation).
-pub fn fail_point_armed(name: &str) -> bool {
-    fail_spec().as_ref().is_some_and(|(p, _)| p == name)
-}
-
-pub fn fail_point(name: &str) -> io::Result<()> {
-    if let Some((point, action)) = fail_spec() {
-        if point == name {
-            if let Some(ms) = action.strip_prefix("sleep-") {
-                std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
-            } else if action == "abort" {
-                std::process::abort();
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

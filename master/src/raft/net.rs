@@ -38,12 +38,7 @@ type Client = MasterRaftClient<InterceptedService<Channel, ClientAuth>>;
 
 /// A lazily connected client of one master's `MasterRaft` service.
 pub fn client(addr: &str) -> Result<Client, shoal_proto::auth::AuthError> {
-    let ch = shoal_proto::auth::endpoint(addr)?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .connect_lazy();
+    let ch = shoal_proto::profile::Profile::RAFT.endpoint(addr)?.connect_lazy();
     Ok(MasterRaftClient::with_interceptor(ch, ClientAuth::from_env())
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE))
