@@ -102,6 +102,15 @@ pub enum DatasetCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Set how many workers cache each block of a dataset (prewarm and
+    /// rebalancing keep that many copies).
+    Replicas {
+        name: String,
+        /// Copies of each block, 1 to 16.
+        replicas: u32,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Unpin a dataset: its blocks can be evicted again.
     Unpin {
         name: String,
@@ -606,9 +615,18 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
                 println!("deleted dataset {name}");
             }
         }
-        DatasetCmd::Pin { name, common } => set_policy(&common, &name, Some(true), None).await?,
-        DatasetCmd::Unpin { name, common } => set_policy(&common, &name, Some(false), None).await?,
-        DatasetCmd::Ttl { name, ttl, common } => set_policy(&common, &name, None, Some(ttl.as_secs())).await?,
+        DatasetCmd::Pin { name, common } => {
+            set_policy(&common, &name, Policy { pinned: Some(true), ..Default::default() }).await?
+        }
+        DatasetCmd::Unpin { name, common } => {
+            set_policy(&common, &name, Policy { pinned: Some(false), ..Default::default() }).await?
+        }
+        DatasetCmd::Ttl { name, ttl, common } => {
+            set_policy(&common, &name, Policy { ttl_seconds: Some(ttl.as_secs()), ..Default::default() }).await?
+        }
+        DatasetCmd::Replicas { name, replicas, common } => {
+            set_policy(&common, &name, Policy { replicas: Some(replicas), ..Default::default() }).await?
+        }
         DatasetCmd::Sync { name, mounts, common } => {
             let mut client = connect(&common.master).await?;
             let p = sync_with_progress(&mut client, &name, &mounts).await?;
@@ -654,13 +672,23 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
     Ok(())
 }
 
-async fn set_policy(common: &Common, name: &str, pinned: Option<bool>, ttl_seconds: Option<u64>) -> Result<()> {
+/// The parts of a cache policy one command changes (`None`: unchanged).
+#[derive(Default)]
+struct Policy {
+    pinned: Option<bool>,
+    ttl_seconds: Option<u64>,
+    replicas: Option<u32>,
+}
+
+async fn set_policy(common: &Common, name: &str, p: Policy) -> Result<()> {
     let mut client = connect(&common.master).await?;
-    let d = client
-        .set_cache_policy(SetCachePolicyRequest { name: name.to_string(), pinned, ttl_seconds })
-        .await
-        .map_err(Remote)
-        .with_context(|| format!("dataset {name:?}"))?;
+    let req = SetCachePolicyRequest {
+        name: name.to_string(),
+        pinned: p.pinned,
+        ttl_seconds: p.ttl_seconds,
+        replicas: p.replicas,
+    };
+    let d = client.set_cache_policy(req).await.map_err(Remote).with_context(|| format!("dataset {name:?}"))?;
     print_dataset(d.get_ref(), common.output);
     Ok(())
 }

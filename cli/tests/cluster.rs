@@ -609,6 +609,9 @@ async fn bad_input_is_refused_and_changes_nothing() {
         (vec!["dataset", "create", "x", s, "--namespace", "Not_A_Namespace"], 2, "namespace"),
         (vec!["dataset", "create", "x", s, "--block-size", "1KiB"], 2, "block size"),
         (vec!["dataset", "show", "nope"], 3, "not found"),
+        (vec!["dataset", "replicas", "good", "0"], 2, "replicas must be 1 to 16"),
+        (vec!["dataset", "replicas", "good", "17"], 2, "replicas must be 1 to 16"),
+        (vec!["dataset", "replicas", "nope", "2"], 3, "not found"),
     ];
     for (args, want, msg) in cases {
         let mut a = args.clone();
@@ -617,6 +620,13 @@ async fn bad_input_is_refused_and_changes_nothing() {
         assert_eq!(code, want, "{args:?}: {out}{err}");
         assert!(err.contains(msg), "{args:?}: error should mention {msg:?}: {err}");
     }
+    let replicas = || {
+        let (_, out, _) = cli(&["dataset", "show", "good", "-o", "json", "--master", m]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["replicas"].clone()
+    };
+    assert_eq!(replicas(), 1, "refused replicas changed nothing");
+    assert_eq!(cli(&["dataset", "replicas", "good", "3", "--master", m]).0, 0);
+    assert_eq!(replicas(), 3);
     // NUL cannot travel in argv; send it over gRPC.
     let mut mc = master_client(m).await;
     let spec = DatasetSpec {

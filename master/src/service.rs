@@ -29,6 +29,8 @@ use crate::namespace;
 const READDIR_DEFAULT_LIMIT: usize = 4096;
 const READDIR_MAX_LIMIT: usize = 65536;
 const NAMESPACE_CHUNK: usize = 8192;
+/// Most copies of a block a dataset may ask for.
+const MAX_REPLICAS: u32 = 16;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -685,6 +687,9 @@ impl Master for MasterService {
         let who = principal(&req);
         who.require(Role::Admin, "SetCachePolicy")?;
         let r = req.into_inner();
+        if let Some(n) = r.replicas.filter(|n| !(1..=MAX_REPLICAS).contains(n)) {
+            return Err(Status::invalid_argument(format!("replicas must be 1 to {MAX_REPLICAS}, not {n}")));
+        }
         let _guard = self.create_lock.lock().await;
         let mut info = self.dataset_for(&who, &r.name)?;
         let spec = info.spec.get_or_insert_with(Default::default);
@@ -695,10 +700,13 @@ impl Master for MasterService {
         if let Some(t) = r.ttl_seconds {
             cache.ttl_seconds = t;
         }
+        if let Some(n) = r.replicas {
+            cache.replicas = n;
+        }
         let mut batch = WriteBatch::default();
         self.meta.put_dataset(&mut batch, &info);
         self.meta.write(batch).await.map_err(Status::from)?;
-        info!(dataset = %r.name, pinned = ?r.pinned, ttl = ?r.ttl_seconds, "cache policy changed");
+        info!(dataset = %r.name, pinned = ?r.pinned, ttl = ?r.ttl_seconds, replicas = ?r.replicas, "cache policy changed");
         Ok(Response::new(redacted(info)))
     }
 

@@ -309,13 +309,16 @@ async fn ensure_on_master(ctx: &Ctx, spec: shoal_proto::master::DatasetSpec) -> 
                 info!(revision = updated.spec_revision, "mounts updated on the master");
             }
             let found = updated;
-            if have_c.pinned != want_c.pinned || have_c.ttl_seconds != want_c.ttl_seconds {
-                info!(pinned = want_c.pinned, ttl = want_c.ttl_seconds, "updating the cache policy");
+            let replicas = want_c.replicas.max(1);
+            if have_c.pinned != want_c.pinned || have_c.ttl_seconds != want_c.ttl_seconds || have_c.replicas != replicas
+            {
+                info!(pinned = want_c.pinned, ttl = want_c.ttl_seconds, replicas, "updating the cache policy");
                 return Ok(master
                     .set_cache_policy(SetCachePolicyRequest {
                         name: spec.name,
                         pinned: Some(want_c.pinned),
                         ttl_seconds: Some(want_c.ttl_seconds),
+                        replicas: Some(replicas),
                     })
                     .await
                     .map_err(Error::from_master)?

@@ -382,7 +382,10 @@ async fn a_dataset_is_registered_served_as_pv_and_pvc_and_its_cache_nodes_labell
         assert!(Instant::now() < deadline, "prewarm {} did not finish: {u:?}", job.id);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The Secret was rotated meanwhile: the new value reaches the master.
+    // The Secret was rotated meanwhile, and the resource now asks for two
+    // copies of each block: both reach the master.
+    let mut ds = ds;
+    ds.spec.cache.replicas = Some(2);
     let rotated = |_: &Value| {
         (
             200,
@@ -410,8 +413,9 @@ async fn a_dataset_is_registered_served_as_pv_and_pvc_and_its_cache_nodes_labell
     server.finish().await;
     let info =
         shoal.master().get_store_spec(GetDatasetRequest { name: "ml.imagenet".into() }).await.unwrap().into_inner();
-    assert_eq!(info.spec.unwrap().mounts[0].options["token"], "tok-2", "the rotated credential");
+    assert_eq!(info.spec.as_ref().unwrap().mounts[0].options["token"], "tok-2", "the rotated credential");
     assert_eq!(info.spec_revision, revision + 1);
+    assert_eq!(info.spec.as_ref().unwrap().cache.as_ref().unwrap().replicas, 2, "the changed replicas");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,6 +475,7 @@ async fn a_dataset_of_another_namespace_is_neither_adopted_nor_deleted() {
             name: "ml.imagenet".into(),
             pinned: Some(true),
             ttl_seconds: None,
+            replicas: None,
         })
         .await
         .unwrap();
