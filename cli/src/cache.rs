@@ -127,7 +127,12 @@ fn verdict(j: &LoadJob) -> Result<()> {
     if j.state == LoadState::Completed as i32 && j.files_failed == 0 {
         return Ok(());
     }
-    bail!("prewarm job {} {}: {} of {} files failed", j.id, state_name(j.state), j.files_failed, j.files_total)
+    let why = if j.message.is_empty() {
+        format!("{} of {} files failed", j.files_failed, j.files_total)
+    } else {
+        j.message.clone()
+    };
+    bail!("prewarm job {} {}: {why}", j.id, state_name(j.state))
 }
 
 pub async fn prewarm(args: PrewarmArgs) -> Result<()> {

@@ -604,15 +604,16 @@ pub async fn dataset(cmd: DatasetCmd) -> Result<()> {
         }
         DatasetCmd::Rm { name, common } => {
             let mut client = connect(&common.master).await?;
-            client
+            let r = client
                 .delete_dataset(DeleteDatasetRequest { name: name.clone() })
                 .await
                 .map_err(Remote)
-                .with_context(|| format!("delete dataset {name:?}"))?;
+                .with_context(|| format!("delete dataset {name:?}"))?
+                .into_inner();
             if common.output == Output::Json {
-                println!("{}", json!({"deleted": name}));
+                println!("{}", json!({"deleted": name, "blocks_freed": r.blocks_freed, "bytes_freed": r.bytes_freed}));
             } else {
-                println!("deleted dataset {name}");
+                println!("deleted dataset {name} ({} cached blocks freed)", r.blocks_freed);
             }
         }
         DatasetCmd::Pin { name, common } => {

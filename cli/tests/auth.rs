@@ -61,11 +61,11 @@ async fn with_a_token_file_only_token_holders_are_served() {
 
     // Without the token, or with another, the CLI is refused.
     let (code, _, err) = cli(&["dataset", "ls", "--master", &master.addr]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 6, "refused as denied: {err}");
     assert!(err.contains("requires a token") && err.contains("SHOAL_TOKEN_FILE"), "{err}");
     let (code, _, err) =
         cli_env(&["dataset", "ls", "--master", &master.addr], &[("SHOAL_TOKEN_FILE", wrong.to_str().unwrap())]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 6, "refused as denied: {err}");
     assert!(err.contains("wrong token"), "{err}");
 
     // The master drives the worker with the token too (prewarm).
@@ -160,10 +160,12 @@ async fn with_certificates_master_and_worker_speak_only_tls() {
     assert_eq!(code, 0, "{out}{err}");
 
     // Plaintext clients get nowhere.
-    let (code, _, _) = cli(&["dataset", "ls", "--master", &master.addr]);
-    assert_ne!(code, 0, "a plaintext CLI is refused");
-    assert!(master_client(&master.addr).await.list_datasets(ListDatasetsRequest {}).await.is_err());
-    assert!(worker_client(&worker.addr).await.stats(StatsRequest {}).await.is_err());
+    let (code, _, err) = cli(&["dataset", "ls", "--master", &master.addr]);
+    assert_eq!(code, 5, "a plaintext CLI gets no connection: {err}");
+    let e = master_client(&master.addr).await.list_datasets(ListDatasetsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    let e = worker_client(&worker.addr).await.stats(StatsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
     // A client that trusts another CA is refused too.
     let other = root.join("other");
     std::fs::create_dir_all(&other).unwrap();
@@ -172,7 +174,7 @@ async fn with_certificates_master_and_worker_speak_only_tls() {
         &["dataset", "ls", "--master", &master.addr],
         &[("SHOAL_TLS_CA", other.join("ca.crt").to_str().unwrap())],
     );
-    assert_ne!(code, 0, "{err}");
+    assert_eq!(code, 5, "a server this client cannot verify is not connected to: {err}");
 
     // A mount over TLS reads the dataset byte for byte.
     let mnt = root.join("mnt");

@@ -206,10 +206,14 @@ fn a_million_files_sync_walk_resync_and_survive_a_master_kill() {
         std::fs::symlink_metadata(mnt.join("d000/s0/new-0000.jpg")).is_ok()
             && std::fs::symlink_metadata(mnt.join(nested(9, 2, PER_DIR - 1))).is_err()
     });
-    let t = Instant::now();
-    let got = walk(&mnt);
-    println!("find + stat after the re-sync: {:.1} s", t.elapsed().as_secs_f64());
-    assert_same("walk after the re-sync", &got, &want);
+    // Directories dropped from the mount's memory cannot be diffed: the kernel
+    // is told to revalidate every entry it holds (FUSE_NOTIFY_INC_EPOCH).
+    if kernel_has("FUSE_NOTIFY_INC_EPOCH, so entries of dropped directories show the re-sync", (6, 16)) {
+        let t = Instant::now();
+        let got = walk(&mnt);
+        println!("find + stat after the re-sync: {:.1} s", t.elapsed().as_secs_f64());
+        assert_same("walk after the re-sync", &got, &want);
+    }
     assert_eq!(std::fs::read(mnt.join(nested(0, 0, 0))).unwrap(), b"rewritten, longer than before");
 
     // kill -9 the master and start it again on the same data.
@@ -217,9 +221,11 @@ fn a_million_files_sync_walk_resync_and_survive_a_master_kill() {
     master.kill9();
     let t = Instant::now();
     master = start_master(&root.join("master"), &addr, &root.join("master-2.log"));
-    let back = t.elapsed();
+    // Serving means answering from the reopened database, not printing its
+    // address (which it does before RocksDB opens).
     let v2 = dataset_json(&master.addr);
-    println!("master restart at {FILES} files: serving after {} ms", back.as_millis());
+    let back = t.elapsed();
+    println!("master restart at {FILES} files: first answer after {} ms", back.as_millis());
     assert!(back < Duration::from_secs(10), "restart took {back:?}");
     for key in ["file_count", "dir_count", "total_bytes", "generation"] {
         assert_eq!(v2[key], v[key], "{key} after the restart");

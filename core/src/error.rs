@@ -20,6 +20,7 @@ pub enum CoreError {
     #[error("invalid size {input:?}: {reason}")]
     InvalidSize { input: String, reason: String },
     #[error("store {uri}: {op} {path:?} failed: {source}")]
+    #[cfg(feature = "store")]
     Store {
         uri: String,
         op: &'static str,
@@ -52,7 +53,11 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 impl CoreError {
     /// The store said the object does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, CoreError::Store { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
+        #[cfg(feature = "store")]
+        if let CoreError::Store { source, .. } = self {
+            return source.kind() == opendal::ErrorKind::NotFound;
+        }
+        false
     }
 
     /// The gRPC code of this error, the same at every server: a bad request is

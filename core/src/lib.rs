@@ -10,8 +10,11 @@
 //! - [`mounts`]: whether a path is a mount point.
 //!
 //! This crate imports only shoal's wire types (to build its model from them) and owns
-//! no process state.
+//! no process state. `dataset` and `store` (and OpenDAL with them) are behind the
+//! `store` feature, on by default: the fuzz targets, the CSI driver and the
+//! scheduler build without them.
 
+#[cfg(feature = "store")]
 pub mod dataset;
 pub mod error;
 pub mod fusedev;
@@ -22,11 +25,13 @@ pub mod metrics;
 pub mod mounts;
 pub mod placement;
 pub mod size;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod uri;
 
 pub use error::CoreError;
 pub use ids::{validate_dataset_name, BlockId, DEFAULT_BLOCK_SIZE};
+#[cfg(feature = "store")]
 pub use store::{StoreEntry, UnderStore, Version};
 pub use uri::StoreSpec;
 

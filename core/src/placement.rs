@@ -43,7 +43,7 @@ pub fn rank<'a>(worker_ids: impl IntoIterator<Item = &'a str>, block: BlockId) -
 /// A set of workers ready to rank blocks: each worker's share of the hash is
 /// computed once, when the set changes, rather than for every block. Ranks
 /// exactly as [`rank`] does.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ring {
     /// (hash state after the worker id, worker id), sorted by id.
     workers: Vec<(u64, String)>,

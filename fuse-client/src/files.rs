@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 
 use crate::namespace::{Entry, MetaError, Metadata, ROOT};
 use crate::order::{Plan, PlanConfig};
-use crate::reader::{ReadError, Reader, ReaderConfig};
+use crate::reader::{Access, ReadError, Reader, ReaderConfig};
 use crate::MountError;
 
 /// Longest name of one path component (as `NAME_MAX`).
@@ -246,7 +246,7 @@ impl Dataset {
             return Ok(Bytes::new());
         }
         let inode = f.inode();
-        Ok(self.rt.block_on(self.reader.read(&inode, &f.path, offset, len))?)
+        Ok(self.rt.block_on(self.reader.read(&inode, &f.path, offset, len, Access::Sequential))?)
     }
 
     /// Prefetch these files in this order ahead of a cursor (see [`crate::order`]).

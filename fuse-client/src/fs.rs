@@ -6,11 +6,10 @@
 //! that would change anything returns `EROFS` (the mount is also read-only in the
 //! kernel).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
@@ -25,23 +24,11 @@ use tracing::{debug, warn};
 
 use crate::metrics;
 use crate::namespace::{Entry, Located, MetaError, Metadata, ROOT};
+use crate::readahead::{ColdReads, Readahead};
 use crate::reader::{ReadError, Reader};
 
 /// Largest read the kernel sends (it allows 1 MiB with `max_pages` 256).
 pub const MAX_READ: u32 = 1 << 20;
-/// Readahead window limit, in blocks.
-const MAX_WINDOW: u32 = 8;
-
-/// Per-file read state: where the last read ended and the readahead window.
-/// Kept per inode (opens make no round trip, so there is no handle to hang it on).
-#[derive(Debug)]
-struct Stream {
-    next_offset: u64,
-    window: u32,
-}
-
-/// Inodes whose read state is kept; beyond it the table starts over.
-const MAX_STREAMS: usize = 65536;
 /// Files of one directory a directory prefetch asks for at most.
 const MAX_DIR_PREFETCH: usize = 100_000;
 
@@ -60,11 +47,8 @@ pub struct ShoalFs {
     ttl: Duration,
     uid: u32,
     gid: u32,
-    streams: Mutex<HashMap<u64, Stream>>,
-    /// Cold small-file reads per directory before the rest of it is prefetched
-    /// (0: never); a directory whose prefetch started is marked `u32::MAX`.
-    dir_prefetch: u32,
-    dir_reads: Mutex<HashMap<u64, u32>>,
+    readahead: Readahead,
+    cold_reads: ColdReads,
 }
 
 impl std::fmt::Debug for ShoalFs {
@@ -98,8 +82,8 @@ impl ShoalFs {
         dir_prefetch: u32,
     ) -> Self {
         let (uid, gid) = (nix_uid(), nix_gid());
-        let (streams, dir_reads) = (Mutex::new(HashMap::new()), Mutex::new(HashMap::new()));
-        Self { meta, totals, reader, rt, ttl, uid, gid, streams, dir_prefetch, dir_reads }
+        let (readahead, cold_reads) = (Readahead::default(), ColdReads::new(dir_prefetch));
+        Self { meta, totals, reader, rt, ttl, uid, gid, readahead, cold_reads }
     }
 
     /// Directory prefetch: the `dir_prefetch`-th cold read of a whole small
@@ -109,26 +93,14 @@ impl ShoalFs {
     /// of one round trip per file; a job that reads one file of a directory costs
     /// nothing extra.
     fn note_cold_read(&self, inode: &Inode) {
-        if self.dir_prefetch == 0 || inode.size == 0 || inode.size > self.reader.block_size() {
+        if !self.cold_reads.enabled() || inode.size == 0 || inode.size > self.reader.block_size() {
             return;
         }
         if self.reader.is_cached(inode, 0) {
             return;
         }
-        {
-            let mut dirs = self.dir_reads.lock().expect("dir reads lock");
-            if dirs.len() >= MAX_STREAMS {
-                dirs.retain(|_, n| *n == u32::MAX);
-            }
-            let n = dirs.entry(inode.parent).or_insert(0);
-            if *n == u32::MAX {
-                return;
-            }
-            *n += 1;
-            if *n < self.dir_prefetch {
-                return;
-            }
-            *n = u32::MAX;
+        if !self.cold_reads.note(inode.parent) {
+            return;
         }
         let (Ok(dir), Ok(dir_path)) = (self.meta.listing(inode.parent), self.meta.dir_path(inode.parent)) else {
             return;
@@ -282,18 +254,7 @@ impl Filesystem for ShoalFs {
         }
         let bs = self.reader.block_size();
         let end = (offset + u64::from(size)).min(inode.size);
-        // Readahead: a read that starts where the last one ended is sequential;
-        // the window of blocks fetched ahead doubles up to MAX_WINDOW.
-        let window = {
-            let mut streams = self.streams.lock().expect("streams lock");
-            if streams.len() >= MAX_STREAMS {
-                streams.clear();
-            }
-            let f = streams.entry(ino.0).or_insert(Stream { next_offset: u64::MAX, window: 1 });
-            f.window = if offset == f.next_offset { (f.window * 2).min(MAX_WINDOW) } else { 1 };
-            f.next_offset = end;
-            f.window
-        };
+        let (access, window) = self.readahead.on_read(ino.0, offset, end);
         let reader = self.reader.clone();
         let t = Instant::now();
         self.rt.spawn(async move {
@@ -303,7 +264,7 @@ impl Filesystem for ShoalFs {
                     reader.prefetch(&inode, &path, last + i);
                 }
             }
-            match reader.read(&inode, &path, offset, u64::from(size)).await {
+            match reader.read(&inode, &path, offset, u64::from(size), access).await {
                 Ok(data) => {
                     metrics::READ_BYTES.inc_by(data.len() as u64);
                     reply.data(&data);

@@ -10,7 +10,9 @@ pub mod locator;
 pub mod metrics;
 pub mod namespace;
 pub mod order;
+pub mod readahead;
 pub mod reader;
+pub mod sources;
 pub mod takeover;
 
 use std::os::fd::AsFd;

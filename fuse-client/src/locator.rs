@@ -37,6 +37,16 @@ impl Workers {
         Workers { list, ring }
     }
 
+    /// `list` as the next worker list: the ring is rebuilt only when who owns
+    /// blocks changed (ids, draining), not when usage figures did.
+    fn next(&self, list: Vec<WorkerInfo>) -> Workers {
+        let owners = |l: &[WorkerInfo]| l.iter().map(|w| (w.id.clone(), w.draining)).collect::<Vec<_>>();
+        if owners(&self.list) == owners(&list) {
+            return Workers { list, ring: self.ring.clone() };
+        }
+        Workers::new(list)
+    }
+
     pub fn get(&self, id: &str) -> Option<&WorkerInfo> {
         self.list.iter().find(|w| w.id == id)
     }
@@ -106,6 +116,10 @@ impl Locator {
         }
     }
 
+    pub fn dataset(&self) -> &str {
+        &self.dataset
+    }
+
     /// The current worker list (cheap: shared until the next change).
     pub fn workers(&self) -> Arc<Workers> {
         self.workers.read().expect("workers lock").clone()
@@ -122,7 +136,7 @@ impl Locator {
                     return;
                 }
                 if let Some(next) = next_workers(&workers.list, live, &self.empty_refreshes) {
-                    *workers = Arc::new(Workers::new(next));
+                    *workers = Arc::new(workers.next(next));
                 }
             }
             Err(e) => debug!(error = %e.message(), "cannot refresh workers; keeping the last list"),
@@ -186,5 +200,21 @@ mod tests {
         }
         assert!(ws.get("d").is_some());
         assert_eq!(ws.addresses(&["a".into(), "d".into(), "zz".into()], "a").len(), 1, "unknown ids are dropped");
+    }
+
+    #[test]
+    fn usage_changes_keep_the_ring_and_membership_changes_rebuild_it() {
+        let ws = Workers::new(vec![w("a"), w("b")]);
+        let mut busier = w("a");
+        busier.address = "10.0.0.9:1".into();
+        busier.tiers = vec![Default::default()];
+        let same = ws.next(vec![busier, w("b")]);
+        assert_eq!(same.ring, ws.ring);
+        assert_eq!(same.get("a").map(|w| w.address.as_str()), Some("10.0.0.9:1"), "the new list is used");
+        let mut d = w("b");
+        d.draining = true;
+        let changed = ws.next(vec![w("a"), d]);
+        assert_eq!(changed.ring.len(), 1, "a worker that starts draining leaves the ring");
+        assert_eq!(ws.next(vec![w("a"), w("b"), w("c")]).ring.len(), 3);
     }
 }

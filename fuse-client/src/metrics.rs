@@ -25,7 +25,7 @@ pub static READ_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static BLOCK_SOURCE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shoal_fuse_block_fetches_total",
-        "Blocks fetched by source (short_circuit, worker, store, failed)",
+        "Blocks fetched by source (short_circuit, worker, store, failed; *_range: only the range a random read wanted)",
         &["source"]
     )
     .expect("metric")

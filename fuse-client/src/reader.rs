@@ -1,28 +1,29 @@
-//! Block reads for the mount. For each block, in order: the co-located worker by
-//! short-circuit (the worker names its block file; we map it and check its CRC),
-//! a worker the master lists as holding it ([`crate::locator`]), the block's owner by rendezvous
-//! hashing (which reads it through from the store and caches it), the next-ranked
+//! Block reads for the mount, in order of sources ([`crate::sources`]): the
+//! co-located worker by short-circuit, a worker the master lists as holding
+//! the block ([`crate::locator`]), the block's owner by rendezvous hashing
+//! (which reads it through from the store and caches it), the next-ranked
 //! workers, and finally the under-store itself. A cache outage slows reads; it
 //! never fails them. Fetched blocks are kept in a bounded in-process cache, and
-//! concurrent reads of one block share one fetch. Directory prefetch asks the
-//! owning workers to cache a directory's small files ahead of the reads that a
-//! data loader's shuffled epoch will make of them.
+//! concurrent reads of one block share one fetch. A random read that wants a
+//! small part of a block no cache holds reads only that range from the store,
+//! while the block's owner caches the whole block for the reads that follow.
+//! Directory prefetch asks the owning workers to cache a directory's small
+//! files ahead of the reads that a data loader's shuffled epoch will make.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use shoal_core::dataset::{Dataset, Stores};
 use shoal_core::{ids, BlockId};
-use shoal_proto::master::{DatasetInfo, Inode, WorkerInfo};
-use shoal_proto::worker::{BlockRef, CacheBlockRequest, OpenLocalRequest, ReadBlockRequest};
-use tonic::transport::Endpoint;
+use shoal_proto::master::{DatasetInfo, Inode};
+use shoal_proto::worker::{BlockRef, CacheBlockRequest};
+use tracing::{debug, warn};
 
 use crate::locator::Locator;
-use tracing::{debug, warn};
+use crate::sources::{BlockSource, Clients, DirectStores, Down, Miss, Remote, ShortCircuit, Want};
 
 /// Why a read failed, mapped to an errno by the filesystem.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,7 +50,7 @@ impl ReadError {
     }
 }
 
-/// Where blocks came from, for stats and tests.
+/// Where blocks came from, for stats and the Python client (ranges included).
 #[derive(Debug, Default)]
 pub struct SourceCounters {
     pub short_circuit: AtomicU64,
@@ -57,6 +58,32 @@ pub struct SourceCounters {
     pub store: AtomicU64,
     pub failures: AtomicU64,
 }
+
+impl SourceCounters {
+    fn count(&self, kind: &str) {
+        let c = match kind {
+            "short_circuit" => &self.short_circuit,
+            "worker" => &self.worker,
+            "store" => &self.store,
+            _ => &self.failures,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How a read follows the previous read of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// From the start, or where the last read ended: whole blocks are fetched
+    /// (and the next ones ahead).
+    Sequential,
+    /// Elsewhere: a small part of a block nobody caches is read alone.
+    Random,
+}
+
+/// A random read of at most this share of a block reads only its range
+/// (1/4: a 256 KiB read of a 1 MiB block, or smaller).
+const RANGE_SHARE: u64 = 4;
 
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
@@ -66,7 +93,7 @@ pub struct ReaderConfig {
     pub cache_bytes: u64,
 }
 
-/// Small files a mount's directory prefetches have in flight at once.
+/// Small files a mount's directory prefetch has in flight at once.
 pub const DIR_PREFETCH_PARALLEL: usize = 32;
 
 pub struct Reader {
@@ -74,16 +101,16 @@ pub struct Reader {
     name: String,
     block_size: u64,
     locator: Locator,
-    clients: Mutex<HashMap<String, shoal_proto::auth::Worker>>,
-    /// The dataset's record (store options redacted) and its stores, opened
-    /// on the first direct read and again when the mounts change.
-    stores: Mutex<(DatasetInfo, Option<Arc<Stores>>)>,
+    clients: Clients,
+    down: Down,
+    /// The dataset's stores (options redacted) for reads no worker serves.
+    stores: DirectStores,
     cache: moka::future::Cache<BlockId, Bytes>,
     node: String,
-    /// Workers that could not be reached, and until when they are skipped (a
-    /// lost host costs one connect timeout, not one per block).
-    worker_down: Mutex<HashMap<String, Instant>>,
     prefetch_slots: tokio::sync::Semaphore,
+    /// Blocks a random read's range came from the store for, which their
+    /// owner is caching now (one fill per block, not one per read).
+    filling: Mutex<HashSet<BlockId>>,
     /// Blocks of large (multi-block) files fetched for a read or by readahead,
     /// newest last, held whatever the cache decides to admit: moka's TinyLFU
     /// rejects new blocks once the cache is full of small files read twice, and a
@@ -124,11 +151,11 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-/// How long a worker that could not be reached is skipped.
-const WORKER_DOWN_FOR: Duration = Duration::from_secs(3);
-
-fn endpoint(addr: &str, timeout: Duration) -> Option<Endpoint> {
-    shoal_proto::profile::Profile::DATA.with_timeout(timeout).endpoint(addr).ok()
+/// How one source's try went.
+enum Tried {
+    Got(Bytes),
+    Absent,
+    Failed,
 }
 
 impl Reader {
@@ -138,17 +165,19 @@ impl Reader {
             .max_capacity(config.cache_bytes.max(block_size))
             .weigher(|_, b: &Bytes| b.len().min(u32::MAX as usize) as u32)
             .build();
+        let locator = Locator::new(dataset.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(), master);
         Arc::new(Self {
             dataset_id: dataset.id,
-            name: dataset.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            name: locator.dataset().to_string(),
             block_size,
-            locator: Locator::new(dataset.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(), master),
-            clients: Mutex::new(HashMap::new()),
-            stores: Mutex::new((dataset, None)),
+            locator,
+            clients: Clients::default(),
+            down: Down::default(),
+            stores: DirectStores::new(dataset),
             cache,
             node: config.node.clone(),
-            worker_down: Mutex::new(HashMap::new()),
             prefetch_slots: tokio::sync::Semaphore::new(DIR_PREFETCH_PARALLEL),
+            filling: Mutex::new(HashSet::new()),
             streaming: Mutex::new(Streaming { budget: config.cache_bytes.max(block_size), ..Default::default() }),
             counters: SourceCounters::default(),
         })
@@ -161,23 +190,7 @@ impl Reader {
     /// Take the dataset's record as the master sends it now: changed mounts
     /// (another store, rotated options) are opened anew for direct reads.
     pub fn set_dataset(&self, info: &DatasetInfo) {
-        let mut held = self.stores.lock().expect("stores lock");
-        if info.id == self.dataset_id && info.spec_revision != held.0.spec_revision {
-            *held = (info.clone(), None);
-        }
-    }
-
-    /// The dataset's stores for direct reads, opened on first use.
-    fn stores(&self) -> Result<Arc<Stores>, shoal_core::CoreError> {
-        let mut held = self.stores.lock().expect("stores lock");
-        if let Some(s) = &held.1 {
-            return Ok(s.clone());
-        }
-        // Secrets are redacted for clients: the stores' credentials then come
-        // from this host's environment (or they are public).
-        let stores = Arc::new(Stores::open(Dataset::from_info(&held.0)?, true)?);
-        held.1 = Some(stores.clone());
-        Ok(stores)
+        self.stores.set_dataset(info)
     }
 
     /// Refresh the live worker list from the master now; keeps the old list if the
@@ -205,26 +218,25 @@ impl Reader {
         self.locator.workers().capacity()
     }
 
-    fn client(&self, addr: &str) -> Option<shoal_proto::auth::Worker> {
-        let mut clients = self.clients.lock().expect("clients lock");
-        if let Some(c) = clients.get(addr) {
-            return Some(c.clone());
-        }
-        let ch = endpoint(addr, Duration::from_secs(60))?.connect_lazy();
-        let c = shoal_proto::auth::worker(ch).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
-        clients.insert(addr.to_string(), c.clone());
-        Some(c)
-    }
-
     fn block_ref(&self, inode: &Inode, path: &str, index: u32) -> BlockRef {
         shoal_core::dataset::block_ref(&self.name, self.dataset_id, self.block_size, path, inode, index)
     }
 
     /// Bytes `[offset, offset + size)` of a file, clipped to its end.
-    pub async fn read(&self, inode: &Inode, path: &str, offset: u64, size: u64) -> Result<Bytes, ReadError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        inode: &Inode,
+        path: &str,
+        offset: u64,
+        size: u64,
+        access: Access,
+    ) -> Result<Bytes, ReadError> {
         let pieces: Vec<_> = ids::blocks_for_range(inode.size, self.block_size, offset, size).collect();
         if pieces.len() == 1 {
             let (index, at, len) = pieces[0];
+            if access == Access::Random && len * RANGE_SHARE <= self.block_size {
+                return self.range(inode, path, index, at, len).await;
+            }
             let block = self.block(inode, path, index).await?;
             return Ok(block.slice(at as usize..(at + len) as usize));
         }
@@ -257,6 +269,14 @@ impl Reader {
     /// Whether a block is in this process's cache.
     pub fn is_cached(&self, inode: &Inode, index: u32) -> bool {
         self.cache.contains_key(&BlockId::new(inode.file_id, index))
+    }
+
+    /// A block this process holds, in its cache or for a stream.
+    async fn held(&self, id: BlockId) -> Option<Bytes> {
+        if let Some(b) = self.streaming.lock().expect("streaming lock").get(id) {
+            return Some(b);
+        }
+        self.cache.get(&id).await
     }
 
     /// Ask each single-block file's owning worker to cache it, without moving
@@ -293,7 +313,7 @@ impl Reader {
         let id = BlockId::new(inode.file_id, index);
         let workers = self.locator.workers();
         let w = workers.owner(id).ok_or("no worker is known")?;
-        let mut c = self.client(&w.address).ok_or("bad worker address")?;
+        let mut c = self.clients.get(&w.address).map_err(|_| "bad worker address")?;
         let r = self.block_ref(inode, path, index);
         // A worker that holds it already (the owner before a join, or one being
         // drained) is the source of the copy, not the store.
@@ -320,10 +340,43 @@ impl Reader {
         Ok(b)
     }
 
+    /// What a read wants of block `index`: `len` bytes at `at` in it.
+    fn want<'a>(&self, r: &'a BlockRef, inode: &Inode, index: u32, range: Option<(u64, u64)>) -> Want<'a> {
+        let (start, block_len) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
+        let (at, len) = range.unwrap_or((0, block_len));
+        Want { block: r, start, block_len, at, len, version: shoal_core::dataset::version_of(inode) }
+    }
+
+    /// Try one source; a failure's message becomes `last`.
+    async fn attempt(&self, source: &dyn BlockSource, want: &Want<'_>, last: &mut String) -> Result<Tried, ReadError> {
+        match source.read(want).await {
+            Ok(b) => {
+                let kind = source.kind();
+                self.counters.count(kind);
+                let label = if want.whole() { kind.to_string() } else { format!("{kind}_range") };
+                crate::metrics::BLOCK_SOURCE.with_label_values(&[label.as_str()]).inc();
+                Ok(Tried::Got(b))
+            }
+            Err(Miss::Absent) => Ok(Tried::Absent),
+            Err(Miss::Failed(e)) => {
+                warn!(kind = source.kind(), path = %want.block.path, index = want.block.index, error = %e, "read failed; trying the next source");
+                *last = e;
+                Ok(Tried::Failed)
+            }
+            Err(Miss::Final(e)) => Err(e),
+        }
+    }
+
+    fn all_failed(&self, want: &Want<'_>, last: String) -> ReadError {
+        crate::metrics::BLOCK_SOURCE.with_label_values(&["failed"]).inc();
+        self.counters.count("failed");
+        ReadError::AllSourcesFailed { path: want.block.path.clone(), index: want.block.index, last }
+    }
+
     async fn fetch(&self, inode: &Inode, path: &str, index: u32) -> Result<Bytes, ReadError> {
         let id = BlockId::new(inode.file_id, index);
-        let (_, want) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
         let r = self.block_ref(inode, path, index);
+        let want = self.want(&r, inode, index, None);
         let workers = self.locator.workers();
         let ranked = workers.rank(id);
         let owner = ranked.first().copied();
@@ -344,19 +397,11 @@ impl Reader {
                 peers = workers.addresses(&listed, &local.id);
                 holders = Some(listed);
             }
-            match self.short_circuit(local, &r, fill, want, peers).await {
-                Ok(Some(b)) => {
-                    self.counters.short_circuit.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::BLOCK_SOURCE.with_label_values(&["short_circuit"]).inc();
-                    return Ok(b);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    last = e;
-                    if fill {
-                        failed_fill = Some(local.id.as_str());
-                    }
-                }
+            let source = ShortCircuit { worker: local, clients: &self.clients, fill, peers };
+            match self.attempt(&source, &want, &mut last).await? {
+                Tried::Got(b) => return Ok(b),
+                Tried::Failed if fill => failed_fill = Some(local.id.as_str()),
+                _ => {}
             }
         }
         // 2. Workers the master says hold it, then 3. workers by rendezvous rank.
@@ -371,121 +416,73 @@ impl Reader {
         }
         for wid in order.iter().filter(|w| Some(w.as_str()) != failed_fill) {
             let Some(w) = workers.get(wid) else { continue };
-            if self.worker_down.lock().expect("down lock").get(wid.as_str()).is_some_and(|t| Instant::now() < *t) {
+            if self.down.is_down(wid) {
                 continue;
             }
-            match self.remote(w, &r, want).await {
-                Ok(b) => {
-                    self.counters.worker.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::BLOCK_SOURCE.with_label_values(&["worker"]).inc();
-                    return Ok(b);
-                }
-                Err(e) => {
-                    warn!(worker = %w.id, path, index, error = %e, "worker read failed; trying the next source");
-                    last = e;
-                }
+            let source = Remote { worker: w, clients: &self.clients, down: &self.down, cached_only: false };
+            if let Tried::Got(b) = self.attempt(&source, &want, &mut last).await? {
+                return Ok(b);
             }
         }
         // 4. The store itself.
-        match self.direct(path, inode, index).await {
-            Ok(b) => {
-                self.counters.store.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::BLOCK_SOURCE.with_label_values(&["store"]).inc();
-                Ok(b)
-            }
-            Err(e) => {
-                self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::BLOCK_SOURCE.with_label_values(&["failed"]).inc();
-                Err(e.unwrap_or(ReadError::AllSourcesFailed { path: path.to_string(), index, last }))
-            }
+        match self.attempt(&self.stores, &want, &mut last).await? {
+            Tried::Got(b) => Ok(b),
+            _ => Err(self.all_failed(&want, last)),
         }
     }
 
-    async fn short_circuit(
-        &self,
-        w: &WorkerInfo,
-        r: &BlockRef,
-        fill: bool,
-        want: u64,
-        peers: Vec<String>,
-    ) -> Result<Option<Bytes>, String> {
-        let mut c = self.client(&w.address).ok_or("bad worker address")?;
-        let resp = c
-            .open_local(OpenLocalRequest { block: Some(r.clone()), fill, peers })
-            .await
-            .map_err(|s| format!("open_local on {}: {}", w.id, s.message()))?
-            .into_inner();
-        if !resp.found {
-            return Ok(None);
+    /// `len` bytes at `at` in block `index`, for a random read: from a block
+    /// held here or by a worker, else that range alone from the store while
+    /// the block's owner caches the block. A store this host cannot read (no
+    /// credentials here) leaves the whole-block path.
+    async fn range(
+        self: &Arc<Self>,
+        inode: &Inode,
+        path: &str,
+        index: u32,
+        at: u64,
+        len: u64,
+    ) -> Result<Bytes, ReadError> {
+        let id = BlockId::new(inode.file_id, index);
+        if let Some(b) = self.held(id).await {
+            return Ok(b.slice(at as usize..(at + len) as usize));
         }
-        if resp.length != want {
-            return Err(format!("worker {} holds {} bytes for a {want}-byte block", w.id, resp.length));
-        }
-        let path = std::path::PathBuf::from(resp.path);
-        let mapped =
-            // Checked where the worker checks: SSD blocks. MEM blocks live in RAM
-            // (tmpfs), and checking them would fault in every page of the block
-            // for a read that wants 128 KiB of it.
-            tokio::task::spawn_blocking(move || {
-                let crc = (resp.tier != "mem").then_some(resp.crc32c);
-                shoal_core::mapped::map_block(&path, resp.length, crc)
-            })
-                .await
-                .map_err(|e| e.to_string())?;
-        match mapped {
-            Ok(b) => Ok(Some(b)),
-            // Evicted in between, or corrupt: fall back to a copy over gRPC.
-            Err(e) => Err(format!("short-circuit read: {e}")),
-        }
-    }
-
-    async fn remote(&self, w: &WorkerInfo, r: &BlockRef, want: u64) -> Result<Bytes, String> {
-        let mut c = self.client(&w.address).ok_or("bad worker address")?;
-        let failed = |s: tonic::Status| {
-            if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
-                self.worker_down.lock().expect("down lock").insert(w.id.clone(), Instant::now() + WORKER_DOWN_FOR);
+        let r = self.block_ref(inode, path, index);
+        let want = self.want(&r, inode, index, Some((at, len)));
+        let workers = self.locator.workers();
+        let mut last = String::new();
+        let local = workers.on_node(&self.node);
+        if let Some(local) = local {
+            let source = ShortCircuit { worker: local, clients: &self.clients, fill: false, peers: Vec::new() };
+            if let Tried::Got(b) = self.attempt(&source, &want, &mut last).await? {
+                return Ok(b);
             }
-            format!("read_block on {}: {}", w.id, s.message())
-        };
-        let mut stream = c
-            .read_block(ReadBlockRequest { block: Some(r.clone()), offset: 0, length: 0, cached_only: false })
-            .await
-            .map_err(failed)?
-            .into_inner();
-        let mut chunks = Vec::new();
-        while let Some(chunk) = stream.message().await.map_err(failed)? {
-            chunks.push(chunk.data);
         }
-        let data = if chunks.len() == 1 {
-            chunks.pop().expect("one chunk")
-        } else {
-            let mut b = BytesMut::with_capacity(want as usize);
-            for c in chunks {
-                b.extend_from_slice(&c);
-            }
-            b.freeze()
-        };
-        if data.len() as u64 != want {
-            return Err(format!("worker {} sent {} bytes for a {want}-byte block", w.id, data.len()));
+        let mut ask = self.locator.holders(inode, index).await;
+        if let Some(owner) = workers.owner(id).filter(|o| !ask.contains(&o.id)) {
+            ask.push(owner.id.clone());
         }
-        Ok(data)
-    }
-
-    async fn direct(&self, path: &str, inode: &Inode, index: u32) -> Result<Bytes, Option<ReadError>> {
-        let stores = self.stores().map_err(|e| {
-            warn!(error = %e, "cannot open the under-store for direct reads");
-            None
-        })?;
-        let (offset, len) = ids::block_range(inode.size, self.block_size, index).unwrap_or((0, 0));
-        stores.read(path, offset, len, shoal_core::dataset::version_of(inode)).await.map_err(|e| {
-            if e.is_not_found() {
-                Some(ReadError::NotFound(path.to_string()))
-            } else if matches!(e, shoal_core::CoreError::Changed { .. } | shoal_core::CoreError::ShortRead { .. }) {
-                Some(ReadError::Changed { path: path.to_string(), detail: e.to_string() })
-            } else {
-                Some(ReadError::AllSourcesFailed { path: path.to_string(), index, last: e.to_string() })
+        for wid in ask.iter().filter(|w| Some(w.as_str()) != local.map(|l| l.id.as_str())).take(2) {
+            let Some(w) = workers.get(wid).filter(|_| !self.down.is_down(wid)) else { continue };
+            let source = Remote { worker: w, clients: &self.clients, down: &self.down, cached_only: true };
+            if let Tried::Got(b) = self.attempt(&source, &want, &mut last).await? {
+                return Ok(b);
             }
-        })
+        }
+        if let Tried::Got(b) = self.attempt(&self.stores, &want, &mut last).await? {
+            if !workers.list.is_empty() && self.filling.lock().expect("filling lock").insert(id) {
+                let (this, inode, path) = (self.clone(), inode.clone(), path.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = this.cache_on_owner(&inode, &path, index).await {
+                        debug!(path, index, error = %e, "caching a randomly read block failed");
+                    }
+                    this.filling.lock().expect("filling lock").remove(&id);
+                });
+            }
+            return Ok(b);
+        }
+        let block = self.block(inode, path, index).await?;
+        Ok(block.slice(at as usize..(at + len) as usize))
     }
 }
 

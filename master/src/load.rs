@@ -1,7 +1,8 @@
 //! Prewarm (load) jobs: enumerate a dataset's files under the given paths, plan
 //! block → worker placement by rendezvous hashing, drive the workers' `CacheBlock`
 //! with bounded concurrency, and persist progress so a restarted master resumes
-//! the job. Blocks the location map already shows on their target are skipped,
+//! the job after the files it had finished (files load in path order; the
+//! persisted cursor names the last of the finished prefix). Blocks the location map already shows on their target are skipped,
 //! and a worker answers `already_cached` without touching the store, so a rerun
 //! never fetches twice. A job ends `Completed` only if every block was confirmed
 //! cached by a worker; otherwise it is `Failed` with the failing paths listed.
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use shoal_core::{ids, placement, BlockId};
-use shoal_proto::master::{DatasetInfo, FileKind, Inode, LoadFailure, LoadJob, LoadSpec, LoadState};
+use shoal_proto::master::{DatasetInfo, FileKind, Inode, LoadCursor, LoadFailure, LoadJob, LoadSpec, LoadState};
 use shoal_proto::worker::{BlockRef, CacheBlockRequest};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -54,6 +55,46 @@ impl JobHandle {
 pub struct FileTask {
     pub path: String,
     pub inode: Inode,
+}
+
+/// One file's progress in a running job.
+#[derive(Default)]
+struct FileProgress {
+    /// Blocks not yet answered.
+    left: u64,
+    blocks: u64,
+    bytes: u64,
+    already: u64,
+    /// The first error of its blocks.
+    error: Option<String>,
+}
+
+/// The finished prefix of a job's files (in path order).
+struct Cursor {
+    /// The first file not known finished.
+    next: usize,
+    counts: LoadCursor,
+}
+
+impl Cursor {
+    /// Take in the files finished at the prefix's end; true if it moved.
+    fn advance(&mut self, progress: &[FileProgress], files: &[FileTask]) -> bool {
+        let start = self.next;
+        while let Some(p) = progress.get(self.next).filter(|p| p.left == 0) {
+            let c = &mut self.counts;
+            c.files += 1;
+            if p.error.is_some() {
+                c.files_failed += 1;
+            } else {
+                c.files_done += 1;
+            }
+            (c.bytes_done, c.blocks_done, c.blocks_already_cached) =
+                (c.bytes_done + p.bytes, c.blocks_done + p.blocks, c.blocks_already_cached + p.already);
+            c.done_through = files[self.next].path.clone();
+            self.next += 1;
+        }
+        self.next != start
+    }
 }
 
 /// The master's load jobs.
@@ -149,6 +190,8 @@ pub fn select_files(meta: &MetaStore, info: &DatasetInfo, paths: &[String], incl
                 push(clean.clone(), inode);
             }
         }
+        // Path order: a job's progress is then one cursor (see LoadCursor).
+        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 }
@@ -173,7 +216,7 @@ impl Loads {
         let handle = JobHandle::new(job);
         self.jobs.lock().expect("jobs lock").insert(id, handle.clone());
         let snapshot = Self::totals(&handle, &info, &files);
-        tokio::spawn(self.clone().run(handle, info, files));
+        tokio::spawn(self.clone().run(handle, info, files, 0));
         Ok(snapshot)
     }
 
@@ -222,18 +265,25 @@ impl Loads {
                 };
                 match this.enumerate(&info, &spec) {
                     Ok(files) => {
-                        info!(job = %job.id, files = files.len(), "resuming load job");
-                        {
+                        let skip = {
                             let mut j = handle.job.lock().expect("job lock");
-                            j.files_done = 0;
-                            j.bytes_done = 0;
-                            j.blocks_done = 0;
-                            j.blocks_already_cached = 0;
-                            j.files_failed = 0;
-                            j.failures.clear();
-                        }
+                            let c = j.cursor.clone().unwrap_or_default();
+                            let skip = if c.done_through.is_empty() {
+                                0
+                            } else {
+                                files.partition_point(|f| f.path.as_str() <= c.done_through.as_str())
+                            };
+                            j.files_done = c.files_done;
+                            j.bytes_done = c.bytes_done;
+                            j.blocks_done = c.blocks_done;
+                            j.blocks_already_cached = c.blocks_already_cached;
+                            j.files_failed = c.files_failed;
+                            j.failures.retain(|f| f.path.as_str() <= c.done_through.as_str());
+                            skip
+                        };
+                        info!(job = %job.id, files = files.len(), skipped = skip, "resuming load job");
                         Self::totals(&handle, &info, &files);
-                        tokio::spawn(this.clone().run(handle, info, files));
+                        tokio::spawn(this.clone().run(handle, info, files, skip));
                     }
                     Err(e) => this.finish(&handle, LoadState::Failed, e.to_string()).await,
                 }
@@ -256,13 +306,20 @@ impl Loads {
         info!(job = %job.id, state = ?state, files_done = job.files_done, files_failed = job.files_failed, "load job finished");
     }
 
-    async fn run(self: Arc<Self>, handle: Arc<JobHandle>, info: DatasetInfo, files: Vec<FileTask>) {
+    /// Load `files` but the first `skip` (finished before a restart).
+    async fn run(self: Arc<Self>, handle: Arc<JobHandle>, info: DatasetInfo, files: Vec<FileTask>, skip: usize) {
         crate::metrics::PREWARM_RUNNING.inc();
-        self.run_inner(&handle, info, files).await;
+        self.run_inner(&handle, info, files, skip).await;
         crate::metrics::PREWARM_RUNNING.dec();
     }
 
-    async fn run_inner(self: &Arc<Self>, handle: &Arc<JobHandle>, info: DatasetInfo, files: Vec<FileTask>) {
+    async fn run_inner(
+        self: &Arc<Self>,
+        handle: &Arc<JobHandle>,
+        info: DatasetInfo,
+        files: Vec<FileTask>,
+        skip: usize,
+    ) {
         let spec = handle.job.lock().expect("job lock").spec.clone().unwrap_or_default();
         let bs = shoal_core::dataset::block_size(&info);
         let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
@@ -271,17 +328,31 @@ impl Loads {
             return self.finish(handle, LoadState::Failed, "no live worker to load into".into()).await;
         }
         let addr: HashMap<String, String> = workers.iter().map(|w| (w.id.clone(), w.address.clone())).collect();
-        // Remaining blocks and first error per file.
-        let mut remaining: Vec<(u64, Option<String>)> =
-            files.iter().map(|f| (ids::block_count(f.inode.size, bs), None)).collect();
+        // Each file's progress; the finished ones before a restart count as done.
+        let mut progress: Vec<FileProgress> = files
+            .iter()
+            .enumerate()
+            .map(|(fi, f)| FileProgress {
+                left: if fi < skip { 0 } else { ids::block_count(f.inode.size, bs) },
+                ..Default::default()
+            })
+            .collect();
+        let mut cursor =
+            Cursor { next: skip, counts: handle.job.lock().expect("job lock").cursor.clone().unwrap_or_default() };
+        if skip == 0 {
+            cursor.counts = LoadCursor::default();
+        }
         // 0-byte files have nothing to fetch: done at once.
         {
             let mut j = handle.job.lock().expect("job lock");
-            j.files_done += remaining.iter().filter(|r| r.0 == 0).count() as u64;
+            j.files_done += progress[skip..].iter().filter(|p| p.left == 0).count() as u64;
+            cursor.advance(&progress, &files);
+            j.cursor = Some(cursor.counts.clone());
         }
         let tasks: Vec<(usize, u32)> = files
             .iter()
             .enumerate()
+            .skip(skip)
             .flat_map(|(fi, f)| (0..ids::block_count(f.inode.size, bs) as u32).map(move |i| (fi, i)))
             .collect();
         let replicas = spec.replicas.max(1) as usize;
@@ -360,27 +431,33 @@ impl Loads {
             }
             let persist = {
                 let mut j = handle.job.lock().expect("job lock");
-                let slot = &mut remaining[fi];
-                slot.0 -= 1;
+                let slot = &mut progress[fi];
+                slot.left -= 1;
                 if ok {
                     j.blocks_done += 1;
                     j.bytes_done += len;
+                    slot.blocks += 1;
+                    slot.bytes += len;
                     if already {
                         j.blocks_already_cached += 1;
+                        slot.already += 1;
                     }
-                } else if slot.1.is_none() {
-                    slot.1 = Some(err.unwrap_or_else(|| "no worker could cache the block".into()));
+                } else if slot.error.is_none() {
+                    slot.error = Some(err.unwrap_or_else(|| "no worker could cache the block".into()));
                 }
-                if slot.0 == 0 {
-                    match slot.1.take() {
+                if slot.left == 0 {
+                    match &slot.error {
                         None => j.files_done += 1,
                         Some(e) => {
                             j.files_failed += 1;
                             warn!(job = %j.id, path = %files[fi].path, error = %e, "file failed to load");
                             if j.failures.len() < MAX_LISTED_FAILURES {
-                                j.failures.push(LoadFailure { path: files[fi].path.clone(), error: e });
+                                j.failures.push(LoadFailure { path: files[fi].path.clone(), error: e.clone() });
                             }
                         }
+                    }
+                    if cursor.advance(&progress, &files) {
+                        j.cursor = Some(cursor.counts.clone());
                     }
                 }
                 (last_persist.elapsed() > PERSIST_EVERY).then(|| {

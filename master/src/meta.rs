@@ -102,6 +102,9 @@ pub struct MetaStore {
     replicator: OnceLock<Replicator>,
     /// Serialises applying commands (each reads the counters it raises).
     apply_lock: std::sync::Mutex<()>,
+    /// Held across each read-modify-write of a dataset record (its policy, its
+    /// mounts, a sync's totals), so that none writes over another's change.
+    pub record_lock: tokio::sync::Mutex<()>,
 }
 
 /// The cluster id and block key in `db`, if it has them.
@@ -236,6 +239,7 @@ impl MetaStore {
             identity: OnceLock::new(),
             replicator: OnceLock::new(),
             apply_lock: std::sync::Mutex::new(()),
+            record_lock: tokio::sync::Mutex::new(()),
         };
         meta.reload()?;
         Ok(Arc::new(meta))

@@ -84,10 +84,13 @@ pub async fn sign_unsigned(meta: &MetaStore, info: &DatasetInfo) -> Result<u64> 
     // with them the signatures) as after a sync.
     if signed > 0 {
         let name = info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default();
+        let _record = meta.record_lock.lock().await;
         if let Some(mut now) = meta.get_dataset(name)?.filter(|d| d.id == info.id) {
             now.generation += 1;
             meta.put_dataset(&mut batch, &now);
         }
+        meta.write(batch).await?;
+        return Ok(signed);
     }
     meta.write(batch).await?;
     Ok(signed)
@@ -525,6 +528,7 @@ pub async fn sync_listing(
     // The record as it is now: a policy or mount change made during the
     // listing is kept, and only what the sync measures is written over.
     let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let record = meta.record_lock.lock().await;
     if let Some(now) = meta.get_dataset(&name)?.filter(|d| d.id == info.id) {
         paths = now
             .spec
@@ -551,6 +555,7 @@ pub async fn sync_listing(
     meta.put_dataset(&mut s.batch, &info);
     s.pending += 1;
     s.flush().await?;
+    drop(record);
     if s.skipped > 0 {
         warn!(dataset = info.id, skipped = s.skipped, "objects skipped during sync");
     }

@@ -1,6 +1,8 @@
-//! The master's gRPC service: validates requests, drives the metadata store,
-//! namespace sync and membership, and maps errors to status codes once (in
-//! `error.rs`). Every handler runs in a `tracing` span naming its dataset.
+//! The master's gRPC service: checks each request's credential and input, and
+//! hands it to the part that owns it: dataset records ([`datasets`]), namespace
+//! syncs ([`sync`]), the metadata store, membership and load jobs. Errors map
+//! to status codes once (in `error.rs`). Every handler runs in a `tracing`
+//! span naming its dataset.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -9,9 +11,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use rocksdb::WriteBatch;
-use shoal_core::dataset::{mount_specs, validate_mounts, Dataset, Mount, Stores};
-use shoal_core::ids::validate_block_size;
-use shoal_core::{validate_dataset_name, StoreSpec, UnderStore, DEFAULT_BLOCK_SIZE};
+use shoal_core::dataset::Stores;
 use shoal_proto::auth::{principal, Principal, Role};
 use shoal_proto::master::master_server::Master;
 use shoal_proto::master::*;
@@ -23,8 +23,13 @@ use tracing::{info, instrument, warn};
 use crate::error::{MasterError, Result};
 use crate::load::{self, Loads};
 use crate::membership::Membership;
-use crate::meta::{MetaStore, ROOT_INO};
+use crate::meta::MetaStore;
 use crate::namespace;
+
+mod datasets;
+mod sync;
+
+use sync::free_on_workers;
 
 const READDIR_DEFAULT_LIMIT: usize = 4096;
 const READDIR_MAX_LIMIT: usize = 65536;
@@ -111,279 +116,11 @@ impl State {
         Ok(info)
     }
 
-    /// Refuse a local-directory store outside the roots an admin allowed.
-    fn check_local_root(&self, spec: &StoreSpec) -> Result<()> {
-        if spec.service != "fs" {
-            return Ok(());
-        }
-        let root = std::path::Path::new(spec.config.get("root").map(String::as_str).unwrap_or("/"));
-        // Resolved, so that neither '..' nor a symbolic link leads outside.
-        let real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        if self.data_dir.starts_with(&real) || real.starts_with(&self.data_dir) {
-            return Err(MasterError::InvalidArgument(format!(
-                "local directory {} holds the master's own state ({}); it cannot be a dataset",
-                real.display(),
-                self.data_dir.display()
-            )));
-        }
-        if self.local_roots.iter().any(|allowed| real.starts_with(allowed)) {
-            return Ok(());
-        }
-        Err(MasterError::LocalRootRefused(real.display().to_string()))
-    }
-
-    fn stores(&self, info: &DatasetInfo) -> Result<Arc<Stores>> {
-        let mut stores = self.stores.lock().expect("stores lock");
-        if let Some((rev, s)) = stores.get(&info.id) {
-            if *rev == info.spec_revision {
-                return Ok(s.clone());
-            }
-        }
-        let opened = Arc::new(Stores::open(Dataset::from_info(info)?, false)?);
-        stores.insert(info.id, (info.spec_revision, opened.clone()));
-        Ok(opened)
-    }
-
-    /// A dataset's mounts from the wire, checked: paths that do not nest,
-    /// URIs and options that parse, local directories an admin allowed.
-    fn check_mounts(&self, specs: &[MountSpec]) -> Result<Vec<Mount>> {
-        let mounts = specs.iter().map(Mount::from_spec).collect::<std::result::Result<Vec<_>, _>>()?;
-        validate_mounts(&mounts)?;
-        for m in &mounts {
-            self.check_local_root(&m.store_spec()?)?;
-        }
-        Ok(mounts)
-    }
-
-    /// Refuse an unreachable or misconfigured store before anything is written.
-    async fn check_reachable(mounts: &[&Mount]) -> Result<()> {
-        for m in mounts {
-            UnderStore::open(&m.store_spec()?)?.check().await?;
-        }
-        Ok(())
-    }
-
     fn inode(&self, info: &DatasetInfo, ino: u64) -> Result<Inode> {
         self.meta.get_inode(info.id, ino)?.ok_or_else(|| MasterError::EntryNotFound {
             dataset: info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             what: format!("inode {ino}"),
         })
-    }
-
-    /// Mark a sync of `name` as running, refusing a second concurrent one.
-    fn claim_sync(&self, name: &str) -> Result<()> {
-        if !self.syncing.lock().expect("sync lock").insert(name.to_string()) {
-            return Err(MasterError::SyncRunning(name.to_string()));
-        }
-        Ok(())
-    }
-
-    /// Run a sync of `info`, refusing a second concurrent one for the same dataset.
-    /// `only`: the mount paths to re-list (`None`: all).
-    async fn run_sync(
-        &self,
-        info: DatasetInfo,
-        only: Option<Vec<String>>,
-        report: impl FnMut(&SyncProgress),
-    ) -> Result<DatasetInfo> {
-        self.claim_sync(info.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default())?;
-        self.sync_claimed(info, only, report).await
-    }
-
-    /// Run a sync whose slot [`State::claim_sync`] took; frees the slot.
-    async fn sync_claimed(
-        &self,
-        info: DatasetInfo,
-        only: Option<Vec<String>>,
-        report: impl FnMut(&SyncProgress),
-    ) -> Result<DatasetInfo> {
-        let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        let result = async {
-            let stores = self.stores(&info)?;
-            let only = match only {
-                None => stores.dataset.mounts.iter().map(|m| m.path.clone()).collect(),
-                Some(paths) => {
-                    if let Some(p) = paths.iter().find(|p| !stores.dataset.mounts.iter().any(|m| &m.path == *p)) {
-                        return Err(MasterError::InvalidArgument(format!("dataset {name:?} has no mount at {p:?}")));
-                    }
-                    paths
-                }
-            };
-            let mut seen = 0;
-            let ds = name.clone();
-            let mut report = report;
-            namespace::sync(&self.meta, info, &stores, &only, move |p: &SyncProgress| {
-                crate::metrics::SYNC_ENTRIES.with_label_values(&[ds.as_str()]).inc_by(p.entries_listed - seen);
-                seen = p.entries_listed;
-                if p.done {
-                    for (change, n) in [("added", p.added), ("changed", p.changed), ("deleted", p.deleted)] {
-                        crate::metrics::SYNC_CHANGES.with_label_values(&[ds.as_str(), change]).inc_by(n);
-                    }
-                }
-                report(p)
-            })
-            .await
-        }
-        .await;
-        let result = result.map(|synced| {
-            self.free_later(&name, synced.retired);
-            synced.info
-        });
-        self.syncing.lock().expect("sync lock").remove(&name);
-        crate::metrics::SYNCS.with_label_values(&[name.as_str(), if result.is_ok() { "ok" } else { "error" }]).inc();
-        if let Ok(info) = &result {
-            info!(dataset = %name, files = info.file_count, bytes = info.total_bytes, "sync finished");
-        }
-        result
-    }
-
-    /// List mounts `paths` of `info` in a task of its own.
-    fn sync_in_background(self: &Arc<Self>, info: DatasetInfo, paths: Vec<String>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-            if let Err(e) = this.run_sync(info, Some(paths), |_| {}).await {
-                warn!(dataset = %name, error = %e, "sync of the changed mounts failed");
-            }
-        });
-    }
-
-    /// Free the cached blocks of content no path points to any more, once
-    /// mounts have seen the sync: until then a mount may still read the old
-    /// content, which must not be fetched again from a store holding the new.
-    fn free_later(&self, dataset: &str, retired: Vec<u64>) {
-        if retired.is_empty() {
-            return;
-        }
-        let (members, pool, grace, ds) =
-            (self.members.clone(), self.pool.clone(), self.stale_block_grace, dataset.to_string());
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let stale: Vec<shoal_core::BlockId> = retired
-                .iter()
-                .flat_map(|f| members.file_locations(*f).into_iter().map(|l| shoal_core::BlockId::new(*f, l.index)))
-                .collect();
-            let freed = free_on_workers(&members, &pool, stale).await;
-            info!(dataset = %ds, blocks = freed.blocks_freed, bytes = freed.bytes_freed, "freed cached blocks of changed and deleted files");
-        });
-    }
-
-    async fn create(&self, req: CreateDatasetRequest) -> Result<DatasetInfo> {
-        let mut spec = req.spec.ok_or_else(|| MasterError::InvalidArgument("missing dataset spec".into()))?;
-        validate_dataset_name(&spec.name)?;
-        let mounts = self.check_mounts(&mount_specs(&spec))?;
-        spec.mounts = mounts.iter().map(Mount::to_spec).collect();
-        spec.mount = None;
-        if spec.namespace.is_empty() {
-            spec.namespace = "default".into();
-        }
-        if !shoal_proto::auth::valid_namespace(&spec.namespace) {
-            return Err(MasterError::InvalidArgument(format!(
-                "namespace {:?} is not a Kubernetes namespace name (lowercase letters, digits and '-')",
-                spec.namespace
-            )));
-        }
-        let cache = spec.cache.get_or_insert_with(Default::default);
-        if cache.block_size == 0 {
-            cache.block_size = DEFAULT_BLOCK_SIZE;
-        }
-        validate_block_size(cache.block_size)?;
-        cache.replicas = cache.replicas.max(1);
-
-        let _guard = self.create_lock.lock().await;
-        if self.meta.get_dataset(&spec.name)?.is_some() {
-            return Err(MasterError::DatasetExists(spec.name));
-        }
-        Self::check_reachable(&mounts.iter().collect::<Vec<_>>()).await?;
-
-        let mut batch = WriteBatch::default();
-        let id = self.meta.alloc_dataset_id();
-        let now = namespace::now_unix();
-        let info = DatasetInfo { id, spec: Some(spec), created_unix: now, root_inode: ROOT_INO, ..Default::default() };
-        self.meta.put_inode(&mut batch, id, &namespace::root_inode(now));
-        self.meta.put_dataset(&mut batch, &info);
-        let name = info.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        // The first sync is claimed before the dataset is visible, so a periodic
-        // sync cannot start in between and make this one fail as already running.
-        if req.sync {
-            self.claim_sync(&name)?;
-        }
-        if let Err(e) = self.meta.write(batch).await {
-            self.syncing.lock().expect("sync lock").remove(&name);
-            return Err(e);
-        }
-        drop(_guard);
-        info!(dataset = %name, id, mounts = mounts.len(), "dataset created");
-        if req.sync {
-            return self.sync_claimed(info, None, |_| {}).await;
-        }
-        Ok(info)
-    }
-
-    /// Replace the mounts of dataset `req.name` (see `UpdateDatasetRequest`);
-    /// returns the new record. A changed store is checked first, and listed
-    /// afterwards in the background if `req.sync`; what removed mounts held is
-    /// dropped from the namespace before this returns.
-    async fn update(self: &Arc<Self>, req: UpdateDatasetRequest) -> Result<DatasetInfo> {
-        let _guard = self.create_lock.lock().await;
-        let mut info = self.dataset(&req.name)?;
-        let spec = info.spec.get_or_insert_with(Default::default);
-        let held = self.check_mounts(&mount_specs(spec))?;
-        let mounts = if req.mounts.is_empty() {
-            held.clone()
-        } else {
-            let mut specs = req.mounts;
-            for m in &mut specs {
-                let path = if m.path.is_empty() { "/" } else { m.path.as_str() };
-                // A redacted value stands for the value held (a client never sees it).
-                let Some(old) = held.iter().find(|h| h.path == path) else { continue };
-                for (k, v) in m.options.iter_mut() {
-                    if v == shoal_core::uri::REDACTED {
-                        if let Some(kept) = old.options.get(k) {
-                            v.clone_from(kept);
-                        }
-                    }
-                }
-            }
-            self.check_mounts(&specs)?
-        };
-        let changed: Vec<&Mount> = mounts
-            .iter()
-            .filter(|m| !held.iter().any(|h| h.path == m.path && h.uri == m.uri && h.options == m.options))
-            .collect();
-        Self::check_reachable(&changed).await?;
-        let removed = held.iter().filter(|h| !mounts.iter().any(|m| m.path == h.path)).count();
-        let new_specs: Vec<MountSpec> = mounts.iter().map(Mount::to_spec).collect();
-        let interval = req.sync_interval_seconds.unwrap_or(spec.sync_interval_seconds);
-        if new_specs == spec.mounts && spec.mount.is_none() && interval == spec.sync_interval_seconds {
-            return Ok(info);
-        }
-        spec.mounts = new_specs;
-        spec.mount = None;
-        spec.sync_interval_seconds = interval;
-        info.spec_revision += 1;
-        // What a removed mount held leaves the namespace now (a sync that
-        // lists nothing and keeps the other mounts), so its slot is taken first.
-        if removed > 0 {
-            self.claim_sync(&req.name)?;
-        }
-        let mut batch = WriteBatch::default();
-        self.meta.put_dataset(&mut batch, &info);
-        if let Err(e) = self.meta.write(batch).await {
-            if removed > 0 {
-                self.syncing.lock().expect("sync lock").remove(&req.name);
-            }
-            return Err(e);
-        }
-        self.stores.lock().expect("stores lock").remove(&info.id);
-        info!(dataset = %req.name, revision = info.spec_revision, changed = changed.len(), removed, "mounts updated");
-        drop(_guard);
-        let relist: Vec<String> = if req.sync { changed.iter().map(|m| m.path.clone()).collect() } else { Vec::new() };
-        let info = if removed > 0 { self.sync_claimed(info, Some(Vec::new()), |_| {}).await? } else { info };
-        if !relist.is_empty() {
-            self.sync_in_background(info.clone(), relist);
-        }
-        Ok(info)
     }
 }
 
@@ -518,50 +255,25 @@ impl MasterService {
         (policies, specs)
     }
 
-    /// Sync every mount whose sync interval has passed (one dataset at a
-    /// time; the due mounts of a dataset in one sync).
-    pub async fn sync_due(&self) {
-        let Ok(datasets) = self.meta.list_datasets() else { return };
-        let now = namespace::now_unix();
-        for d in datasets {
-            let Ok(ds) = Dataset::from_info(&d) else { continue };
-            let due: Vec<String> = {
-                let attempts = self.sync_attempts.lock().expect("attempts lock");
-                (0..ds.mounts.len())
-                    .filter(|i| {
-                        let Some(every) = ds.sync_interval_of(*i) else { return false };
-                        let path = &ds.mounts[*i].path;
-                        let synced = d.mount_synced_unix.get(path).copied().unwrap_or(d.last_sync_unix);
-                        let tried = attempts.get(&(ds.name.clone(), path.clone())).copied().unwrap_or(0);
-                        synced.max(tried) + every.as_secs() as i64 <= now
-                    })
-                    .map(|i| ds.mounts[i].path.clone())
-                    .collect()
-            };
-            if due.is_empty() {
-                continue;
-            }
-            self.sync_attempts
-                .lock()
-                .expect("attempts lock")
-                .extend(due.iter().map(|p| ((ds.name.clone(), p.clone()), now)));
-            if let Err(e) = self.run_sync(d, Some(due), |_| {}).await {
-                warn!(dataset = %ds.name, error = %e, "periodic sync failed");
-            }
-        }
-    }
-
     /// Bytes freed from the workers holding blocks of the selected files.
     async fn free_cache(&self, req: FreeCacheRequest) -> Result<FreeCacheResponse> {
         let info = self.dataset(&req.dataset)?;
-        let bs = shoal_core::dataset::block_size(&info);
         let paths = if req.path.is_empty() { vec![] } else { vec![req.path.clone()] };
-        let files = load::select_files(&self.meta, &info, &paths, "")?;
-        let blocks = files.iter().flat_map(|f| {
-            (0..shoal_core::ids::block_count(f.inode.size, bs) as u32)
-                .map(|index| shoal_core::BlockId::new(f.inode.file_id, index))
-        });
-        Ok(free_on_workers(&self.members, &self.pool, blocks.collect()).await)
+        let blocks = self.blocks_under(&info, &paths)?;
+        Ok(free_on_workers(&self.members, &self.pool, blocks).await)
+    }
+
+    /// Every block of the files under `paths` (the whole dataset if none).
+    fn blocks_under(&self, info: &DatasetInfo, paths: &[String]) -> Result<Vec<shoal_core::BlockId>> {
+        let bs = shoal_core::dataset::block_size(info);
+        let files = load::select_files(&self.meta, info, paths, "")?;
+        Ok(files
+            .iter()
+            .flat_map(|f| {
+                (0..shoal_core::ids::block_count(f.inode.size, bs) as u32)
+                    .map(|index| shoal_core::BlockId::new(f.inode.file_id, index))
+            })
+            .collect())
     }
 
     fn cache_usage(&self, dataset: &str) -> Result<CacheUsage> {
@@ -586,47 +298,6 @@ impl MasterService {
                 .collect(),
         })
     }
-}
-
-/// Ask the workers holding any of `blocks` to drop them; what they freed.
-/// A worker that cannot be reached is skipped with a warning.
-async fn free_on_workers(
-    members: &Membership,
-    pool: &crate::pool::WorkerPool,
-    blocks: Vec<shoal_core::BlockId>,
-) -> FreeCacheResponse {
-    let mut by_worker: HashMap<(String, String), Vec<shoal_core::BlockId>> = HashMap::new();
-    for b in blocks {
-        for holder in members.holder_addresses(b) {
-            by_worker.entry(holder).or_default().push(b);
-        }
-    }
-    // All workers at once, each call bounded: a hung worker delays nothing else.
-    // What a worker freed leaves the map at once: a prewarm right after must
-    // not count those copies as still there.
-    let calls = by_worker.into_iter().map(|((id, addr), ids)| async move {
-        let blocks = ids.iter().map(|b| shoal_proto::worker::BlockId { file_id: b.file_id, index: b.index }).collect();
-        let Some(mut c) = pool.client(&addr) else {
-            warn!(worker = %addr, "bad worker address");
-            return None;
-        };
-        match c.free_blocks(shoal_proto::worker::FreeBlocksRequest { blocks }).await {
-            Ok(r) => {
-                members.forget(&id, &ids);
-                Some(r.into_inner())
-            }
-            Err(s) => {
-                warn!(worker = %addr, error = %s.message(), "cannot free blocks on a worker");
-                None
-            }
-        }
-    });
-    let mut out = FreeCacheResponse::default();
-    for r in futures::future::join_all(calls).await.into_iter().flatten() {
-        out.blocks_freed += r.blocks_freed;
-        out.bytes_freed += r.bytes_freed;
-    }
-    out
 }
 
 #[tonic::async_trait]
@@ -676,10 +347,14 @@ impl Master for MasterService {
         if self.syncing.lock().expect("sync lock").contains(name) {
             return Err(MasterError::SyncRunning(name.clone()).into());
         }
+        // Its blocks, listed before the namespace goes, are dropped from the
+        // workers after: a failed delete frees nothing.
+        let blocks = self.blocks_under(&info, &[])?;
         self.meta.delete_dataset(&info).await.map_err(Status::from)?;
         self.stores.lock().expect("stores lock").remove(&info.id);
-        info!(dataset = %name, "dataset deleted");
-        Ok(Response::new(DeleteDatasetResponse {}))
+        let freed = free_on_workers(&self.members, &self.pool, blocks).await;
+        info!(dataset = %name, blocks_freed = freed.blocks_freed, "dataset deleted");
+        Ok(Response::new(DeleteDatasetResponse { blocks_freed: freed.blocks_freed, bytes_freed: freed.bytes_freed }))
     }
 
     #[instrument(skip_all, fields(dataset = %req.get_ref().name))]
@@ -691,6 +366,7 @@ impl Master for MasterService {
             return Err(Status::invalid_argument(format!("replicas must be 1 to {MAX_REPLICAS}, not {n}")));
         }
         let _guard = self.create_lock.lock().await;
+        let _record = self.meta.record_lock.lock().await;
         let mut info = self.dataset_for(&who, &r.name)?;
         let spec = info.spec.get_or_insert_with(Default::default);
         let cache = spec.cache.get_or_insert_with(Default::default);

@@ -43,6 +43,21 @@ pub fn wait_for_sync(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Whether this kernel has `feature`, added in Linux `need` (major, minor).
+/// If not, says so on stderr, naming the kernel: the caller skips the test, or
+/// the part of it that needs the feature.
+#[allow(dead_code)]
+pub fn kernel_has(feature: &str, need: (u32, u32)) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut nums = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let have = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    if have >= need {
+        return true;
+    }
+    eprintln!("SKIPPED: this needs {feature} (Linux {}.{}+); this kernel is {}", need.0, need.1, release.trim());
+    false
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -352,12 +367,19 @@ pub fn write_tree(root: &Path, tree: &BTreeMap<String, Option<Vec<u8>>>) {
 /// An object key as it goes in a URL path (every byte outside the unreserved
 /// set percent-encoded, `/` kept).
 fn encode_key(key: &str) -> String {
-    key.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    // A `.` or `..` component is encoded too, so no HTTP layer resolves it.
+    let component = |c: &str| -> String {
+        if c == "." || c == ".." {
+            return c.replace('.', "%2E");
+        }
+        c.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    key.split('/').map(component).collect::<Vec<_>>().join("/")
 }
 
 /// An S3-compatible server (moto) on a loopback port, killed on drop.
