@@ -47,6 +47,9 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
                 Code::NotFound => NOT_FOUND,
                 Code::AlreadyExists => EXISTS,
                 Code::Unavailable | Code::DeadlineExceeded => UNAVAILABLE,
+                // Not an answer from a server: the connection itself failed
+                // (an HTTP/2 error, as from a TLS server spoken to in plaintext).
+                Code::Unknown | Code::Internal if std::error::Error::source(s).is_some() => UNAVAILABLE,
                 Code::PermissionDenied | Code::Unauthenticated => DENIED,
                 _ => FAILURE,
             };

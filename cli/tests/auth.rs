@@ -162,10 +162,12 @@ async fn with_certificates_master_and_worker_speak_only_tls() {
     // Plaintext clients get nowhere.
     let (code, _, err) = cli(&["dataset", "ls", "--master", &master.addr]);
     assert_eq!(code, 5, "a plaintext CLI gets no connection: {err}");
+    // Refused by the connection, not answered by a server: the status carries
+    // the transport's error as its source.
     let e = master_client(&master.addr).await.list_datasets(ListDatasetsRequest {}).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(std::error::Error::source(&e).is_some(), "{e:?}");
     let e = worker_client(&worker.addr).await.stats(StatsRequest {}).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(std::error::Error::source(&e).is_some(), "{e:?}");
     // A client that trusts another CA is refused too.
     let other = root.join("other");
     std::fs::create_dir_all(&other).unwrap();

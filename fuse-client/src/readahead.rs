@@ -99,7 +99,7 @@ mod tests {
         assert_eq!(r.on_read(1, k, 2 * k), (Access::Sequential, 2));
         assert_eq!(r.on_read(1, 2 * k, 3 * k), (Access::Sequential, 4));
         for i in 3..10 {
-            assert_eq!(r.on_read(1, i * k, (i + 1) * k).1, MAX_WINDOW.min(1 << (i - 1)));
+            assert_eq!(r.on_read(1, i * k, (i + 1) * k).1, MAX_WINDOW.min(1 << i));
         }
         assert_eq!(r.on_read(1, 50 * k, 51 * k), (Access::Random, 0), "a jump");
         assert_eq!(r.on_read(1, 51 * k, 52 * k), (Access::Sequential, 1), "a stream again from there");
