@@ -98,7 +98,6 @@ pub const DIR_PREFETCH_PARALLEL: usize = 32;
 
 pub struct Reader {
     dataset_id: u32,
-    name: String,
     block_size: u64,
     locator: Locator,
     clients: Clients,
@@ -147,7 +146,7 @@ impl Streaming {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("dataset", &self.name).finish()
+        f.debug_struct("Reader").field("dataset", &self.locator.dataset()).finish()
     }
 }
 
@@ -168,7 +167,6 @@ impl Reader {
         let locator = Locator::new(dataset.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(), master);
         Arc::new(Self {
             dataset_id: dataset.id,
-            name: locator.dataset().to_string(),
             block_size,
             locator,
             clients: Clients::default(),
@@ -219,7 +217,7 @@ impl Reader {
     }
 
     fn block_ref(&self, inode: &Inode, path: &str, index: u32) -> BlockRef {
-        shoal_core::dataset::block_ref(&self.name, self.dataset_id, self.block_size, path, inode, index)
+        shoal_core::dataset::block_ref(self.locator.dataset(), self.dataset_id, self.block_size, path, inode, index)
     }
 
     /// Bytes `[offset, offset + size)` of a file, clipped to its end.

@@ -2,8 +2,8 @@
 //! block → worker placement by rendezvous hashing, drive the workers' `CacheBlock`
 //! with bounded concurrency, and persist progress so a restarted master resumes
 //! the job after the files it had finished (files load in path order; the
-//! persisted cursor names the last of the finished prefix). Blocks the location map already shows on their target are skipped,
-//! and a worker answers `already_cached` without touching the store, so a rerun
+//! persisted cursor names the last of the finished prefix). Blocks the
+//! location map already shows on their target are skipped, and a worker answers `already_cached` without touching the store, so a rerun
 //! never fetches twice. A job ends `Completed` only if every block was confirmed
 //! cached by a worker; otherwise it is `Failed` with the failing paths listed.
 
@@ -337,11 +337,12 @@ impl Loads {
                 ..Default::default()
             })
             .collect();
-        let mut cursor =
-            Cursor { next: skip, counts: handle.job.lock().expect("job lock").cursor.clone().unwrap_or_default() };
-        if skip == 0 {
-            cursor.counts = LoadCursor::default();
-        }
+        // A fresh job starts from nothing; a resumed one from its persisted prefix.
+        let counts = match skip {
+            0 => LoadCursor::default(),
+            _ => handle.job.lock().expect("job lock").cursor.clone().unwrap_or_default(),
+        };
+        let mut cursor = Cursor { next: skip, counts };
         // 0-byte files have nothing to fetch: done at once.
         {
             let mut j = handle.job.lock().expect("job lock");
