@@ -48,8 +48,11 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
                 Code::AlreadyExists => EXISTS,
                 Code::Unavailable | Code::DeadlineExceeded => UNAVAILABLE,
                 // Not an answer from a server: the connection itself failed
-                // (an HTTP/2 error, as from a TLS server spoken to in plaintext).
-                Code::Unknown | Code::Internal if std::error::Error::source(s).is_some() => UNAVAILABLE,
+                // (an HTTP/2 error, as from a TLS server spoken to in plaintext,
+                // which hyper reports as a reset or as a cancelled request).
+                Code::Unknown | Code::Internal | Code::Cancelled if std::error::Error::source(s).is_some() => {
+                    UNAVAILABLE
+                }
                 Code::PermissionDenied | Code::Unauthenticated => DENIED,
                 _ => FAILURE,
             };
@@ -62,4 +65,39 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
         }
     }
     FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn code(s: tonic::Status) -> u8 {
+        code_of(&anyhow::Error::new(Remote(s)).context("a command"))
+    }
+
+    #[test]
+    fn a_failed_connection_is_unavailable_whatever_code_hyper_gave_it() {
+        for mut s in [
+            tonic::Status::cancelled("operation was canceled"),
+            tonic::Status::unknown("h2 protocol error"),
+            tonic::Status::internal("connection reset"),
+        ] {
+            s.set_source(Arc::new(std::io::Error::other("the connection closed")));
+            assert_eq!(code(s), UNAVAILABLE);
+        }
+        // The same codes answered by a server are failures, not outages.
+        assert_eq!(code(tonic::Status::cancelled("job cancelled")), FAILURE);
+        assert_eq!(code(tonic::Status::internal("bug")), FAILURE);
+    }
+
+    #[test]
+    fn server_answers_map_to_their_codes() {
+        assert_eq!(code(tonic::Status::not_found("ds")), NOT_FOUND);
+        assert_eq!(code(tonic::Status::already_exists("ds")), EXISTS);
+        assert_eq!(code(tonic::Status::invalid_argument("uri")), INVALID);
+        assert_eq!(code(tonic::Status::unavailable("down")), UNAVAILABLE);
+        assert_eq!(code(tonic::Status::unauthenticated("token")), DENIED);
+        assert_eq!(code(tonic::Status::permission_denied("role")), DENIED);
+    }
 }

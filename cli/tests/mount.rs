@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use std::os::unix::fs::MetadataExt;
 
 const BLOCK: usize = 64 * 1024;
 
@@ -284,6 +285,8 @@ fn store_changes_show_through_the_mount_after_sync() {
         std::fs::create_dir(src.join("dir")).unwrap();
         std::fs::write(src.join("dir/c.txt"), b"unchanged").unwrap();
     });
+    let ino = |rel: &str| std::fs::metadata(m.mnt.join(rel)).unwrap().ino();
+    let before: Vec<u64> = ["a.txt", "b.txt", "dir", "dir/c.txt"].iter().map(|r| ino(r)).collect();
     // Read everything once so the kernel caches pages, attributes and entries.
     assert_eq!(std::fs::read(m.mnt.join("a.txt")).unwrap(), b"old bytes");
     assert_eq!(std::fs::read(m.mnt.join("b.txt")).unwrap(), b"to be deleted");
@@ -302,6 +305,106 @@ fn store_changes_show_through_the_mount_after_sync() {
     assert_eq!(std::fs::read(m.mnt.join("dir/new.txt")).unwrap(), b"fresh");
     assert_eq!(std::fs::read(m.mnt.join("dir/c.txt")).unwrap(), b"unchanged");
     assert_eq!(walk(&m.mnt), walk(&m.src));
+    // Inode numbers are stable across the re-sync: a changed file and the
+    // unchanged ones keep theirs, and a new file takes none of the old ones.
+    assert_eq!([ino("a.txt"), ino("dir"), ino("dir/c.txt")], [before[0], before[2], before[3]]);
+    assert!(!before.contains(&ino("dir/new.txt")), "a new file has a new inode");
+}
+
+/// Object keys that cannot be POSIX paths (`a/../b`, `a//b`, `./c`) are
+/// skipped by the sync, never mapped onto another path; the rest mounts.
+#[test]
+fn hostile_object_keys_are_skipped_and_the_rest_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let s3 = S3Server::start(&root.join("moto.log"));
+    s3.create_bucket("hostile");
+    let fine = content(3, 3 * BLOCK + 5);
+    s3.put("hostile", "data/ok.txt", b"fine");
+    s3.put("hostile", "data/sub/fine.bin", &fine);
+    for hostile in ["data/a/../b", "data/a//b", "data/./c", "data/sub/./d", "data/sub/../ok.txt"] {
+        s3.put("hostile", hostile, b"must never be seen");
+    }
+    let (master, _worker) = master_and_worker(root, "64MiB", "1GiB", &[]);
+    s3.create_dataset(&master.addr, "hk", "s3://hostile/data");
+    let shown = show(&master.addr, "hk", None);
+    assert_eq!(shown["file_count"].as_u64(), Some(2), "{shown}");
+    let (mnt, _mount) = mount_at(root, &master.addr, "hk");
+    let _guard = MountGuard(mnt.clone());
+    let files: Vec<String> = walk(&mnt).into_iter().filter(|(_, (is_dir, _, _))| !is_dir).map(|(p, _)| p).collect();
+    assert_eq!(files, ["ok.txt", "sub/fine.bin"]);
+    assert_eq!(std::fs::read(mnt.join("ok.txt")).unwrap(), b"fine");
+    assert_eq!(sha256(&std::fs::read(mnt.join("sub/fine.bin")).unwrap()), sha256(&fine));
+    for p in ["a/b", "b", "c", "sub/d"] {
+        assert_eq!(errno(std::fs::metadata(mnt.join(p))), libc::ENOENT, "{p}");
+    }
+    let log = std::fs::read_to_string(root.join("master.log")).unwrap();
+    let skipped = log.matches("skipping an object whose path cannot be a POSIX path").count();
+    assert!(skipped >= 3, "the sync names what it skipped ({skipped} lines)");
+}
+
+/// A block file corrupted on the SSD tier is caught (the mount's checksum of
+/// the mapped file, then the worker's), dropped and read again from the store:
+/// the reader gets the right bytes, and the worker holds a good copy after.
+#[test]
+fn a_corrupted_ssd_block_is_dropped_and_read_again_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let want = content(21, 8 * BLOCK);
+    std::fs::write(src.join("f.bin"), &want).unwrap();
+    // 64 KiB of MEM: the prewarmed blocks are demoted to the SSD tier.
+    let (master, worker) = master_and_worker(root, "64KiB", "64MiB", &[]);
+    let m = master.addr.as_str();
+    let (code, _, err) =
+        cli(&["dataset", "create", "ds", src.to_str().unwrap(), "--block-size", "64KiB", "--master", m]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&["prewarm", "ds", "--master", m]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut ssd = Vec::new();
+    let mut stack = vec![root.join("w/ssd")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                if name != "tmp" {
+                    stack.push(e.path());
+                }
+            } else if e.metadata().unwrap().len() == BLOCK as u64 {
+                ssd.push(e.path());
+            }
+        }
+    }
+    assert!(ssd.len() >= 6, "most blocks are on the SSD tier: {ssd:?}");
+    // One flipped byte in the middle of each.
+    for p in &ssd {
+        let mut b = std::fs::read(p).unwrap();
+        b[BLOCK / 2] ^= 0xff;
+        std::fs::write(p, &b).unwrap();
+    }
+    let stats = || {
+        let wm = worker.metrics();
+        (
+            metric(&wm, "shoal_worker_corrupt_blocks_total"),
+            metric(&wm, r#"shoal_store_requests_total{op="read",result="ok"}"#),
+        )
+    };
+    let (corrupt0, reads0) = stats();
+    assert_eq!(corrupt0, 0.0);
+    let (mnt, _mount) = mount_at(root, m, "ds");
+    let _guard = MountGuard(mnt.clone());
+    assert_eq!(sha256(&std::fs::read(mnt.join("f.bin")).unwrap()), sha256(&want), "the reader gets the stored bytes");
+    let (corrupt, reads) = stats();
+    assert_eq!(corrupt, ssd.len() as f64, "each corrupted block was caught and dropped");
+    assert_eq!(reads - reads0, ssd.len() as f64, "and read again from the store, once each");
+    // The worker holds good copies again: a second read of every block over
+    // gRPC finds nothing corrupt and reads nothing from the store.
+    let (code, out, err) = cli(&["prewarm", "ds", "-o", "json", "--master", m]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["blocks_already_cached"].as_u64(), Some(8), "{job}");
+    assert_eq!(stats(), (corrupt, reads));
 }
 
 /// A file rewritten in the store since the listing reads as ESTALE (the mount's
@@ -662,4 +765,43 @@ fn a_worker_reads_a_dataset_created_after_its_last_heartbeat() {
     assert_eq!(sha256(&std::fs::read(m.mnt.join("late.bin")).unwrap()), sha256(&data));
     let metrics = m.worker.as_ref().unwrap().metrics();
     assert_eq!(metric(&metrics, "shoal_worker_store_read_bytes_total"), data.len() as f64, "the worker read the store");
+}
+
+/// A random read wanting a small part of a block no cache holds reads only
+/// that range from the store, while the block's owner caches the whole block;
+/// the next random read in that block is served by the worker.
+#[test]
+fn a_random_read_of_a_cold_block_reads_its_range_and_the_owner_caches_the_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let want = content(33, 8 << 20);
+    std::fs::write(src.join("big.bin"), &want).unwrap();
+    let (master, worker) = master_and_worker(root, "64MiB", "1GiB", &[]);
+    let m = master.addr.as_str();
+    let (code, _, err) =
+        cli(&["dataset", "create", "rr", src.to_str().unwrap(), "--block-size", "1MiB", "--master", m]);
+    assert_eq!(code, 0, "{err}");
+    let (mnt, mount) = mount_at(root, m, "rr");
+    let _guard = MountGuard(mnt.clone());
+    let store_bytes = || metric(&worker.metrics(), "shoal_worker_store_read_bytes_total");
+    let fetched =
+        |source: &str| metric(&mount.metrics(), &format!(r#"shoal_fuse_block_fetches_total{{source="{source}"}}"#));
+    let f = std::fs::File::open(mnt.join("big.bin")).unwrap();
+    let read = |at: usize, len: usize| {
+        let mut buf = vec![0u8; len];
+        assert_eq!(f.read_at(&mut buf, at as u64).unwrap(), len);
+        assert_eq!(buf, want[at..at + len], "{len} bytes at {at}");
+    };
+    // 64 KiB in block 3, cold everywhere: the range from the store.
+    read((3 << 20) + 4096, 64 << 10);
+    assert_eq!(fetched("store_range"), 1.0, "{}", mount.metrics());
+    assert_eq!((fetched("store"), fetched("short_circuit"), fetched("worker")), (0.0, 0.0, 0.0));
+    wait_for_sync("the owner to cache block 3", || store_bytes() == (1u64 << 20) as f64);
+    // Another part of block 3: from the worker, and nothing more from the store.
+    read((3 << 20) + (512 << 10), 64 << 10);
+    assert_eq!(fetched("short_circuit_range"), 1.0, "{}", mount.metrics());
+    assert_eq!(fetched("store_range"), 1.0);
+    assert_eq!(store_bytes(), (1u64 << 20) as f64);
 }

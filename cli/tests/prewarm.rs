@@ -188,8 +188,21 @@ async fn master_killed_mid_prewarm_resumes_without_refetching() {
     .await;
     let job = get(master.addr.clone(), id.clone()).await.unwrap();
     assert_eq!(job.state, LoadState::Completed as i32, "{job:?}");
-    assert_eq!(job.blocks_done, blocks);
-    assert!(job.blocks_already_cached > 0, "the resumed job found blocks already cached: {job:?}");
+    assert_eq!((job.blocks_done, job.files_done, job.bytes_done), (blocks, 60, job.bytes_total), "{job:?}");
+    let cursor = job.cursor.clone().unwrap();
+    assert_eq!((cursor.files, cursor.blocks_done, cursor.done_through.as_str()), (60, blocks, "/d2/f059.bin"));
+    // Resumed, not restarted: the new master asked the workers about the files
+    // after the persisted cursor only (a restart asks about every block, cached
+    // ones included).
+    let mm = master.metrics();
+    let asked: f64 = ["loaded", "already_cached", "failed"]
+        .iter()
+        .map(|r| metric(&mm, &format!(r#"shoal_master_prewarm_blocks_total{{dataset="r",result="{r}"}}"#)))
+        .sum();
+    assert!(asked > 0.0 && asked <= (blocks - 15 + 10) as f64, "the new master handled {asked} of {blocks} blocks");
+    let log = std::fs::read_to_string(root.join("master2.log")).unwrap();
+    let line = log.lines().find(|l| l.contains("resuming load job")).expect("a resume is logged");
+    assert!(!line.contains("skipped=0"), "{line}");
     let s = worker_stats(&worker.addr).await;
     assert_eq!(s.store_reads, blocks, "no block was fetched twice");
     assert_eq!(s.tiers.iter().map(|t| t.blocks).sum::<u64>(), blocks);
@@ -233,6 +246,22 @@ async fn a_failing_object_fails_its_file_and_the_command() {
         after.tiers.iter().map(|t| t.used_bytes).sum::<u64>(),
         before.tiers.iter().map(|t| t.used_bytes).sum::<u64>() - freed["bytes_freed"].as_u64().unwrap()
     );
+    wait_for("the location map to lose the freed blocks", || {
+        let a = master.addr.clone();
+        async move { usage(&a, "f").await.cached_blocks == blocks - gone_blocks - n }
+    })
+    .await;
+    // What was freed is /d0's blocks, and only those: prewarming /d0 again
+    // loads every one of them, and /d2 finds all of its own still cached.
+    let prewarm = |path: &str| {
+        let (code, out, err) = cli(&["prewarm", "f", path, "-o", "json", "--master", &master.addr]);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let d2 = prewarm("/d2");
+    assert_eq!(d2["blocks_already_cached"], d2["blocks_total"], "{d2}");
+    let d0 = prewarm("/d0");
+    assert_eq!((d0["blocks_total"].as_u64(), d0["blocks_already_cached"].as_u64()), (Some(n), Some(0)), "{d0}");
     let (code, _, err) = cli(&["cache", "free", "f", "--master", &master.addr]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(held(&worker_stats(&worker.addr).await), 0);
@@ -304,8 +333,16 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
     .await;
     let reads_after_p = worker_stats(&worker.addr).await.store_reads;
     assert_eq!(reads_after_p, 4 + 8);
+    // q (1.5 MiB) cannot fit beside p: the prewarm says so and exits non-zero,
+    // counting from the location map what is cached at its end.
     for _ in 0..2 {
-        let _ = cli(&["prewarm", "q", "--master", m]);
+        let (code, out, err) = cli(&["prewarm", "q", "-o", "json", "--master", m]);
+        assert_eq!(code, 1, "an over-capacity prewarm fails: {out}{err}");
+        let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((job["state"].as_str(), job["blocks_total"].as_u64()), (Some("failed"), Some(24)), "{job}");
+        assert!(job["blocks_cached_at_end"].as_u64().unwrap() <= 16, "at most the 1 MiB of cache: {job}");
+        assert!(err.contains("evicted again"), "{out}{err}");
+        assert_eq!(job["files_failed"].as_u64(), Some(0), "every block was cached once: {job}");
     }
     let s = worker_stats(&worker.addr).await;
     assert!(s.evictions > 0, "q put the cache under pressure: {s:?}");
@@ -322,6 +359,112 @@ async fn pinned_data_survives_pressure_and_a_ttl_frees_blocks() {
     let (code, out, _) = cli(&["dataset", "unpin", "p", "-o", "json", "--master", m]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["pinned"], false);
+    wait_for("the worker to hand p's blocks back to eviction", || {
+        let w = worker.addr.clone();
+        async move { worker_stats(&w).await.pinned_blocks == 0 }
+    })
+    .await;
+    let held = worker_stats(&worker.addr).await.tiers.iter().map(|t| t.blocks).sum::<u64>();
+    assert!(held >= 8, "unpinning drops nothing: {held} blocks held");
     let (_, out, _) = cli(&["dataset", "show", "t", "-o", "json", "--master", m]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["ttl_seconds"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_globs_status_cancel_and_rm_with_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let src = root.join("src");
+    let blocks = gen_files(&src, 30);
+    let blocks_of = |pick: &dyn Fn(usize) -> bool| -> u64 {
+        (0..30).filter(|i| pick(*i)).map(|i| (((i % 5) * BLOCK + 1000 * i) as u64).div_ceil(BLOCK as u64)).sum()
+    };
+    // Each store read takes 100 ms: a whole-dataset prewarm at --parallel 1
+    // runs for seconds, long enough to be seen running and cancelled.
+    let slow = [("FAILPOINTS", "worker::before_store_read=sleep(100)")];
+    let (master, worker) = master_and_worker(root, "64MiB", "1GiB", &slow);
+    let m = master.addr.as_str();
+    let create = || {
+        let (code, _, err) =
+            cli(&["dataset", "create", "g", src.to_str().unwrap(), "--block-size", "64KiB", "--master", m]);
+        assert_eq!(code, 0, "{err}");
+    };
+    create();
+    let prewarm = |args: &[&str]| {
+        let mut all = vec!["prewarm", "g"];
+        all.extend(args);
+        all.extend(["-o", "json", "--master", m]);
+        let (code, out, err) = cli(&all);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+
+    // --include: `*` stays within a directory, `**` crosses them.
+    let d1 = prewarm(&["--include", "/d1/*.bin"]);
+    assert_eq!((d1["files_total"].as_u64(), d1["blocks_total"].as_u64()), (Some(10), Some(blocks_of(&|i| i % 3 == 1))));
+    let top = prewarm(&["--include", "/*.bin"]);
+    assert_eq!((top["files_total"].as_u64(), top["state"].as_str()), (Some(0), Some("completed")), "{top}");
+    let f00 = prewarm(&["--include", "/**/f00?.bin"]);
+    assert_eq!(f00["files_total"].as_u64(), Some(10), "{f00}");
+    let cached_before = blocks_of(&|i| i < 10 && i % 3 == 1);
+    assert_eq!(f00["blocks_already_cached"].as_u64(), Some(cached_before), "the /d1 ones were cached: {f00}");
+    let within = prewarm(&["/d2", "--include", "/d2/f01?.bin"]);
+    assert_eq!(within["files_total"].as_u64(), Some(3), "paths and a glob together: {within}");
+
+    // A running job: status shows it, cancel stops it.
+    let (code, out, err) = cli(&["prewarm", "g", "--parallel", "1", "--detach", "-o", "json", "--master", m]);
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["job"].as_str().unwrap().to_string();
+    let status = |id: &str| {
+        let (code, out, err) = cli(&["prewarm", "status", id, "-o", "json", "--master", m]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let running = status(&id);
+    assert_eq!((running["id"].as_str(), running["state"].as_str()), (Some(id.as_str()), Some("running")), "{running}");
+    assert_eq!(running["blocks_total"].as_u64(), Some(blocks));
+    let (code, out, _) = cli(&["prewarm", "status", "-o", "json", "--master", m]);
+    assert_eq!(code, 0);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(jobs.len(), 5, "every job is listed: {out}");
+    assert!(jobs.iter().any(|j| j["id"] == id.as_str() && j["state"] == "running"), "{out}");
+    let (code, out, err) = cli(&["prewarm", "cancel", &id, "--master", m]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id), "{out}");
+    wait_for_sync("the job to stop", || status(&id)["state"] == "cancelled");
+    let stopped = status(&id);
+    assert!(stopped["blocks_done"].as_u64() < Some(blocks), "cancelled before the end: {stopped}");
+    // The read in flight at the cancel may still land; nothing after it.
+    std::thread::sleep(Duration::from_millis(300));
+    let done = worker_stats(&worker.addr).await.store_reads;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(worker_stats(&worker.addr).await.store_reads, done, "nothing is loaded after the cancel");
+    assert_eq!(cli(&["prewarm", "cancel", "no-such-job", "--master", m]).0, 3);
+    assert_eq!(cli(&["prewarm", "status", "no-such-job", "--master", m]).0, 3);
+
+    // rm: the dataset goes, and so do its blocks on the workers.
+    let held = |s: &shoal_proto::worker::StatsResponse| s.tiers.iter().map(|t| t.blocks).sum::<u64>();
+    let before = held(&worker_stats(&worker.addr).await);
+    assert!(before > 0);
+    // The master frees what its location map lists: wait for the last reports.
+    wait_for("the location map to list every block the worker holds", || {
+        let a = master.addr.clone();
+        async move { usage(&a, "g").await.cached_blocks == before }
+    })
+    .await;
+    let (code, out, err) = cli(&["dataset", "rm", "g", "-o", "json", "--master", m]);
+    assert_eq!(code, 0, "{err}");
+    let rm: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rm["blocks_freed"].as_u64(), Some(before), "{rm}");
+    assert_eq!(held(&worker_stats(&worker.addr).await), 0, "the worker dropped the dataset's blocks");
+    assert_eq!(cli(&["dataset", "show", "g", "--master", m]).0, 3);
+    assert_eq!(cli(&["prewarm", "g", "--master", m]).0, 3);
+    assert_eq!(cli(&["dataset", "rm", "g", "--master", m]).0, 3, "a second rm finds nothing");
+    // Created again from the same store: nothing of the old one counts as cached.
+    create();
+    let reads = worker_stats(&worker.addr).await.store_reads;
+    let again = prewarm(&["--include", "/d0/*"]);
+    assert_eq!(again["blocks_already_cached"].as_u64(), Some(0), "{again}");
+    let d0 = blocks_of(&|i| i % 3 == 0);
+    assert_eq!(worker_stats(&worker.addr).await.store_reads, reads + d0);
 }

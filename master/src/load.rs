@@ -69,6 +69,31 @@ struct FileProgress {
     error: Option<String>,
 }
 
+/// What became of one block of a job.
+enum Outcome {
+    /// Cached by as many workers as the policy asks.
+    Loaded,
+    /// Cached before the job asked.
+    Already,
+    /// Read, but no worker had room to keep it: the cache is smaller than the
+    /// data (or full of pinned data). Not a failed file: the job's verdict
+    /// counts what is cached at its end.
+    NotKept,
+    Failed(String),
+}
+
+impl Outcome {
+    /// The `result` label of `shoal_master_prewarm_blocks_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Loaded => "loaded",
+            Outcome::Already => "already_cached",
+            Outcome::NotKept => "not_kept",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
 /// The finished prefix of a job's files (in path order).
 struct Cursor {
     /// The first file not known finished.
@@ -376,6 +401,9 @@ impl Loads {
                     let mut placed = holders.iter().filter(|h| ranked.contains(&h.as_str())).count().min(replicas);
                     let mut already = placed == replicas;
                     let mut last_err = None;
+                    // A worker that read the block but had no room to keep it
+                    // (its cache is full of pinned or hotter data).
+                    let mut not_kept = false;
                     // Targets in rank order; a failing worker passes its turn to the next.
                     for wid in ranked.iter() {
                         if placed >= replicas {
@@ -395,6 +423,7 @@ impl Loads {
                                 peers.push(a.clone());
                                 already |= resp.into_inner().already_cached;
                             }
+                            Err(s) if s.code() == tonic::Code::ResourceExhausted => not_kept = true,
                             Err(s) => {
                                 let permanent =
                                     matches!(s.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument);
@@ -405,8 +434,18 @@ impl Loads {
                             }
                         }
                     }
-                    let ok = placed >= replicas.min(ring.len()).max(1);
-                    (fi, len, ok, already, last_err)
+                    let outcome = if placed >= replicas.min(ring.len()).max(1) {
+                        if already {
+                            Outcome::Already
+                        } else {
+                            Outcome::Loaded
+                        }
+                    } else if not_kept {
+                        Outcome::NotKept
+                    } else {
+                        Outcome::Failed(last_err.unwrap_or_else(|| "no worker could cache the block".into()))
+                    };
+                    (fi, len, outcome)
                 }
             })
             .buffer_unordered(spec.parallel.max(1) as usize);
@@ -418,15 +457,9 @@ impl Loads {
                 _ = handle.cancel.cancelled() => { cancelled = true; break; }
                 n = results.next() => n,
             };
-            let Some((fi, len, ok, already, err)) = next else { break };
-            let result = if !ok {
-                "failed"
-            } else if already {
-                "already_cached"
-            } else {
-                "loaded"
-            };
-            crate::metrics::PREWARM_BLOCKS.with_label_values(&[spec.dataset.as_str(), result]).inc();
+            let Some((fi, len, outcome)) = next else { break };
+            let ok = matches!(outcome, Outcome::Loaded | Outcome::Already);
+            crate::metrics::PREWARM_BLOCKS.with_label_values(&[spec.dataset.as_str(), outcome.label()]).inc();
             if ok {
                 crate::metrics::PREWARM_BYTES.with_label_values(&[spec.dataset.as_str()]).inc_by(len);
             }
@@ -439,12 +472,12 @@ impl Loads {
                     j.bytes_done += len;
                     slot.blocks += 1;
                     slot.bytes += len;
-                    if already {
+                    if matches!(outcome, Outcome::Already) {
                         j.blocks_already_cached += 1;
                         slot.already += 1;
                     }
-                } else if slot.error.is_none() {
-                    slot.error = Some(err.unwrap_or_else(|| "no worker could cache the block".into()));
+                } else if let Outcome::Failed(e) = outcome {
+                    slot.error.get_or_insert(e);
                 }
                 if slot.left == 0 {
                     match &slot.error {

@@ -604,9 +604,26 @@ mod tests {
         }
         let s = store.tier_stats();
         assert!(s[0].3 <= 3000 && s[1].3 <= 3000, "{s:?}");
-        // Unpinning hands them back to eviction; a TTL frees them.
-        store.set_policies(HashMap::from([(5, Policy { pinned: false, ttl: Some(Duration::from_secs(60)) })]));
+        // Unpinning hands them back to eviction: with both tiers full, they
+        // compete with dataset 6 at once, and the same pressure evicts them
+        // from both tiers (demoted from MEM, then dropped from SSD).
+        store.set_policies(HashMap::from([(5, Policy { pinned: false, ttl: None })]));
         assert_eq!(store.pinned_count(), 0);
+        for i in 0..40u32 {
+            let id = BlockId::new(7, i);
+            store.insert(id, 7, &[7u8; 1000]).unwrap();
+            let _ = (store.get(id), store.get(id));
+            store.settle();
+        }
+        let held5 = store.all_blocks().iter().filter(|b| b.file_id == 5).count();
+        assert!(held5 < 3, "unpinned blocks were evictable: {held5} of 3 still held");
+        let s = store.tier_stats();
+        assert!(s[0].3 <= 3000 && s[1].3 <= 3000, "{s:?}");
+        // A TTL frees blocks once they are that old.
+        for i in 0..2u32 {
+            store.insert(BlockId::new(5, 10 + i), 5, &[5u8; 1000]).unwrap();
+        }
+        store.set_policies(HashMap::from([(5, Policy { pinned: false, ttl: Some(Duration::from_secs(60)) })]));
         assert_eq!(store.expire(SystemTime::now()), 0, "nothing is 60 s old yet");
         let held5 = store.all_blocks().iter().filter(|b| b.file_id == 5).count();
         assert_eq!(store.expire(SystemTime::now() + Duration::from_secs(61)), held5);
