@@ -1,14 +1,16 @@
 //! shoal against the alternatives a user would pick, over one remote-like S3 store,
 //! in one run: the local copy (the limit), bindfs over it (the cost of FUSE alone),
 //! direct parallel GETs, `rclone mount --vfs-cache-mode full`, `s3fs -o use_cache`,
-//! and shoal cold, warm and prewarmed. Workloads: a shuffled data-loader epoch (two
-//! epochs), sequential streaming with 1 and 4 readers, random 256 KiB reads, a
-//! `find`+`stat` walk, and prewarm against a raw parallel download.
+//! JuiceFS CE (cold, warm, and after its `warmup`), and shoal cold, warm and
+//! prewarmed. Workloads: a shuffled data-loader epoch (two epochs), sequential
+//! streaming with 1 and 4 readers, random 256 KiB reads, a `find`+`stat` walk, and
+//! prewarm against a raw parallel download (and JuiceFS's warmup). The targets the
+//! issues set are checked against the same run and written beside its tables.
 //!
 //! ```text
 //! cargo bench -p shoal-benches --bench peers [-- --quick] [--scale F] [--delay-ms N]
 //!     [--mbit N] [--readers N] [--seed N] [--max-run SECS] [--parallel N]
-//!     [--systems local,bindfs,direct,rclone,s3fs,shoal,prewarmed] [--no-write]
+//!     [--systems local,bindfs,direct,rclone,s3fs,juicefs,shoal,prewarmed] [--no-write]
 //! ```
 //!
 //! Root only: it creates a network namespace, mounts FUSE file systems and drops
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use shoal_benches::data::{self, Dataset, Object};
-use shoal_benches::peers::{ensure_installed, PeerMount};
+use shoal_benches::peers::{ensure_installed, JuiceFs, PeerMount};
 use shoal_benches::remote::{self, Network, RemoteStore, ACCESS_KEY, BUCKET, SECRET_KEY};
 use shoal_benches::report::{self, Metric, Phase, Role, Row, Workload};
 use shoal_benches::workload::{self, direct, shuffled, Sample};
@@ -39,7 +41,7 @@ struct Args {
     write: bool,
 }
 
-const ALL_SYSTEMS: &[&str] = &["local", "bindfs", "direct", "rclone", "s3fs", "shoal", "prewarmed"];
+const ALL_SYSTEMS: &[&str] = &["local", "bindfs", "direct", "rclone", "s3fs", "juicefs", "shoal", "prewarmed"];
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
@@ -238,6 +240,137 @@ async fn run_direct(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str) -> 
     Ok(())
 }
 
+/// The store's bucket (a directory of s3s-fs's root) holding JuiceFS's volume.
+const JUICEFS_BUCKET: &str = "juicefs";
+
+/// JuiceFS CE over its own volume in the same store: cold and warm passes on a
+/// mount with an empty cache, then (with `prewarm`) `juicefs warmup` of the images
+/// and the shards, timed like shoal's prewarm, and a pass on that warm cache.
+fn run_juicefs(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str, base: &Path, prewarm: bool) -> Result<()> {
+    let objects: Vec<Object> = ds.images.iter().chain(&ds.shards).cloned().collect();
+    let bucket = ds.store_root.join(JUICEFS_BUCKET);
+    let fs = JuiceFs::create(endpoint, &bucket, &base.join("juicefs"), &ds.local(), &objects)?;
+    let mountpoint = base.join("mnt/juicefs");
+    {
+        let m = fs.mount(&mountpoint)?;
+        run_fs(r, a, ds, &m.mountpoint, "juicefs", Role::Peer, Phase::Cold)?;
+    }
+    if prewarm {
+        let m = fs.mount(&mountpoint)?;
+        for (w, (what, set)) in r.prewarm.iter_mut().zip([("images", &ds.images), ("shards", &ds.shards)]) {
+            let t = Instant::now();
+            JuiceFs::warmup(&m.mountpoint.join(what), a.parallel)?;
+            let s = Sample {
+                ops: set.len() as u64,
+                bytes: Dataset::bytes(set),
+                secs: t.elapsed().as_secs_f64(),
+                lat: Vec::new(),
+                complete: true,
+            };
+            push(w, "juicefs warmup", Role::Other, Phase::Cold, s);
+        }
+        run_fs(r, a, ds, &m.mountpoint, "juicefs", Role::Peer, Phase::Prewarmed)?;
+    }
+    Ok(())
+}
+
+/// The targets the issues set, checked against this run's rows, and shoal
+/// against JuiceFS CE phase by phase.
+fn targets(r: &Results) -> String {
+    // (what, shoal's row, the rows it is measured against with the ratio each must reach)
+    type Against<'a> = &'a [(&'a str, &'a str, Phase, f64)];
+    let checks: [(&str, &Workload, (&str, Phase), Against); 6] = [
+        (
+            "warm data-loader epoch ≥ 0.8x local disk and ≥ 3x rclone",
+            &r.epoch,
+            ("shoal", Phase::Warm),
+            &[("local", "local disk", Phase::Warm, 0.8), ("rclone", "rclone vfs full", Phase::Warm, 3.0)],
+        ),
+        (
+            "warm sequential (1 reader) ≥ 0.9x bindfs over the local copy",
+            &r.seq1,
+            ("shoal", Phase::Warm),
+            &[("bindfs", "bindfs (local copy)", Phase::Warm, 0.9)],
+        ),
+        (
+            "cold data-loader epoch ≥ 2x s3fs and ≥ 2x rclone",
+            &r.epoch,
+            ("shoal", Phase::Cold),
+            &[("s3fs", "s3fs use_cache", Phase::Cold, 2.0), ("rclone", "rclone vfs full", Phase::Cold, 2.0)],
+        ),
+        (
+            "cold random 256 KiB reads ≥ 1x direct range GETs",
+            &r.random,
+            ("shoal", Phase::Cold),
+            &[("direct GETs", "direct GET", Phase::Cold, 1.0)],
+        ),
+        (
+            "prewarm of the images ≥ 0.9x a raw parallel download",
+            &r.prewarm[0],
+            ("shoal prewarm", Phase::Cold),
+            &[("raw download", "raw parallel download", Phase::Cold, 0.9)],
+        ),
+        (
+            "prewarm of the shards ≥ 0.9x a raw parallel download",
+            &r.prewarm[1],
+            ("shoal prewarm", Phase::Cold),
+            &[("raw download", "raw parallel download", Phase::Cold, 0.9)],
+        ),
+    ];
+    let mut md = String::from("#### Targets, checked against the tables above\n\n| target | result |\n|---|---|\n");
+    for (what, w, (us, phase), against) in checks {
+        let Some(ours) = w.rate(us, phase) else { continue };
+        let mut met = true;
+        let parts: Vec<String> = against
+            .iter()
+            .map(|(label, system, ph, min)| match w.rate(system, *ph) {
+                Some(theirs) if theirs > 0.0 => {
+                    met &= ours / theirs >= *min;
+                    let (o, t) = (report::thousands(ours), report::thousands(theirs));
+                    format!("**{:.2}x** {label} ({o} vs {t} {})", ours / theirs, w.rate_unit())
+                }
+                _ => {
+                    met = false;
+                    format!("{label} not measured")
+                }
+            })
+            .collect();
+        md.push_str(&format!("| {what} | {} — {} |\n", parts.join(", "), if met { "met" } else { "**missed**" }));
+    }
+    let mut vs = String::new();
+    for w in [&r.epoch, &r.seq1, &r.seq4, &r.random, &r.walk] {
+        for phase in [Phase::Cold, Phase::Warm, Phase::Prewarmed] {
+            if let (Some(ours), Some(theirs)) = (w.rate("shoal", phase), w.rate("juicefs", phase)) {
+                let (o, t) = (report::thousands(ours), report::thousands(theirs));
+                vs.push_str(&format!(
+                    "| {} | {} | {o} {u} | {t} {u} | **{:.2}x** |\n",
+                    w.slug,
+                    phase.name(),
+                    ours / theirs,
+                    u = w.rate_unit(),
+                ));
+            }
+        }
+    }
+    for (w, what) in r.prewarm.iter().zip(["images", "shards"]) {
+        if let (Some(ours), Some(theirs)) =
+            (w.rate("shoal prewarm", Phase::Cold), w.rate("juicefs warmup", Phase::Cold))
+        {
+            let (o, t) = (report::thousands(ours), report::thousands(theirs));
+            vs.push_str(&format!(
+                "| prewarm {what} | shoal prewarm vs juicefs warmup | {o} MB/s | {t} MB/s | **{:.2}x** |\n",
+                ours / theirs
+            ));
+        }
+    }
+    if !vs.is_empty() {
+        md.push_str("\n#### shoal against JuiceFS CE (no target: the all-in-one cache many users would pick)\n\n");
+        md.push_str("| workload | phase | shoal | JuiceFS | shoal / JuiceFS |\n|---|---|---:|---:|---:|\n");
+        md.push_str(&vs);
+    }
+    md
+}
+
 fn shoal_cluster(rt: &tokio::runtime::Runtime, dir: &Path, endpoint: &str, total: u64) -> Result<Cluster> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
@@ -272,7 +405,7 @@ fn main() -> Result<()> {
     let has = |s: &str| a.systems.iter().any(|x| x == s);
     let base = PathBuf::from("/var/tmp/shoal-peers");
     // Mounts left behind by an interrupted run would make this one fail.
-    for m in ["mnt/bindfs", "mnt/rclone", "mnt/s3fs", "shoal/mnt"] {
+    for m in ["mnt/bindfs", "mnt/rclone", "mnt/s3fs", "mnt/juicefs", "juicefs/fill", "shoal/mnt"] {
         if shoal_fuse::is_mounted(&base.join(m)) {
             let _ = std::process::Command::new("umount").arg("-l").arg(base.join(m)).status();
         }
@@ -322,6 +455,12 @@ fn main() -> Result<()> {
         eprintln!("s3fs");
         let m = PeerMount::s3fs(&store.endpoint, &mnt.join("s3fs"), &base.join("cache/s3fs"))?;
         run_fs(&mut r, &a, &ds, &m.mountpoint, "s3fs use_cache", Role::Peer, Phase::Cold)?;
+    }
+    if has("juicefs") && !skipped.contains(&"juicefs") {
+        eprintln!("juicefs");
+        let res = run_juicefs(&mut r, &a, &ds, &store.endpoint, &base, has("prewarmed"));
+        let _ = std::fs::remove_dir_all(ds.store_root.join(JUICEFS_BUCKET));
+        res?;
     }
     if has("shoal") {
         eprintln!("shoal");
@@ -391,6 +530,7 @@ fn main() -> Result<()> {
         }
         md.push('\n');
     }
+    md.push_str(&targets(&r));
     println!("{md}");
     if a.write {
         report::replace_section(

@@ -21,7 +21,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Phase::Cold => "cold",
             Phase::Warm => "warm",
@@ -98,11 +98,26 @@ impl Workload {
     }
 
     /// `system`'s value in `phase` divided by local disk's and by the best peer's.
+    /// A prewarmed row is compared with the peers' prewarmed rows when a peer
+    /// was prewarmed too (JuiceFS's `warmup`), else with their first pass.
     pub fn ratios(&self, system: &str, phase: Phase) -> Option<(Option<f64>, Option<f64>)> {
-        let r = self.rows.iter().find(|r| r.system == system && r.phase == phase)?;
-        let v = self.value(&r.sample);
+        let v = self.rate(system, phase)?;
         let cmp = phase.compared_as();
-        Some((self.best(Role::Local, cmp).map(|l| v / l), self.best(Role::Peer, cmp).map(|p| v / p)))
+        let peers = self.best(Role::Peer, phase).or_else(|| self.best(Role::Peer, cmp));
+        Some((self.best(Role::Local, cmp).map(|l| v / l), peers.map(|p| v / p)))
+    }
+
+    /// `system`'s number in `phase` (the workload's metric), if it ran.
+    pub fn rate(&self, system: &str, phase: Phase) -> Option<f64> {
+        self.rows.iter().find(|r| r.system == system && r.phase == phase).map(|r| self.value(&r.sample))
+    }
+
+    /// The unit of [`Workload::rate`].
+    pub fn rate_unit(&self) -> &'static str {
+        match self.metric {
+            Metric::Ops => self.unit,
+            Metric::Bytes => "MB/s",
+        }
     }
 
     pub fn markdown(&self) -> String {

@@ -67,7 +67,9 @@ pub async fn run_csi(args: CsiArgs) -> Result<()> {
         mount_args: args.mount_args,
     };
     let socket = cfg.socket.clone();
-    let plugin = shoal_csi::Plugin::bind(cfg)?;
+    // Kubelet may connect from the bind on; the line is printed once the
+    // earlier run's mounts are held by this process.
+    let plugin = shoal_csi::Plugin::bind(cfg)?.adopt().await?;
     println!("shoal csi serving {} on {}", shoal_csi::DRIVER_NAME, socket.display());
     plugin.serve(stop.cancelled_owned()).await?;
     Ok(())

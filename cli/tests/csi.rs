@@ -152,6 +152,9 @@ async fn a_killed_or_upgraded_fuse_process_is_taken_over_without_a_read_error() 
     node.start_csi();
     let mut csi = node.node().await;
     assert_eq!(node.fuse_pid(), Some(upgraded), "the running FUSE process is adopted");
+    // Ready means the new plugin holds the mount's connection: killing the FUSE
+    // process now cannot abort it.
+    assert!(node.csi.as_ref().unwrap().fds_on("/dev/fuse") >= 1, "the new plugin holds the FUSE connection");
     std::process::Command::new("kill").arg("-9").arg(upgraded.to_string()).status().unwrap();
     let data = read_at_uncached(&open, 0, 65536).expect("the open file reads through the restart");
     assert_eq!(data, big[..65536]);

@@ -99,13 +99,31 @@ impl Plugin {
         Ok(Plugin { cfg: Arc::new(cfg), listener })
     }
 
-    /// Take back the volumes an earlier run recorded, then serve the CSI services
-    /// until `stop` resolves. Published mounts outlive the server.
-    pub async fn serve(self, stop: impl std::future::Future<Output = ()>) -> Result<(), CsiError> {
+    /// Take back the volumes an earlier run recorded: from its return this
+    /// process holds their FUSE connections, so their old FUSE processes may die
+    /// without the kernel aborting a mount. Calls on the socket wait meanwhile.
+    pub async fn adopt(self) -> Result<Adopted, CsiError> {
         let cfg = self.cfg;
         let master = shoal_proto::auth::master(&cfg.master, |ep| shoal_proto::profile::Profile::CONTROL.apply(ep))
             .map_err(|e| CsiError::Invalid(format!("master address {:?}: {e}", cfg.master)))?;
         let volumes = volumes::Volumes::open(cfg.clone()).await?;
+        Ok(Adopted { cfg, listener: self.listener, master, volumes })
+    }
+}
+
+/// The plugin with its earlier volumes taken back, ready to serve.
+pub struct Adopted {
+    cfg: Arc<Config>,
+    listener: tokio::net::UnixListener,
+    master: shoal_proto::auth::Master,
+    volumes: Arc<volumes::Volumes>,
+}
+
+impl Adopted {
+    /// Serve the CSI services until `stop` resolves. Published mounts outlive
+    /// the server.
+    pub async fn serve(self, stop: impl std::future::Future<Output = ()>) -> Result<(), CsiError> {
+        let Adopted { cfg, listener, master, volumes } = self;
         let supervisor = tokio::spawn(volumes.clone().supervise());
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| CsiError::Io(format!("handle SIGHUP: {e}")))?;
@@ -116,7 +134,7 @@ impl Plugin {
             .add_service(IdentityServer::new(svc.clone()))
             .add_service(NodeServer::new(svc.clone()))
             .add_service(ControllerServer::new(svc))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(self.listener), stop)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
             .await
             .map_err(|e| CsiError::Io(format!("CSI server: {e}")));
         supervisor.abort();

@@ -22,8 +22,8 @@ use shoal_proto::master::{DatasetInfo, Inode};
 use shoal_proto::worker::{BlockRef, CacheBlockRequest};
 use tracing::{debug, warn};
 
-use crate::locator::Locator;
-use crate::sources::{BlockSource, Clients, DirectStores, Down, Miss, Remote, ShortCircuit, Want};
+use crate::locator::{Locator, Workers};
+use crate::sources::{BlockSource, Clients, DirectStores, Down, Miss, Remote, ShortCircuit, SourceKind, Want};
 
 /// Why a read failed, mapped to an errno by the filesystem.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,12 +60,13 @@ pub struct SourceCounters {
 }
 
 impl SourceCounters {
-    fn count(&self, kind: &str) {
+    /// Count a block served by `kind`, or (`None`) a read no source served.
+    fn count(&self, kind: Option<SourceKind>) {
         let c = match kind {
-            "short_circuit" => &self.short_circuit,
-            "worker" => &self.worker,
-            "store" => &self.store,
-            _ => &self.failures,
+            Some(SourceKind::ShortCircuit) => &self.short_circuit,
+            Some(SourceKind::Worker) => &self.worker,
+            Some(SourceKind::Store) => &self.store,
+            None => &self.failures,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -350,14 +351,14 @@ impl Reader {
         match source.read(want).await {
             Ok(b) => {
                 let kind = source.kind();
-                self.counters.count(kind);
-                let label = if want.whole() { kind.to_string() } else { format!("{kind}_range") };
+                self.counters.count(Some(kind));
+                let label = if want.whole() { kind.label().to_string() } else { format!("{}_range", kind.label()) };
                 crate::metrics::BLOCK_SOURCE.with_label_values(&[label.as_str()]).inc();
                 Ok(Tried::Got(b))
             }
             Err(Miss::Absent) => Ok(Tried::Absent),
             Err(Miss::Failed(e)) => {
-                warn!(kind = source.kind(), path = %want.block.path, index = want.block.index, error = %e, "read failed; trying the next source");
+                warn!(kind = source.kind().label(), path = %want.block.path, index = want.block.index, error = %e, "read failed; trying the next source");
                 *last = e;
                 Ok(Tried::Failed)
             }
@@ -365,9 +366,29 @@ impl Reader {
         }
     }
 
+    /// Ask the workers `ids` in turn (unknown and down ones skipped) until one
+    /// serves `want`; `cached_only` ones only from what they hold.
+    async fn ask_workers<'w>(
+        &self,
+        ids: impl Iterator<Item = &'w str>,
+        workers: &Workers,
+        want: &Want<'_>,
+        cached_only: bool,
+        last: &mut String,
+    ) -> Result<Option<Bytes>, ReadError> {
+        for wid in ids {
+            let Some(w) = workers.get(wid).filter(|_| !self.down.is_down(wid)) else { continue };
+            let source = Remote { worker: w, clients: &self.clients, down: &self.down, cached_only };
+            if let Tried::Got(b) = self.attempt(&source, want, last).await? {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
     fn all_failed(&self, want: &Want<'_>, last: String) -> ReadError {
         crate::metrics::BLOCK_SOURCE.with_label_values(&["failed"]).inc();
-        self.counters.count("failed");
+        self.counters.count(None);
         ReadError::AllSourcesFailed { path: want.block.path.clone(), index: want.block.index, last }
     }
 
@@ -412,15 +433,9 @@ impl Reader {
                 order.push(w.to_string());
             }
         }
-        for wid in order.iter().filter(|w| Some(w.as_str()) != failed_fill) {
-            let Some(w) = workers.get(wid) else { continue };
-            if self.down.is_down(wid) {
-                continue;
-            }
-            let source = Remote { worker: w, clients: &self.clients, down: &self.down, cached_only: false };
-            if let Tried::Got(b) = self.attempt(&source, &want, &mut last).await? {
-                return Ok(b);
-            }
+        let ask = order.iter().map(String::as_str).filter(|w| Some(*w) != failed_fill);
+        if let Some(b) = self.ask_workers(ask, &workers, &want, false, &mut last).await? {
+            return Ok(b);
         }
         // 4. The store itself.
         match self.attempt(&self.stores, &want, &mut last).await? {
@@ -460,12 +475,10 @@ impl Reader {
         if let Some(owner) = workers.owner(id).filter(|o| !ask.contains(&o.id)) {
             ask.push(owner.id.clone());
         }
-        for wid in ask.iter().filter(|w| Some(w.as_str()) != local.map(|l| l.id.as_str())).take(2) {
-            let Some(w) = workers.get(wid).filter(|_| !self.down.is_down(wid)) else { continue };
-            let source = Remote { worker: w, clients: &self.clients, down: &self.down, cached_only: true };
-            if let Tried::Got(b) = self.attempt(&source, &want, &mut last).await? {
-                return Ok(b);
-            }
+        let local_id = local.map(|l| l.id.as_str());
+        let ask = ask.iter().map(String::as_str).filter(|w| Some(*w) != local_id).take(2);
+        if let Some(b) = self.ask_workers(ask, &workers, &want, true, &mut last).await? {
+            return Ok(b);
         }
         if let Tried::Got(b) = self.attempt(&self.stores, &want, &mut last).await? {
             if !workers.list.is_empty() && self.filling.lock().expect("filling lock").insert(id) {

@@ -59,9 +59,28 @@ pub enum Miss {
     Final(ReadError),
 }
 
+/// Which kind of source served a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    ShortCircuit,
+    Worker,
+    Store,
+}
+
+impl SourceKind {
+    /// The label in `shoal_fuse_block_fetches_total` (`_range` is appended for
+    /// a part of a block).
+    pub fn label(self) -> &'static str {
+        match self {
+            SourceKind::ShortCircuit => "short_circuit",
+            SourceKind::Worker => "worker",
+            SourceKind::Store => "store",
+        }
+    }
+}
+
 pub trait BlockSource: Send + Sync {
-    /// The source's label in `shoal_fuse_block_fetches_total`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> SourceKind;
     fn read<'a>(&'a self, want: &'a Want<'a>) -> BoxFuture<'a, Result<Bytes, Miss>>;
 }
 
@@ -111,8 +130,8 @@ pub struct ShortCircuit<'a> {
 }
 
 impl BlockSource for ShortCircuit<'_> {
-    fn kind(&self) -> &'static str {
-        "short_circuit"
+    fn kind(&self) -> SourceKind {
+        SourceKind::ShortCircuit
     }
 
     fn read<'a>(&'a self, want: &'a Want<'a>) -> BoxFuture<'a, Result<Bytes, Miss>> {
@@ -164,8 +183,8 @@ pub struct Remote<'a> {
 }
 
 impl BlockSource for Remote<'_> {
-    fn kind(&self) -> &'static str {
-        "worker"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Worker
     }
 
     fn read<'a>(&'a self, want: &'a Want<'a>) -> BoxFuture<'a, Result<Bytes, Miss>> {
@@ -240,8 +259,8 @@ impl DirectStores {
 }
 
 impl BlockSource for DirectStores {
-    fn kind(&self) -> &'static str {
-        "store"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Store
     }
 
     fn read<'a>(&'a self, want: &'a Want<'a>) -> BoxFuture<'a, Result<Bytes, Miss>> {

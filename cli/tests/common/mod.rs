@@ -149,6 +149,21 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many descriptors this process holds open on `target` (e.g. `/dev/fuse`).
+    pub fn fds_on(&self, target: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == Path::new(target)))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }
