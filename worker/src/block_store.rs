@@ -2,9 +2,11 @@
 //! [`TierDir`] indexed by a `moka` cache weighted by bytes whose capacity is the
 //! tier's low watermark. Once usage passes the high watermark, an insert runs the
 //! cache's maintenance at once, and `moka` evicts by W-TinyLFU down to the low
-//! watermark; an evicted MEM block is demoted to the next tier, an evicted block of
-//! the last tier is deleted. Usage never exceeds a tier's quota: space is reserved
-//! before a file is written.
+//! watermark (the eviction policy); an evicted MEM block is handed to the mover
+//! ([`crate::mover`]), which demotes it to the next tier outside `moka`'s
+//! listener, and an evicted block of the last tier is deleted. Usage never
+//! exceeds a tier's quota: space is reserved before a file is written. The tier
+//! mechanism (files, reservations) is [`crate::tier`].
 //!
 //! Blocks of pinned datasets live outside the caches (in `pinned`), so no
 //! eviction can touch them; they still count against their tier's quota. Blocks of
@@ -20,9 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use moka::notification::RemovalCause;
 use shoal_core::BlockId;
-use tracing::{debug, warn};
 
 use crate::error::WorkerError;
+use crate::mover::{Moves, Target};
 use crate::tier::{BlockFile, TierDir, TierKind, TierSpec};
 
 /// When a tier evicts, as shares of its quota: past `high`, inserts evict at once,
@@ -61,13 +63,13 @@ pub struct Deltas {
 
 /// Changes in the order they happened (`true` = added).
 #[derive(Debug, Default)]
-struct Events(Vec<(BlockId, bool)>);
+pub(crate) struct Events(pub(crate) Vec<(BlockId, bool)>);
 
 impl Events {
     fn added(&mut self, id: BlockId) {
         self.0.push((id, true));
     }
-    fn removed(&mut self, id: BlockId) {
+    pub(crate) fn removed(&mut self, id: BlockId) {
         self.0.push((id, false));
     }
 }
@@ -113,24 +115,29 @@ pub struct BlockStore {
     /// Counted: two threads may pick the same victim, and the block stays in
     /// until both are done.
     evicting: Arc<(Mutex<HashMap<BlockId, u32>>, Condvar)>,
+    /// Evicted blocks on their way down a tier, and the thread moving them.
+    moves: Arc<Moves>,
+    mover: Mutex<Option<std::thread::JoinHandle<()>>>,
     policies: RwLock<HashMap<u32, Policy>>,
     deltas: Arc<Mutex<Events>>,
     counters: Arc<StoreCounters>,
+}
+
+impl Drop for BlockStore {
+    /// The queued moves finish before the store is gone (a store reopened on
+    /// the same directories finds every file where it was left).
+    fn drop(&mut self) {
+        self.moves.stop();
+        if let Some(h) = self.mover.lock().expect("mover lock").take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for BlockStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockStore").field("tiers", &self.tiers.iter().map(|t| &t.dir).collect::<Vec<_>>()).finish()
     }
-}
-
-/// Copy a block file into `to` (space reserved by the caller).
-fn copy_into(to: &TierDir, file: &BlockFile) -> Result<BlockFile, WorkerError> {
-    let data =
-        std::fs::read(&file.path).map_err(|e| WorkerError::Io(format!("demoting {}", file.path.display()), e))?;
-    let mut copy = to.write(file.id, file.dataset, &data, file.crc)?;
-    copy.created = file.created;
-    Ok(copy)
 }
 
 impl BlockStore {
@@ -149,11 +156,12 @@ impl BlockStore {
         let counters = Arc::new(StoreCounters::default());
         let moving: Arc<Mutex<HashSet<BlockId>>> = Arc::new(Mutex::new(HashSet::new()));
         let evicting: Arc<(Mutex<HashMap<BlockId, u32>>, Condvar)> = Arc::default();
-        // Build from the last tier up, so each tier's listener can demote into the next.
+        let moves = Arc::new(Moves::default());
         let mut built: Vec<Tier> = Vec::new();
-        for spec in specs.iter().rev() {
+        for (pos, spec) in specs.iter().enumerate() {
             let dir = Arc::new(TierDir::open(spec)?);
-            let next = built.last().map(|t: &Tier| (t.dir.clone(), t.index.clone()));
+            let has_next = pos + 1 < specs.len();
+            let listener_moves = moves.clone();
             let listener_dir = dir.clone();
             let listener_deltas = deltas.clone();
             let listener_counters = counters.clone();
@@ -170,44 +178,33 @@ impl BlockStore {
                     }
                     let evicted = cause == RemovalCause::Size
                         || listener_evicting.0.lock().expect("evicting lock").contains_key(&*id);
-                    let demoted = evicted
-                        && next.as_ref().is_some_and(|(ndir, nindex)| {
-                            if nindex.contains_key(&*id) || !ndir.reserve(file.len) {
-                                return false;
-                            }
-                            match copy_into(ndir, &file) {
-                                Ok(copy) => {
-                                    nindex.insert(*id, Arc::new(copy));
-                                    true
-                                }
-                                Err(e) => {
-                                    warn!(block = %id, error = %e, "demotion failed; dropping block");
-                                    false
-                                }
-                            }
-                        });
-                    listener_dir.remove(&file);
                     if evicted {
                         listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
                         crate::metrics::EVICTIONS.with_label_values(&[listener_dir.kind.as_str()]).inc();
+                        if has_next {
+                            // The mover copies it down, then deletes this file.
+                            return listener_moves.queue(*id, pos, file);
+                        }
                     }
-                    if demoted {
-                        listener_counters.demotions.fetch_add(1, Ordering::Relaxed);
-                        crate::metrics::DEMOTIONS.inc();
-                        debug!(block = %id, "block demoted");
-                    } else if cause != RemovalCause::Replaced {
+                    listener_dir.remove(&file);
+                    if cause != RemovalCause::Replaced {
                         listener_deltas.lock().expect("deltas lock").removed(*id);
                     }
                 })
                 .build();
             built.push(Tier { dir, high, index, hits: AtomicU64::new(0) });
         }
-        built.reverse();
+        let targets = built.iter().map(|t| Target { dir: t.dir.clone(), index: t.index.clone() }).collect();
+        let mover = moves
+            .start(targets, deltas.clone(), counters.clone())
+            .map_err(|e| WorkerError::Io("starting the tier mover thread".into(), e))?;
         let store = Self {
             tiers: built,
             pinned: Mutex::new(HashMap::new()),
             moving,
             evicting,
+            moves,
+            mover: Mutex::new(Some(mover)),
             policies: RwLock::new(HashMap::new()),
             deltas,
             counters,
@@ -224,6 +221,7 @@ impl BlockStore {
             }
             tier.index.run_pending_tasks();
         }
+        store.settle();
         store.deltas.lock().expect("deltas lock").0.clear();
         Ok(store)
     }
@@ -232,7 +230,15 @@ impl BlockStore {
         if let Some((t, file)) = self.pinned.lock().expect("pinned lock").get(&id) {
             return Some(Cached { tier: self.tiers[*t].dir.kind, file: file.clone() });
         }
-        self.tiers.iter().find_map(|t| t.index.get(&id).map(|file| Cached { tier: t.dir.kind, file }))
+        self.tiers
+            .iter()
+            .find_map(|t| t.index.get(&id).map(|file| Cached { tier: t.dir.kind, file }))
+            .or_else(|| self.moving_block(id))
+    }
+
+    /// A block on its way down a tier, served from its original file.
+    fn moving_block(&self, id: BlockId) -> Option<Cached> {
+        self.moves.get(id).map(|(t, file)| Cached { tier: self.tiers[t].dir.kind, file })
     }
 
     /// Look a block up (counts as a hit on the tier that holds it).
@@ -247,12 +253,15 @@ impl BlockStore {
                 return Some(Cached { tier: t.dir.kind, file });
             }
         }
-        None
+        let (t, file) = self.moves.get(id)?;
+        self.tiers[t].hits.fetch_add(1, Ordering::Relaxed);
+        Some(Cached { tier: self.tiers[t].dir.kind, file })
     }
 
     pub fn contains(&self, id: BlockId) -> bool {
         self.pinned.lock().expect("pinned lock").contains_key(&id)
             || self.tiers.iter().any(|t| t.index.contains_key(&id))
+            || self.moves.get(id).is_some()
     }
 
     fn policy(&self, dataset: u32) -> Policy {
@@ -273,10 +282,16 @@ impl BlockStore {
                 continue;
             }
             if !t.dir.reserve(len) {
-                // Let the cache evict down to its watermark, then try once more;
-                // pinned bytes the cache does not see may need evictions by hand.
+                // Let the cache evict down to its watermark (and the mover take
+                // the evicted blocks out), then try once more; pinned bytes the
+                // cache does not see may need evictions by hand.
                 t.index.run_pending_tasks();
-                let fits = t.dir.reserve(len) || (self.make_room(t, len) && t.dir.reserve(len));
+                self.moves.wait_queued();
+                let fits = t.dir.reserve(len)
+                    || (self.make_room(t, len) && {
+                        self.moves.wait_queued();
+                        t.dir.reserve(len)
+                    });
                 if !fits {
                     continue;
                 }
@@ -306,6 +321,7 @@ impl BlockStore {
     /// are waited out before the block is reported dropped.
     fn settled(&self, t: &Tier, id: BlockId) -> Option<Cached> {
         t.index.run_pending_tasks();
+        self.moves.wait_block(id);
         if let Some(c) = self.get_quiet(id) {
             return Some(c);
         }
@@ -314,6 +330,7 @@ impl BlockStore {
             moved.wait_while(evicting.lock().expect("evicting lock"), |e| e.contains_key(&id)).expect("evicting lock"),
         );
         t.index.run_pending_tasks();
+        self.moves.wait_block(id);
         self.get_quiet(id)
     }
 
@@ -360,6 +377,8 @@ impl BlockStore {
     /// Drop a block (freed by a user or a TTL, or it failed its checksum);
     /// returns the bytes it held.
     pub fn remove(&self, id: BlockId) -> Option<u64> {
+        // A block on its way down is removed where it lands.
+        self.moves.wait_block(id);
         if let Some((t, file)) = self.pinned.lock().expect("pinned lock").remove(&id) {
             self.tiers[t].dir.remove(&file);
             self.deltas.lock().expect("deltas lock").removed(id);
@@ -394,6 +413,8 @@ impl BlockStore {
             return;
         }
         *self.policies.write().expect("policies lock") = policies.clone();
+        // Blocks on their way down a tier are pinned where they land.
+        self.settle();
         let pinned_ds = |ds: u32| policies.get(&ds).is_some_and(|p| p.pinned);
         // Pin: move out of the caches without deleting the files.
         for (pos, t) in self.tiers.iter().enumerate() {
@@ -496,19 +517,23 @@ impl BlockStore {
     pub fn all_blocks(&self) -> Vec<BlockId> {
         let mut out: Vec<BlockId> = self.tiers.iter().flat_map(|t| t.index.iter().map(|(k, _)| *k)).collect();
         out.extend(self.pinned.lock().expect("pinned lock").keys().copied());
+        out.extend(self.moves.blocks().into_iter().map(|(id, _)| id));
         out.sort();
         out.dedup();
         out
     }
 
-    /// Per tier: kind, directory, quota, used bytes, blocks (pinned included), hits.
+    /// Per tier: kind, directory, quota, used bytes, blocks (pinned and moving
+    /// out included), hits.
     pub fn tier_stats(&self) -> Vec<(TierKind, &std::path::Path, u64, u64, u64, u64)> {
+        let moving = self.moves.blocks();
         let pinned = self.pinned.lock().expect("pinned lock");
         self.tiers
             .iter()
             .enumerate()
             .map(|(pos, t)| {
-                let pinned_here = pinned.values().filter(|(p, _)| *p == pos).count() as u64;
+                let pinned_here = pinned.values().filter(|(p, _)| *p == pos).count() as u64
+                    + moving.iter().filter(|(_, p)| *p == pos).count() as u64;
                 (
                     t.dir.kind,
                     t.dir.dir.as_path(),
@@ -529,10 +554,12 @@ impl BlockStore {
         &self.counters
     }
 
-    /// Run the caches' pending maintenance (evictions) now.
+    /// Run the caches' pending maintenance (evictions) now, and wait for the
+    /// moves it starts, tier by tier.
     pub fn settle(&self) {
         for t in &self.tiers {
             t.index.run_pending_tasks();
+            self.moves.wait_queued();
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod datasets;
 pub mod error;
 pub mod identity;
 pub mod metrics;
+mod mover;
 pub mod service;
 pub mod tier;
 
