@@ -320,7 +320,7 @@ fn targets(r: &Results) -> String {
     let mut md = String::from("#### Targets, checked against the tables above\n\n| target | result |\n|---|---|\n");
     for (what, w, (us, phase), against) in checks {
         let Some(ours) = w.rate(us, phase) else { continue };
-        let mut met = true;
+        let (mut met, mut measured) = (true, true);
         let parts: Vec<String> = against
             .iter()
             .map(|(label, system, ph, min)| match w.rate(system, *ph) {
@@ -330,12 +330,20 @@ fn targets(r: &Results) -> String {
                     format!("**{:.2}x** {label} ({o} vs {t} {})", ours / theirs, w.rate_unit())
                 }
                 _ => {
-                    met = false;
+                    measured = false;
                     format!("{label} not measured")
                 }
             })
             .collect();
-        md.push_str(&format!("| {what} | {} — {} |\n", parts.join(", "), if met { "met" } else { "**missed**" }));
+        md.push_str(&format!(
+            "| {what} | {} — {} |\n",
+            parts.join(", "),
+            match (measured, met) {
+                (false, _) => "not checked",
+                (true, true) => "met",
+                (true, false) => "**missed**",
+            }
+        ));
     }
     let mut vs = String::new();
     for w in [&r.epoch, &r.seq1, &r.seq4, &r.random, &r.walk] {
@@ -523,7 +531,7 @@ fn main() -> Result<()> {
             continue;
         }
         md.push_str(&w.markdown());
-        if font {
+        if font && a.write {
             let png = charts.join(format!("peers{suffix}-{}.png", w.slug));
             w.chart(&png)?;
             md.push_str(&format!("\n![{}](results/{})\n", w.title, png.file_name().unwrap().to_string_lossy()));
