@@ -202,7 +202,7 @@ fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, root: &Path, system: &str, ro
 
 fn s3_operator(endpoint: &str) -> Result<opendal::Operator> {
     let spec = shoal_core::StoreSpec::parse(&format!("s3://{BUCKET}"), &s3_options(endpoint).into_iter().collect())?;
-    Ok(opendal::Operator::via_iter(spec.service, spec.config)?)
+    Ok(shoal_core::store::operator(&spec)?)
 }
 
 fn s3_options(endpoint: &str) -> std::collections::HashMap<String, String> {

@@ -88,7 +88,7 @@ async fn prewarm_bench(dir: &Path, objects: usize, size: usize, parallel: usize)
         .status();
     let opts = s3_options(&endpoint);
     let spec = StoreSpec::parse("s3://bench/data", &opts).unwrap();
-    let op = opendal::Operator::via_iter(spec.service, spec.config.clone()).unwrap();
+    let op = shoal_core::store::operator(&spec).unwrap();
     for i in 0..objects {
         op.write(&format!("o{i:04}"), content(i as u64, size)).await.unwrap();
     }

@@ -147,7 +147,7 @@ fn main() -> Result<()> {
             &format!("s3://{BUCKET}"),
             &s3_options(&store.endpoint).into_iter().collect(),
         )?;
-        opendal::Operator::via_iter(spec.service, spec.config)?
+        shoal_core::store::operator(&spec)?
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while let Err(e) = rt.block_on(op.stat(&ds.images[0].key)) {

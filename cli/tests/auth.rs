@@ -3,7 +3,7 @@
 //! (worker, CLI, mount) sends it; with a credentials table (`SHOAL_TOKENS_FILE`)
 //! each token has a role (admin, worker, client) and namespaces.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@
 //! over by a new one on the same connection); every recovery must take under
 //! 10 s. The figures are printed (and recorded in `benches/RESULTS.md`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! namespace equality, block reads with checksums, coalesced misses, `kill -9`
 //! of master and worker, tier demotion, and bad input.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::UNIX_EPOCH;

@@ -2,7 +2,7 @@
 //! unix socket, a real gRPC client speaking the CSI spec to it, real FUSE mounts
 //! and bind mounts, files read through pods' target paths and compared by sha256.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! never hangs; a store that fails a few times is read correctly; once the store
 //! is back, every byte read is right.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -12,7 +12,7 @@
 //! Timings are printed; the release figures (and the 1M-file namespace) are in
 //! `benches/RESULTS.md` (`cargo bench --bench ha`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

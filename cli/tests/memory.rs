@@ -4,7 +4,7 @@
 //! the mount's own memory stays within its cache budget, the worker's within
 //! its fill budget (`--fill-memory`).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};

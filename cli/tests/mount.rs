@@ -2,7 +2,7 @@
 //! its own process on a real FUSE mount, and `shoal up`. Contents are compared
 //! byte for byte with the source tree; errors are checked by errno.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;

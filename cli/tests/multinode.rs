@@ -11,7 +11,7 @@
 //!   reads go on, from the worker and not the store;
 //! - a worker that joins takes the blocks it now owns from their holders.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! fetching anything twice, a failing object fails its file (and the command),
 //! and `cache free` / `status` do what they say.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

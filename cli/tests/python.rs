@@ -4,7 +4,7 @@
 //! (`python/`, the extension module cargo builds), every sample's bytes checked;
 //! and the order-aware prefetch, proved by the worker's store reads.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

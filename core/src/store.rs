@@ -21,6 +21,21 @@ const PARALLEL_READS: usize = 4;
 /// Top-level directories listed at once.
 const PARALLEL_LISTS: usize = 8;
 
+/// A bare OpenDAL operator for `spec` (no retry or timeout layers). OpenDAL is
+/// built without its default HTTP transport, which would link rustls's aws-lc-rs
+/// provider: the first call installs reqwest over the ring provider that every
+/// other TLS client here uses.
+pub fn operator(spec: &StoreSpec) -> opendal::Result<Operator> {
+    static HTTP: std::sync::Once = std::sync::Once::new();
+    HTTP.call_once(|| {
+        // Another caller (gRPC TLS) may have installed ring already: either way
+        // it is the process default afterwards.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opendal_http_transport_reqwest::install_default();
+    });
+    Operator::via_iter(spec.service, spec.config.clone())
+}
+
 /// One object or directory in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreEntry {
@@ -108,7 +123,7 @@ impl UnderStore {
                 });
             }
         }
-        let op = Operator::via_iter(spec.service, spec.config.clone()).map_err(|e| CoreError::InvalidUri {
+        let op = operator(spec).map_err(|e| CoreError::InvalidUri {
             uri: spec.uri.clone(),
             reason: format!("cannot configure {} store: {e}", spec.service),
         })?;

@@ -352,8 +352,8 @@ pub const TLS_KEY_ENV: &str = "SHOAL_TLS_KEY";
 pub const TLS_CA_ENV: &str = "SHOAL_TLS_CA";
 pub const TLS_DOMAIN_ENV: &str = "SHOAL_TLS_DOMAIN";
 
-/// Both of rustls's crypto providers are linked into the binary (through
-/// different dependencies), so it cannot pick one itself: use ring.
+/// rustls is built without a default provider choice here: every TLS client
+/// and server (gRPC, the scheduler's HTTPS, kube, OpenDAL's reqwest) uses ring.
 fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
