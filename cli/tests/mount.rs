@@ -778,6 +778,8 @@ fn a_random_read_of_a_cold_block_reads_its_range_and_the_owner_caches_the_block(
     std::fs::create_dir_all(&src).unwrap();
     let want = content(33, 8 << 20);
     std::fs::write(src.join("big.bin"), &want).unwrap();
+    let small = content(34, 512 << 10);
+    std::fs::write(src.join("small.bin"), &small).unwrap();
     let (master, worker) = master_and_worker(root, "64MiB", "1GiB", &[]);
     let m = master.addr.as_str();
     let (code, _, err) =
@@ -804,4 +806,15 @@ fn a_random_read_of_a_cold_block_reads_its_range_and_the_owner_caches_the_block(
     assert_eq!(fetched("short_circuit_range"), 1.0, "{}", mount.metrics());
     assert_eq!(fetched("store_range"), 1.0);
     assert_eq!(store_bytes(), (1u64 << 20) as f64);
+
+    // A file of one block is read whole even when its first read looks random
+    // (the kernel's threads deliver a small file's reads out of order): no
+    // range GET, one fetch of the block by the worker, the rest from there.
+    let g = std::fs::File::open(mnt.join("small.bin")).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    assert_eq!(g.read_at(&mut buf, 256 << 10).unwrap(), buf.len());
+    assert_eq!(buf, small[256 << 10..320 << 10]);
+    assert_eq!(fetched("store_range"), 1.0, "a one-block file read by range: {}", mount.metrics());
+    assert_eq!(std::fs::read(mnt.join("small.bin")).unwrap(), small);
+    assert_eq!(store_bytes(), ((1u64 << 20) + (512 << 10)) as f64, "the block was read from the store once");
 }
