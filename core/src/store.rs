@@ -23,14 +23,12 @@ const PARALLEL_LISTS: usize = 8;
 
 /// A bare OpenDAL operator for `spec` (no retry or timeout layers). OpenDAL is
 /// built without its default HTTP transport, which would link rustls's aws-lc-rs
-/// provider: the first call installs reqwest over the ring provider that every
-/// other TLS client here uses.
+/// provider: the first call installs reqwest over the process's provider
+/// ([`shoal_proto::auth::install_crypto`]).
 pub fn operator(spec: &StoreSpec) -> opendal::Result<Operator> {
     static HTTP: std::sync::Once = std::sync::Once::new();
     HTTP.call_once(|| {
-        // Another caller (gRPC TLS) may have installed ring already: either way
-        // it is the process default afterwards.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        shoal_proto::auth::install_crypto();
         opendal_http_transport_reqwest::install_default();
     });
     Operator::via_iter(spec.service, spec.config.clone())

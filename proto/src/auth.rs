@@ -352,9 +352,10 @@ pub const TLS_KEY_ENV: &str = "SHOAL_TLS_KEY";
 pub const TLS_CA_ENV: &str = "SHOAL_TLS_CA";
 pub const TLS_DOMAIN_ENV: &str = "SHOAL_TLS_DOMAIN";
 
-/// rustls is built without a default provider choice here: every TLS client
-/// and server (gRPC, the scheduler's HTTPS, kube, OpenDAL's reqwest) uses ring.
-fn install_crypto() {
+/// The process's one choice of rustls crypto provider: ring, for every TLS
+/// client and server (gRPC, the scheduler's HTTPS, kube, OpenDAL's reqwest).
+/// Idempotent.
+pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
