@@ -168,8 +168,28 @@ fn shard_sets(shards: &[Object]) -> (&[Object], &[Object], &[Object]) {
 
 /// The whole sequence against a directory: walk, epochs, sequential, random.
 /// `first` is the phase of the first pass (cold, or prewarmed).
-fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, root: &Path, system: &str, role: Role, first: Phase) -> Result<()> {
-    let cap = a.max_run;
+/// The longest a run waits for shoal's directory prefetch of the run before.
+const SETTLE_LIMIT: Duration = Duration::from_secs(300);
+
+/// A mounted system under test.
+struct Mounted<'a> {
+    root: &'a Path,
+    system: &'a str,
+    role: Role,
+    /// Waits until the system's own background work from the last run (shoal's
+    /// directory prefetch) is done, so the next cold run does not share the link
+    /// with it.
+    settle: &'a dyn Fn(),
+}
+
+impl<'a> Mounted<'a> {
+    fn new(root: &'a Path, system: &'a str, role: Role) -> Self {
+        Mounted { root, system, role, settle: &|| {} }
+    }
+}
+
+fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, m: &Mounted, first: Phase) -> Result<()> {
+    let (root, system, role, cap) = (m.root, m.system, m.role, a.max_run);
     if first == Phase::Cold {
         drop_page_cache();
         push(&mut r.walk, system, role, Phase::Cold, workload::walk(&root.join("images"), cap)?);
@@ -180,6 +200,7 @@ fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, root: &Path, system: &str, ro
     let e1 = workload::epoch(root, &ds.images, &order, a.readers, cap)?;
     let done = e1.ops as usize;
     push(&mut r.epoch, system, role, first, e1);
+    (m.settle)();
     let order2 = workload::reshuffled(&order[..done], a.seed + 1);
     if first == Phase::Cold {
         push(&mut r.epoch, system, role, Phase::Warm, workload::epoch(root, &ds.images, &order2, a.readers, cap)?);
@@ -188,12 +209,14 @@ fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, root: &Path, system: &str, ro
     for (w, set) in [(&mut r.seq1, s1), (&mut r.seq4, s4)] {
         drop_page_cache();
         push(w, system, role, first, workload::sequential(root, set, cap)?);
+        (m.settle)();
         if first == Phase::Cold {
             push(w, system, role, Phase::Warm, workload::sequential(root, set, cap)?);
         }
     }
     drop_page_cache();
     push(&mut r.random, system, role, first, workload::random(root, sr, 4, cap, a.seed)?);
+    (m.settle)();
     if first == Phase::Cold {
         push(&mut r.random, system, role, Phase::Warm, workload::random(root, sr, 4, cap, a.seed)?);
     }
@@ -253,7 +276,7 @@ fn run_juicefs(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str, base: &P
     let mountpoint = base.join("mnt/juicefs");
     {
         let m = fs.mount(&mountpoint)?;
-        run_fs(r, a, ds, &m.mountpoint, "juicefs", Role::Peer, Phase::Cold)?;
+        run_fs(r, a, ds, &Mounted::new(&m.mountpoint, "juicefs", Role::Peer), Phase::Cold)?;
     }
     if prewarm {
         let m = fs.mount(&mountpoint)?;
@@ -269,7 +292,7 @@ fn run_juicefs(r: &mut Results, a: &Args, ds: &Dataset, endpoint: &str, base: &P
             };
             push(w, "juicefs warmup", Role::Other, Phase::Cold, s);
         }
-        run_fs(r, a, ds, &m.mountpoint, "juicefs", Role::Peer, Phase::Prewarmed)?;
+        run_fs(r, a, ds, &Mounted::new(&m.mountpoint, "juicefs", Role::Peer), Phase::Prewarmed)?;
     }
     Ok(())
 }
@@ -443,12 +466,12 @@ fn main() -> Result<()> {
     let local = ds.local();
     if has("local") {
         eprintln!("local disk");
-        run_fs(&mut r, &a, &ds, &local, "local disk", Role::Local, Phase::Cold)?;
+        run_fs(&mut r, &a, &ds, &Mounted::new(&local, "local disk", Role::Local), Phase::Cold)?;
     }
     if has("bindfs") && !skipped.contains(&"bindfs") {
         eprintln!("bindfs");
         let m = PeerMount::bindfs(&local, &mnt.join("bindfs"))?;
-        run_fs(&mut r, &a, &ds, &m.mountpoint, "bindfs (local copy)", Role::Other, Phase::Cold)?;
+        run_fs(&mut r, &a, &ds, &Mounted::new(&m.mountpoint, "bindfs (local copy)", Role::Other), Phase::Cold)?;
     }
     if has("direct") {
         eprintln!("direct GETs");
@@ -457,12 +480,12 @@ fn main() -> Result<()> {
     if has("rclone") && !skipped.contains(&"rclone") {
         eprintln!("rclone");
         let m = PeerMount::rclone(&store.endpoint, &mnt.join("rclone"), &base.join("cache/rclone"))?;
-        run_fs(&mut r, &a, &ds, &m.mountpoint, "rclone vfs full", Role::Peer, Phase::Cold)?;
+        run_fs(&mut r, &a, &ds, &Mounted::new(&m.mountpoint, "rclone vfs full", Role::Peer), Phase::Cold)?;
     }
     if has("s3fs") && !skipped.contains(&"s3fs") {
         eprintln!("s3fs");
         let m = PeerMount::s3fs(&store.endpoint, &mnt.join("s3fs"), &base.join("cache/s3fs"))?;
-        run_fs(&mut r, &a, &ds, &m.mountpoint, "s3fs use_cache", Role::Peer, Phase::Cold)?;
+        run_fs(&mut r, &a, &ds, &Mounted::new(&m.mountpoint, "s3fs use_cache", Role::Peer), Phase::Cold)?;
     }
     if has("juicefs") && !skipped.contains(&"juicefs") {
         eprintln!("juicefs");
@@ -473,7 +496,9 @@ fn main() -> Result<()> {
     if has("shoal") {
         eprintln!("shoal");
         let c = shoal_cluster(&rt, &base.join("shoal"), &store.endpoint, total)?;
-        let res = run_fs(&mut r, &a, &ds, &c.mountpoint, "shoal", Role::Other, Phase::Cold);
+        let settle = || eprintln!("  (waited {:.1} s for the directory prefetch)", c.settle(SETTLE_LIMIT));
+        let m = Mounted { settle: &settle, ..Mounted::new(&c.mountpoint, "shoal", Role::Other) };
+        let res = run_fs(&mut r, &a, &ds, &m, Phase::Cold);
         c.shutdown();
         res?;
     }
@@ -487,7 +512,9 @@ fn main() -> Result<()> {
                 let s = Sample { ops: set.len() as u64, bytes, secs, lat: Vec::new(), complete: true };
                 push(w, "shoal prewarm", Role::Other, Phase::Cold, s);
             }
-            run_fs(&mut r, &a, &ds, &c.mountpoint, "shoal", Role::Other, Phase::Prewarmed)
+            let settle = || eprintln!("  (waited {:.1} s for the directory prefetch)", c.settle(SETTLE_LIMIT));
+            let m = Mounted { settle: &settle, ..Mounted::new(&c.mountpoint, "shoal", Role::Other) };
+            run_fs(&mut r, &a, &ds, &m, Phase::Prewarmed)
         })();
         c.shutdown();
         res?;

@@ -33,7 +33,6 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Drop the kernel's page cache (root only); returns whether it worked.
 /// The release `shoal` binary next to the running benchmark (in `target/release`).
 pub fn shoal_bin() -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
@@ -45,6 +44,7 @@ pub fn shoal_bin() -> anyhow::Result<std::path::PathBuf> {
     Ok(bin)
 }
 
+/// Drop the kernel's page cache (root only); returns whether it worked.
 pub fn drop_page_cache() -> bool {
     // SAFETY-free: sync(1) then the documented procfs knob.
     let _ = std::process::Command::new("sync").status();
@@ -151,6 +151,7 @@ impl Cluster {
             threads: 4,
             refresh: Duration::ZERO,
             dir_prefetch: 2,
+            dir_prefetch_parallel: shoal_fuse::reader::DIR_PREFETCH_PARALLEL,
             takeover_fd: None,
             metadata_budget: 512 << 20,
         })
@@ -162,6 +163,17 @@ impl Cluster {
     /// in flight; returns the seconds taken and the bytes loaded.
     pub async fn prewarm(&self, paths: &[&str], parallel: u32) -> Result<(f64, u64)> {
         prewarm(&self.master_addr, "bench", paths, parallel).await
+    }
+
+    /// Wait (up to `limit`) until the mount's directory prefetch has nothing
+    /// queued, so that a run does not share the link with the previous run's
+    /// prefetch; returns the seconds waited.
+    pub fn settle(&self, limit: std::time::Duration) -> f64 {
+        let t = std::time::Instant::now();
+        while shoal_fuse::metrics::DIR_PREFETCH_QUEUED.get() > 0 && t.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        t.elapsed().as_secs_f64()
     }
 
     pub fn shutdown(mut self) {

@@ -51,6 +51,10 @@ pub struct MountArgs {
     /// ask the workers to cache the directory's other small files (0: never).
     #[arg(long, default_value_t = 2)]
     pub dir_prefetch: u32,
+    /// Small files the directory prefetch asks the workers for at once; more
+    /// fills the link sooner, but competes with the readers' own misses.
+    #[arg(long, default_value_t = shoal_fuse::reader::DIR_PREFETCH_PARALLEL as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub dir_prefetch_parallel: u16,
     /// Address for Prometheus `/metrics` (off unless given).
     #[arg(long, env = "SHOAL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -93,6 +97,7 @@ pub fn options(args: &MountArgs) -> Result<shoal_fuse::MountOptions> {
         threads: args.threads,
         refresh: args.refresh_interval,
         dir_prefetch: args.dir_prefetch,
+        dir_prefetch_parallel: args.dir_prefetch_parallel.into(),
         takeover_fd: args.fuse_fd,
     })
 }

@@ -216,6 +216,7 @@ pub async fn run_up(args: UpArgs) -> Result<()> {
             threads: 4,
             refresh: Duration::from_secs(10),
             dir_prefetch: 2,
+            dir_prefetch_parallel: shoal_fuse::reader::DIR_PREFETCH_PARALLEL,
             takeover_fd: None,
             metadata_budget: 512 << 20,
         };

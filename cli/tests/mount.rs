@@ -509,6 +509,22 @@ fn reading_two_files_of_a_directory_prefetches_the_rest() {
         assert_eq!(sha256(&got), sha256(&std::fs::read(m.src.join(&f)).unwrap()), "{f}");
     }
     assert_eq!(store_reads(), 20, "a/big and b/ are not prefetched, and no prefetched file was fetched again");
+    // The mount counts what it prefetched, and its queue is empty once done.
+    let mount = m.mount.as_ref().unwrap();
+    wait_for_sync("the prefetch queue to drain", || {
+        mount.metrics().lines().any(|l| l == "shoal_fuse_dir_prefetch_queued 0")
+    });
+    let fm = mount.metrics();
+    assert_eq!(metric(&fm, r#"shoal_fuse_dir_prefetch_blocks_total{result="loaded"}"#), 18.0, "{fm}");
+    assert_eq!(metric(&fm, r#"shoal_fuse_dir_prefetch_blocks_total{result="failed"}"#), 0.0, "{fm}");
+    // A prefetch that may never run is refused before anything is mounted.
+    let other = m.dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (code, out, err) =
+        cli(&["mount", "ds", other.to_str().unwrap(), "--master", &m.master.addr, "--dir-prefetch-parallel", "0"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--dir-prefetch-parallel"), "{err}");
+    assert!(!shoal_fuse::is_mounted(&other));
 }
 
 /// `dataset show NAME [--path P] -o json` on `master`.

@@ -134,8 +134,15 @@ impl Dataset {
         let rt = Handle::current();
         let meta = Metadata::new(name, master.clone(), rt.clone(), opts.metadata_budget);
         let generation = info.generation;
-        let reader =
-            Reader::new(info.clone(), master, &ReaderConfig { node: opts.node.clone(), cache_bytes: opts.cache_bytes });
+        let reader = Reader::new(
+            info.clone(),
+            master,
+            &ReaderConfig {
+                node: opts.node.clone(),
+                cache_bytes: opts.cache_bytes,
+                dir_prefetch_parallel: crate::reader::DIR_PREFETCH_PARALLEL,
+            },
+        );
         reader.refresh_workers().await;
         reader.spawn_refresh(Duration::from_secs(3));
         let refresher = if opts.refresh.is_zero() {

@@ -67,6 +67,8 @@ pub struct MountOptions {
     /// Cold reads of small files in a directory after which the rest of its
     /// small files are prefetched into the workers (0: never).
     pub dir_prefetch: u32,
+    /// Small files the directory prefetch has in flight at once.
+    pub dir_prefetch_parallel: usize,
     /// Serve this inherited descriptor of a live FUSE connection (whose mount is
     /// already up) instead of mounting: see [`takeover`].
     pub takeover_fd: Option<std::os::fd::RawFd>,
@@ -226,8 +228,15 @@ pub async fn mount(opts: MountOptions) -> Result<MountHandle, MountError> {
     let totals = Arc::new(fs::Totals::default());
     set_totals(&totals, &dataset);
 
-    let reader =
-        Reader::new(dataset.clone(), master, &ReaderConfig { node: opts.node.clone(), cache_bytes: opts.cache_bytes });
+    let reader = Reader::new(
+        dataset.clone(),
+        master,
+        &ReaderConfig {
+            node: opts.node.clone(),
+            cache_bytes: opts.cache_bytes,
+            dir_prefetch_parallel: opts.dir_prefetch_parallel,
+        },
+    );
     reader.refresh_workers().await;
     reader.spawn_refresh(Duration::from_secs(3));
     let filesystem = fs::ShoalFs::new(

@@ -3,8 +3,8 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram_vec, register_int_counter, register_int_counter_vec};
-use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use prometheus::{register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 pub static OPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("shoal_fuse_ops_total", "FUSE operations by kind and result", &["op", "result"])
@@ -36,6 +36,14 @@ pub static DIR_PREFETCH: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "shoal_fuse_dir_prefetch_blocks_total",
         "Small files a directory prefetch asked the owning worker to cache, by result (loaded, cached, failed)",
         &["result"]
+    )
+    .expect("metric")
+});
+
+pub static DIR_PREFETCH_QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "shoal_fuse_dir_prefetch_queued",
+        "Small files directory prefetches have queued or in flight and not finished (0: the prefetch is idle)"
     )
     .expect("metric")
 });
