@@ -154,16 +154,17 @@ impl Loads {
         })
     }
 
-    /// Count the job's blocks the location map shows cached, waiting (bounded by
-    /// a few heartbeats) for the workers' reports to catch up with `want`.
-    async fn count_cached(&self, files: &[FileTask], bs: u64, want: u64) -> u64 {
+    /// Count the job's blocks the location map shows on `copies` workers,
+    /// waiting (bounded by a few heartbeats) for the workers' reports to catch
+    /// up with `want`: every copy's report, not only the first one's.
+    async fn count_cached(&self, files: &[FileTask], bs: u64, want: u64, copies: usize) -> u64 {
         let blocks: Vec<BlockId> = files
             .iter()
             .flat_map(|f| (0..ids::block_count(f.inode.size, bs) as u32).map(|i| BlockId::new(f.inode.file_id, i)))
             .collect();
         let deadline = Instant::now() + self.report_lag;
         loop {
-            let cached = self.members.count_cached(blocks.iter().copied());
+            let cached = self.members.count_cached(blocks.iter().copied(), copies);
             if cached >= want || Instant::now() >= deadline {
                 return cached;
             }
@@ -513,7 +514,8 @@ impl Loads {
         // The honest count: what the location map shows cached now, not only what
         // workers confirmed while writing (a full tier may have evicted some since).
         let done = handle.job.lock().expect("job lock").blocks_done;
-        let at_end = if cancelled { 0 } else { self.count_cached(&files, bs, done).await };
+        let at_end =
+            if cancelled { 0 } else { self.count_cached(&files, bs, done, replicas.min(ring.len()).max(1)).await };
         let (state, msg) = {
             let mut j = handle.job.lock().expect("job lock");
             j.blocks_cached_at_end = at_end;

@@ -305,9 +305,10 @@ impl Membership {
     }
 
     /// How many of `blocks` are cached on some worker (one lock, no allocation).
-    pub fn count_cached(&self, blocks: impl IntoIterator<Item = BlockId>) -> u64 {
+    /// How many of `blocks` the map shows on at least `copies` workers.
+    pub fn count_cached(&self, blocks: impl IntoIterator<Item = BlockId>, copies: usize) -> u64 {
         let inner = self.inner.read().expect("membership lock");
-        blocks.into_iter().filter(|b| inner.locations.contains_key(b)).count() as u64
+        blocks.into_iter().filter(|b| inner.locations.get(b).is_some_and(|ws| ws.len() >= copies)).count() as u64
     }
 
     /// Workers holding one block.
@@ -381,6 +382,19 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(lost.reap(), ["c"]);
         assert_eq!(lost.usage(7), DatasetUsage::default());
+    }
+
+    #[test]
+    fn cached_counts_blocks_with_every_copy_reported() {
+        let m = Membership::new(Duration::from_secs(60));
+        m.register(w("a"), &[k(1, 0), k(1, 1)]);
+        m.register(w("b"), &[k(1, 1)]);
+        let blocks = [BlockId::new(1, 0), BlockId::new(1, 1), BlockId::new(1, 2)];
+        assert_eq!(m.count_cached(blocks, 1), 2);
+        assert_eq!(m.count_cached(blocks, 2), 1, "block 1/0's second copy is not reported yet");
+        assert!(m.heartbeat("b", &[k(1, 0)], &[], vec![]));
+        assert_eq!(m.count_cached(blocks, 2), 2);
+        assert_eq!(m.count_cached(blocks, 3), 0);
     }
 
     #[test]
