@@ -166,8 +166,6 @@ fn shard_sets(shards: &[Object]) -> (&[Object], &[Object], &[Object]) {
     (&shards[0..1], &shards[1..5], &shards[5..8])
 }
 
-/// The whole sequence against a directory: walk, epochs, sequential, random.
-/// `first` is the phase of the first pass (cold, or prewarmed).
 /// The longest a run waits for shoal's directory prefetch of the run before.
 const SETTLE_LIMIT: Duration = Duration::from_secs(300);
 
@@ -188,6 +186,8 @@ impl<'a> Mounted<'a> {
     }
 }
 
+/// The whole sequence against a directory: walk, epochs, sequential, random.
+/// `first` is the phase of the first pass (cold, or prewarmed).
 fn run_fs(r: &mut Results, a: &Args, ds: &Dataset, m: &Mounted, first: Phase) -> Result<()> {
     let (root, system, role, cap) = (m.root, m.system, m.role, a.max_run);
     if first == Phase::Cold {

@@ -113,8 +113,8 @@ pub struct Reader {
     stores: DirectStores,
     cache: moka::future::Cache<BlockId, Bytes>,
     node: String,
+    /// The directory prefetch's requests in flight, per mount.
     prefetch_slots: tokio::sync::Semaphore,
-    prefetch_parallel: usize,
     /// Blocks a random read's range came from the store for, which their
     /// owner is caching now (one fill per block, not one per read).
     filling: Mutex<HashSet<BlockId>>,
@@ -183,7 +183,6 @@ impl Reader {
             cache,
             node: config.node.clone(),
             prefetch_slots: tokio::sync::Semaphore::new(config.dir_prefetch_parallel.max(1)),
-            prefetch_parallel: config.dir_prefetch_parallel.max(1),
             filling: Mutex::new(HashSet::new()),
             streaming: Mutex::new(Streaming { budget: config.cache_bytes.max(block_size), ..Default::default() }),
             counters: SourceCounters::default(),
@@ -298,7 +297,8 @@ impl Reader {
         let this = self.clone();
         tokio::spawn(async move {
             futures::stream::iter(files)
-                .for_each_concurrent(this.prefetch_parallel, |(inode, path)| {
+                // The slots bound what is in flight, across every directory.
+                .for_each_concurrent(None, |(inode, path)| {
                     let this = this.clone();
                     async move {
                         if let Some(result) = this.prefetch_file(&inode, &path).await {

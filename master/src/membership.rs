@@ -304,8 +304,8 @@ impl Membership {
             .collect()
     }
 
-    /// How many of `blocks` are cached on some worker (one lock, no allocation).
-    /// How many of `blocks` the map shows on at least `copies` workers.
+    /// How many of `blocks` the map shows on at least `copies` workers (one
+    /// lock, no allocation).
     pub fn count_cached(&self, blocks: impl IntoIterator<Item = BlockId>, copies: usize) -> u64 {
         let inner = self.inner.read().expect("membership lock");
         blocks.into_iter().filter(|b| inner.locations.get(b).is_some_and(|ws| ws.len() >= copies)).count() as u64
